@@ -1,0 +1,18 @@
+"""User-facing errors.
+
+Every problem the user can fix (a bad file, an unsupported op, a malformed input) is raised as a
+`VerifierError` with a one-line message naming the culprit. The CLI turns these into a single
+line on stderr and exit code 2; anything else is a bug in the verifier and keeps its traceback.
+"""
+
+
+class VerifierError(Exception):
+    """A problem with the user's input, explained in one line."""
+
+
+class ModelError(VerifierError):
+    """The model file cannot be read or uses something the verifier does not support."""
+
+
+class InputError(VerifierError):
+    """A sample, label, eps or option is out of range or malformed."""

@@ -1,0 +1,3 @@
+from verifier.network.graph import Network
+
+__all__ = ["Network"]

@@ -1,0 +1,80 @@
+"""The Network: a DAG (networkx) of typed ops over flat vectors, with a numpy forward pass.
+
+Plain data: the graph, the input's shape and name, the output node, and the bytes of the
+original ONNX file so that counterexamples can be re-checked by an independent runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import networkx as nx
+import numpy as np
+
+from verifier.errors import InputError
+
+
+@dataclass
+class Network:
+    graph: nx.DiGraph  # node name -> attribute "op"; the input node has no op
+    input_node: str
+    input_shape: tuple[int, ...]  # without the batch dimension
+    output_node: str
+    onnx_bytes: bytes | None = None  # the original model, for independent re-checks
+    onnx_input_shape: tuple[int, ...] = ()  # full ONNX input shape, batch included
+    name: str = "network"
+    info: dict = field(default_factory=dict)
+
+    @cached_property
+    def order(self) -> list[str]:
+        """Op nodes in topological order (the input node excluded)."""
+        return [n for n in nx.topological_sort(self.graph) if n != self.input_node]
+
+    def op(self, node: str):
+        return self.graph.nodes[node]["op"]
+
+    @property
+    def input_size(self) -> int:
+        return int(np.prod(self.input_shape))
+
+    @cached_property
+    def sizes(self) -> dict[str, int]:
+        """Flat size of every node's value."""
+        out = self.forward_all(np.zeros((1, self.input_size)))
+        return {k: v.shape[1] for k, v in out.items()}
+
+    @property
+    def output_size(self) -> int:
+        return self.sizes[self.output_node]
+
+    def flatten_input(self, x: np.ndarray) -> np.ndarray:
+        """Accept one input shaped like the model input (or flat); return a flat float64 copy."""
+        x = np.asarray(x, dtype=np.float64)
+        if x.size != self.input_size:
+            raise InputError(
+                f"input has {x.size} values (shape {tuple(x.shape)}) but the model expects "
+                f"{self.input_size} (shape {self.input_shape})")
+        if not np.all(np.isfinite(x)):
+            raise InputError("input contains NaN or infinite values")
+        return x.reshape(-1).copy()
+
+    def forward_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Values of every node for a batch of flat inputs x (B, n)."""
+        values = {self.input_node: np.asarray(x, dtype=np.float64)}
+        for node in self.order:
+            op = self.op(node)
+            values[node] = op.forward([values[i] for i in op.inputs])
+        return values
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Logits for a batch (B, n) of flat inputs, or for a single input of any shape."""
+        x = np.asarray(x, dtype=np.float64)
+        single = x.ndim == 1 or tuple(x.shape) == tuple(self.input_shape)
+        batch = x.reshape(1, -1) if single else x.reshape(x.shape[0], -1)
+        out = self.forward_all(batch)[self.output_node]
+        return out[0] if single else out
+
+    def relu_nodes(self) -> list[str]:
+        from verifier.ops.relu import Relu
+        return [n for n in self.order if isinstance(self.op(n), Relu)]

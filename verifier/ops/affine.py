@@ -1,0 +1,119 @@
+"""Affine maps on flat vectors: z = sum_k W_k x_k + b.
+
+Every linear ONNX op (Gemm, MatMul, Conv, BatchNorm, normalisation, Transpose, residual Add)
+lowers to this one op, so bounds and encodings are written once. Weights are scipy CSR matrices
+when sparse (convolutions, permutations) and dense arrays otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from verifier.encode.builder import Handle, MilpBuilder
+
+Matrix = np.ndarray | sp.csr_matrix
+
+#: Above this fill ratio a sparse weight matrix is stored dense (faster products).
+DENSE_FILL = 0.25
+
+
+def as_weight(matrix: Matrix) -> Matrix:
+    """Store `matrix` dense or CSR, whichever suits its fill ratio."""
+    rows, cols = matrix.shape
+    nnz = matrix.nnz if sp.issparse(matrix) else np.count_nonzero(matrix)
+    if nnz > DENSE_FILL * rows * cols:
+        return matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix, dtype=np.float64)
+    return sp.csr_matrix(matrix, dtype=np.float64)
+
+
+def matmul_rows(x: np.ndarray, weight: Matrix) -> np.ndarray:
+    """x @ weight.T for a batch of row vectors x (B, n), with weight dense or sparse."""
+    if sp.issparse(weight):
+        return np.asarray((weight @ x.T).T)
+    return x @ weight.T
+
+
+def abs_weight(weight: Matrix) -> Matrix:
+    return abs(weight) if sp.issparse(weight) else np.abs(weight)
+
+
+@dataclass
+class Affine:
+    """z = sum_k weights[k] @ x_k + bias, one weight matrix per input node."""
+
+    inputs: list[str]
+    weights: list[Matrix]
+    bias: np.ndarray
+    origin: list[str] = field(default_factory=list)  # ONNX nodes folded into this one
+
+    def __post_init__(self) -> None:
+        self.bias = np.asarray(self.bias, dtype=np.float64).ravel()
+        self.weights = [as_weight(w) for w in self.weights]
+        self._abs = [abs_weight(w) for w in self.weights]
+        for w in self.weights:
+            if w.shape[0] != self.bias.size:
+                raise ValueError(f"weight rows {w.shape[0]} != bias size {self.bias.size}")
+
+    @property
+    def size(self) -> int:
+        return self.bias.size
+
+    def forward(self, xs: list[np.ndarray]) -> np.ndarray:
+        out = np.broadcast_to(self.bias, (xs[0].shape[0], self.size)).copy()
+        for w, x in zip(self.weights, xs):
+            out += matmul_rows(x, w)
+        return out
+
+    def vjp(self, grad: np.ndarray, xs: list[np.ndarray]) -> list[np.ndarray]:
+        return [np.asarray((w.T @ grad.T).T) if sp.issparse(w) else grad @ w for w in self.weights]
+
+    def backward_lower(self, lam, bounds):
+        """Back-substitution: lam @ z = sum_k (lam @ W_k) @ x_k + lam @ b (exact)."""
+        parts = []
+        for w in self.weights:
+            part = lam @ w
+            if sp.issparse(part) and part.nnz > DENSE_FILL * part.shape[0] * part.shape[1]:
+                part = part.toarray()
+            parts.append(part)
+        return parts, np.asarray(lam @ self.bias).ravel()
+
+    def interval(self, bounds: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        """Exact interval image of a box, widened by a rigorous bound on float rounding."""
+        centre = self.bias.copy()
+        radius = np.zeros(self.size)
+        magnitude = np.abs(self.bias)
+        fan_in = 0
+        for w, w_abs, (lo, hi) in zip(self.weights, self._abs, bounds):
+            c = (lo + hi) / 2.0
+            r = (hi - lo) / 2.0
+            centre += matmul_rows(c[None, :], w)[0]
+            both = matmul_rows(np.stack([r, np.abs(c) + r]), w_abs)
+            radius += both[0]
+            magnitude += both[1]
+            fan_in += lo.size
+        # Dot products of n terms err by at most ~n*u*sum|terms| (Higham's gamma_n).
+        slack = (fan_in + 4) * np.finfo(np.float64).eps * magnitude + 1e-300
+        return centre - radius - slack, centre + radius + slack
+
+    def encode(self, builder: MilpBuilder, handles: list[Handle], own_bounds, input_bounds) -> Handle:
+        """New columns z with rows z - sum_k W_k[:, vars] h_k = b + sum_k W_k[:, consts] c_k."""
+        rhs = self.bias.copy()
+        blocks = []
+        for w, h in zip(self.weights, handles):
+            is_var = h.cols >= 0
+            if not is_var.all():
+                const = np.where(is_var, 0.0, h.const)
+                rhs += matmul_rows(const[None, :], w)[0]
+            if is_var.any():
+                sub = sp.csr_matrix(w)[:, np.flatnonzero(is_var)].tocoo()
+                blocks.append((sub.row, h.cols[is_var][sub.col], -sub.data))
+        lo, hi = own_bounds
+        z = builder.add_cols(lo, hi)
+        rows = builder.add_rows(rhs, rhs)
+        builder.add_entries(rows, z, np.ones(self.size))
+        for r, c, v in blocks:
+            builder.add_entries(rows[r], c, v)
+        return Handle(z, np.zeros(self.size))
