@@ -1,0 +1,17 @@
+"""Exact verification of ReLU networks: `robust` with a proof, `adversarial` with a re-checked
+counterexample, or `unknown` with the bounds reached.
+
+    import verifier
+    net = verifier.load("model.onnx")
+    r = verifier.verify(net, x, eps=0.1)
+    r.status, r.counterexample, r.margin_lower, r.margin_upper
+"""
+
+from verifier.api import load, verify
+from verifier.errors import InputError, ModelError, VerifierError
+from verifier.network.graph import Network
+from verifier.options import VerifyOptions
+from verifier.result import Result, Status
+
+__all__ = ["load", "verify", "Network", "Result", "Status", "VerifyOptions",
+           "VerifierError", "ModelError", "InputError"]

@@ -35,7 +35,9 @@ def safe_lower_bound(problem: MilpProblem, c: np.ndarray, row_dual: np.ndarray) 
     y[(y < 0) & ~np.isfinite(problem.row_hi)] = 0.0
     d = c - problem.A.T @ y
     col = np.where(d > 0, d * problem.col_lo, np.where(d < 0, d * problem.col_hi, 0.0))
-    row = np.where(y > 0, y * problem.row_lo, np.where(y < 0, y * problem.row_hi, 0.0))
+    row_lo = np.where(np.isfinite(problem.row_lo), problem.row_lo, 0.0)  # y is 0 where infinite
+    row_hi = np.where(np.isfinite(problem.row_hi), problem.row_hi, 0.0)
+    row = np.where(y > 0, y * row_lo, np.where(y < 0, y * row_hi, 0.0))
     if not (np.all(np.isfinite(col)) and np.all(np.isfinite(row))):
         return -np.inf
     # d = c - A^T y errs by <= gamma * (|c| + |A|^T |y|) per entry; sums err by gamma * sum|terms|.
@@ -64,7 +66,7 @@ def _exact_by_interval(net: Network, node: str) -> bool:
 def tighten_with_lp(net: Network, bounds: Bounds, deadline: float, stats: dict | None = None) -> Bounds:
     """Tighten the pre-activation bounds of every ReLU with LPs, layer by layer, until the
     deadline; what is not reached keeps its (sound) interval bounds."""
-    known: Bounds = {}
+    known: Bounds = {n: b for n, b in bounds.items() if n != net.input_node}  # keep what we have
     lo, hi = bounds[net.input_node]
     n_lps = 0
     for relu in net.relu_nodes():
@@ -78,7 +80,6 @@ def tighten_with_lp(net: Network, bounds: Bounds, deadline: float, stats: dict |
         upto = [n for n in net.order if n in ancestors or n == pre]
         enc = encode_network(net, bounds, upto)
         solver = HighsSolver(enc.problem, relax=True, primal_simplex=True)
-        cols = enc.handles[pre].cols
         new_lo, new_hi = p_lo.copy(), p_hi.copy()
         for i in ambiguous:
             # Try the side closer to zero first: if it proves the neuron stable, skip the other.
@@ -86,9 +87,10 @@ def tighten_with_lp(net: Network, bounds: Bounds, deadline: float, stats: dict |
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     break
-                c = np.zeros(enc.problem.num_cols)
-                c[cols[i]] = 1.0 if side == "min" else -1.0
-                value = lp_min(solver, enc.problem, c, remaining)
+                w = np.zeros(p_lo.size)
+                w[i] = 1.0 if side == "min" else -1.0
+                c, offset = enc.linear_objective(pre, w)
+                value = lp_min(solver, enc.problem, c, remaining) + offset
                 n_lps += 1
                 if side == "min":
                     new_lo[i] = max(new_lo[i], value)

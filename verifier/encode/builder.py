@@ -16,10 +16,19 @@ from solvers.base import MilpProblem
 
 @dataclass
 class Handle:
-    """Where a node's neurons live in the MILP: a column index, or -1 for a constant `const`."""
+    """A node's neurons as affine expressions of MILP columns: value = expr @ x + const.
 
-    cols: np.ndarray
+    Affine ops get no columns of their own: their expressions are substituted through, which
+    keeps the LP small (a stable ReLU then costs nothing). Only unstable ReLUs add columns.
+    """
+
+    expr: sp.csr_matrix  # (neurons, columns so far)
     const: np.ndarray
+
+    def widened(self, num_cols: int) -> sp.csr_matrix:
+        """expr with columns added since it was made (all zero)."""
+        e = self.expr
+        return sp.csr_matrix((e.data, e.indices, e.indptr), shape=(e.shape[0], num_cols))
 
 
 @dataclass
@@ -32,7 +41,7 @@ class MilpBuilder:
     entries: list = field(default_factory=list)
     num_cols: int = 0
     num_rows: int = 0
-    relu_binaries: list = field(default_factory=list)  # (z cols, y cols, a cols) per ReLU block
+    relu_binaries: list = field(default_factory=list)  # (relu node, neuron indices, y cols, a cols)
 
     def add_cols(self, lo: np.ndarray, hi: np.ndarray, integer: bool = False) -> np.ndarray:
         lo = np.asarray(lo, dtype=np.float64)
@@ -55,6 +64,11 @@ class MilpBuilder:
 
     def add_entries(self, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray) -> None:
         self.entries.append((np.asarray(rows), np.asarray(cols), np.asarray(vals, dtype=np.float64)))
+
+    def add_expr_rows(self, rows: np.ndarray, expr: sp.csr_matrix, scale: float = 1.0) -> None:
+        """Add scale * expr (one expression per row in `rows`) to the constraint matrix."""
+        coo = expr.tocoo()
+        self.add_entries(rows[coo.row], coo.col, scale * coo.data)
 
     def build(self) -> MilpProblem:
         def cat(parts, dtype=np.float64):

@@ -98,22 +98,12 @@ class Affine:
         slack = (fan_in + 4) * np.finfo(np.float64).eps * magnitude + 1e-300
         return centre - radius - slack, centre + radius + slack
 
-    def encode(self, builder: MilpBuilder, handles: list[Handle], own_bounds, input_bounds) -> Handle:
-        """New columns z with rows z - sum_k W_k[:, vars] h_k = b + sum_k W_k[:, consts] c_k."""
-        rhs = self.bias.copy()
-        blocks = []
+    def encode(self, builder: MilpBuilder, handles: list[Handle], own_bounds, input_bounds,
+               node: str = "") -> Handle:
+        """No new columns: z = sum_k W_k (E_k x + c_k) + b, substituted as an expression."""
+        const = self.bias.copy()
+        expr = sp.csr_matrix((self.size, builder.num_cols))
         for w, h in zip(self.weights, handles):
-            is_var = h.cols >= 0
-            if not is_var.all():
-                const = np.where(is_var, 0.0, h.const)
-                rhs += matmul_rows(const[None, :], w)[0]
-            if is_var.any():
-                sub = sp.csr_matrix(w)[:, np.flatnonzero(is_var)].tocoo()
-                blocks.append((sub.row, h.cols[is_var][sub.col], -sub.data))
-        lo, hi = own_bounds
-        z = builder.add_cols(lo, hi)
-        rows = builder.add_rows(rhs, rhs)
-        builder.add_entries(rows, z, np.ones(self.size))
-        for r, c, v in blocks:
-            builder.add_entries(rows[r], c, v)
-        return Handle(z, np.zeros(self.size))
+            const += matmul_rows(h.const[None, :], w)[0]
+            expr = expr + sp.csr_matrix(w) @ h.widened(builder.num_cols)
+        return Handle(sp.csr_matrix(expr), const)

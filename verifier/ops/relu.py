@@ -45,30 +45,37 @@ class Relu:
         lo, hi = bounds[0]
         return np.maximum(lo, 0.0), np.maximum(hi, 0.0)
 
-    def encode(self, builder: MilpBuilder, handles: list[Handle], own_bounds, input_bounds) -> Handle:
+    def encode(self, builder: MilpBuilder, handles: list[Handle], own_bounds, input_bounds,
+               node: str = "") -> Handle:
         """Big-M: y >= z, y <= z - l(1-a), y <= u a, 0 <= y <= u, a binary (relaxed in LPs)."""
         (h,) = handles
         lo, hi = input_bounds[0]
-        is_var = h.cols >= 0
-        cols = np.where(is_var & (hi > 0), h.cols, -1)
-        const = np.where(is_var, 0.0, np.maximum(h.const, 0.0))
-        unstable = np.flatnonzero((lo < 0) & (hi > 0) & is_var)
+        expr = h.widened(builder.num_cols)
+        is_const = np.diff(expr.indptr) == 0
+        keep = ~is_const & (lo >= 0)  # stable active: y = z
+        unstable = np.flatnonzero(~is_const & (lo < 0) & (hi > 0))
+        const = np.where(is_const, np.maximum(h.const, 0.0), np.where(keep, h.const, 0.0))
+        y = np.zeros(0, dtype=np.int64)
         if unstable.size:
-            l, u, z = lo[unstable], hi[unstable], h.cols[unstable]
             n = unstable.size
+            l, u, c = lo[unstable], hi[unstable], h.const[unstable]
+            z = expr[unstable]
             y = builder.add_cols(np.zeros(n), u)
             a = builder.add_cols(np.zeros(n), np.ones(n), integer=True)
             ones = np.ones(n)
-            r1 = builder.add_rows(np.zeros(n), np.full(n, np.inf))  # y - z >= 0
+            r1 = builder.add_rows(c, np.full(n, np.inf))  # y - z >= c
             builder.add_entries(r1, y, ones)
-            builder.add_entries(r1, z, -ones)
-            r2 = builder.add_rows(np.full(n, -np.inf), -l)  # y - z - l a <= -l
+            builder.add_expr_rows(r1, z, -1.0)
+            r2 = builder.add_rows(np.full(n, -np.inf), c - l)  # y - z - l a <= c - l
             builder.add_entries(r2, y, ones)
-            builder.add_entries(r2, z, -ones)
+            builder.add_expr_rows(r2, z, -1.0)
             builder.add_entries(r2, a, -l)
             r3 = builder.add_rows(np.full(n, -np.inf), np.zeros(n))  # y - u a <= 0
             builder.add_entries(r3, y, ones)
             builder.add_entries(r3, a, -u)
-            cols[unstable] = y
-            builder.relu_binaries.append((z, y, a))
-        return Handle(cols, const)
+            builder.relu_binaries.append((node, unstable, y, a))
+            const[unstable] = 0.0
+        kept = sp.diags(keep.astype(float)) @ expr
+        picks = sp.csr_matrix((np.ones(unstable.size), (unstable, y)), shape=(lo.size, builder.num_cols))
+        kept = sp.csr_matrix((kept.data, kept.indices, kept.indptr), shape=(lo.size, builder.num_cols))
+        return Handle(sp.csr_matrix(kept + picks), const)

@@ -1,0 +1,20 @@
+"""Options of a verification run: one typed dataclass passed down the stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class VerifyOptions:
+    timeout: float = 60.0  # seconds for the whole sample
+    domain: tuple[float, float] | None = (0.0, 1.0)  # valid input range (None: unbounded)
+    tolerance: float = 1e-5  # a margin must be proven > tolerance to count as robust
+    attack_restarts: int = 6
+    attack_steps: int = 40
+    symbolic: bool = True  # CROWN-style bounds after interval arithmetic
+    lp_tightening: bool = True  # LP-tighten ambiguous ReLUs before a MIP
+    lp_budget: float = 0.25  # share of the remaining time LP tightening may use
+    exact: bool = False  # compute the exact minimum margin (every label's MIP to optimality)
+    seed: int = 0
+    threads: int = 1  # HiGHS threads (fixed per process at its first solve)
