@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from verifier.errors import ModelError
 from verifier.network.graph import Network
 
 
@@ -19,7 +20,12 @@ def _session(net: Network):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
-        session = ort.InferenceSession(net.onnx_bytes, opts, providers=["CPUExecutionProvider"])
+        try:
+            session = ort.InferenceSession(net.onnx_bytes, opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelError(f"{net.name}: onnxruntime cannot run this model, so counterexamples "
+                             f"cannot be re-checked ({first})") from None
         net.info["_ort_session"] = session
     return session
 

@@ -1,0 +1,50 @@
+"""The MILP against independent oracles: enumeration of activation patterns on tiny networks,
+and the closed form for linear classifiers."""
+
+import numpy as np
+import pytest
+
+import verifier
+from tests.nets import mlp_onnx, random_mlp
+from tests.oracles import enumerate_min_margin, linear_worst_margin
+from verifier import Status, VerifyOptions
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_exact_margin_matches_enumeration(seed):
+    rng = np.random.default_rng(seed)
+    sizes = [3, 4, 4, 3] if seed % 2 else [4, 6, 3]
+    ws, bs = random_mlp(rng, sizes)
+    net = verifier.load(mlp_onnx(ws, bs))
+    x = rng.uniform(0.2, 0.8, sizes[0])
+    eps = float(rng.uniform(0.05, 0.4))
+    label = int(rng.integers(sizes[-1]))
+    lo, hi = np.clip(x - eps, 0, 1), np.clip(x + eps, 0, 1)
+    expected = enumerate_min_margin(ws, bs, lo, hi, label)
+    r = verifier.verify(net, x, eps, label=label, options=VerifyOptions(exact=True), timeout=60)
+    assert r.margin_lower == pytest.approx(expected, abs=1e-6)
+    assert r.margin_upper == pytest.approx(expected, abs=1e-6)
+    # The early-stopping search agrees on the verdict whenever the answer is not a near tie.
+    quick = verifier.verify(net, x, eps, label=label, timeout=60)
+    if expected > 1e-4:
+        assert quick.status == Status.ROBUST
+    elif expected < -1e-4:
+        assert quick.status == Status.ADVERSARIAL
+    assert quick.margin_lower <= expected + 1e-9 <= quick.margin_upper + 2e-9
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_linear_classifier_closed_form(seed):
+    rng = np.random.default_rng(100 + seed)
+    w = np.float32(rng.normal(size=(5, 8))).astype(np.float64)
+    b = np.float32(rng.normal(size=5)).astype(np.float64)
+    net = verifier.load(mlp_onnx([w], [b]))
+    x = rng.uniform(-1, 1, 8)
+    label = int(np.argmax(w @ x + b))
+    eps = float(rng.uniform(0.01, 0.3))
+    r = verifier.verify(net, x, eps, label=label,
+                        options=VerifyOptions(exact=True, domain=None), timeout=30)
+    expected = linear_worst_margin(w, b, x, eps, label)
+    assert r.margin_lower == pytest.approx(expected, abs=1e-6)
+    assert r.margin_upper == pytest.approx(expected, abs=1e-6)
+    assert r.status == (Status.ROBUST if expected > 0 else Status.ADVERSARIAL)

@@ -1,0 +1,131 @@
+"""The `verify` command.
+
+    verify model.onnx --eps 0.1                      # the embedded MNIST slice, a table
+    verify model.onnx --eps 0.1 --input x.npy --json # one sample, one JSON object
+
+User errors print one line on stderr and exit with code 2; an interrupted table run still
+prints the rows and the summary of what finished.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+
+import verifier
+from verifier.data import embedded_mnist, fits_mnist
+from verifier.errors import InputError, VerifierError
+from verifier.options import VerifyOptions
+
+app = typer.Typer(add_completion=False, help="Exact verification of ReLU networks (ONNX).")
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _load_input(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except Exception as e:  # corrupt or not a .npy file
+        raise InputError(f"{path}: cannot read as a .npy array ({type(e).__name__}: {e})") from None
+
+
+@app.command()
+def run(
+    model: Path = typer.Argument(..., help="ONNX model file."),
+    eps: float = typer.Option(0.1, help="L-infinity radius of the input ball."),
+    input: Optional[Path] = typer.Option(None, "--input", help="One sample as .npy; default: the embedded MNIST slice."),
+    label: Optional[int] = typer.Option(None, help="True label (default: the network's prediction)."),
+    timeout: float = typer.Option(60.0, help="Seconds per sample."),
+    limit: int = typer.Option(10, help="Samples of the embedded data to verify."),
+    start: int = typer.Option(0, help="First sample of the embedded data."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    save_example: Optional[Path] = typer.Option(None, help="Write the counterexample (.npy) if one is found."),
+) -> None:
+    """Verify MODEL on one sample (--input) or on the embedded MNIST test slice."""
+    try:
+        if not np.isfinite(eps) or eps < 0:
+            raise InputError(f"--eps must be a finite number >= 0, got {eps}")
+        if not np.isfinite(timeout) or timeout <= 0:
+            raise InputError(f"--timeout must be positive, got {timeout}")
+        net = verifier.load(model)
+        options = VerifyOptions(timeout=timeout)
+        if input is not None:
+            _single(net, _load_input(input), eps, label, options, as_json, save_example)
+        else:
+            _table(net, eps, label, options, as_json, limit, start)
+    except VerifierError as e:
+        _fail(str(e))
+
+
+def _single(net, x, eps, label, options, as_json, save_example) -> None:
+    r = verifier.verify(net, x, eps, label=label, timeout=options.timeout, options=options)
+    if save_example is not None and r.counterexample is not None:
+        np.save(save_example, r.counterexample)
+    if as_json:
+        typer.echo(json.dumps(r.to_dict(with_counterexample=False)))
+        return
+    typer.echo(f"{r.status.value}  label={r.label} prediction={r.prediction} "
+               f"margin in [{r.margin_lower:.4g}, {r.margin_upper:.4g}]  {r.time:.2f}s  ({r.decided_by})")
+    if r.adversarial_label is not None:
+        typer.echo(f"counterexample classified as {r.adversarial_label}"
+                   + (f", saved to {save_example}" if save_example else ""))
+
+
+def _table(net, eps, label, options, as_json, limit, start) -> None:
+    if not fits_mnist(net.input_shape):
+        raise InputError(f"no --input given, and the model's input shape {net.input_shape} does not "
+                         "fit the embedded MNIST data (one 28x28 image)")
+    images, labels = embedded_mnist()
+    if not 0 <= start < len(images) or limit < 1:
+        raise InputError(f"--start must be in 0..{len(images) - 1} and --limit >= 1 (got {start}, {limit})")
+    indices = range(start, min(start + limit, len(images)))
+    from rich.progress import Progress
+
+    rows = []
+    counts = {"robust": 0, "adversarial": 0, "unknown": 0}
+    header = f"{'index':>5} {'label':>5} {'pred':>4}  {'status':<11} {'margin_lower':>12} {'margin_upper':>12} {'time_s':>7}  decided_by"
+    if not as_json:
+        typer.echo(header)
+    try:
+        with Progress(transient=True, console=None, disable=not sys.stderr.isatty()) as progress:
+            task = progress.add_task("verifying", total=len(indices))
+            for i in indices:
+                y = int(labels[i]) if label is None else label
+                r = verifier.verify(net, images[i].reshape(net.input_shape), eps, label=y,
+                                    timeout=options.timeout, options=options)
+                counts[r.status.value] += 1
+                rows.append((i, r))
+                if not as_json:
+                    progress.console.print(
+                        f"{i:>5} {r.label:>5} {r.prediction:>4}  {r.status.value:<11} {r.margin_lower:>12.4g} "
+                        f"{r.margin_upper:>12.4g} {r.time:>7.3f}  {r.decided_by}", highlight=False)
+                progress.update(task, advance=1, description=" ".join(f"{k} {v}" for k, v in counts.items()))
+    except KeyboardInterrupt:
+        typer.echo("interrupted: summary of the samples that finished", err=True)
+    times = [r.time for _, r in rows]
+    summary = {"samples": len(rows), **counts, "eps": eps,
+               "total_time": round(sum(times), 3), "median_time": round(float(np.median(times)), 4) if times else None}
+    if as_json:
+        typer.echo(json.dumps({"summary": summary, "results": [{"index": i, **r.to_dict()} for i, r in rows]}))
+    else:
+        typer.echo(f"summary: {summary['samples']} samples, eps={eps}: {counts['robust']} robust, "
+                   f"{counts['adversarial']} adversarial, {counts['unknown']} unknown; "
+                   f"total {summary['total_time']:.2f}s, median {summary['median_time']}s")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
