@@ -79,8 +79,7 @@ class _Run:
         ce, adv_label = evidence if evidence is not None else (None, None)
         lower = float(np.min(np.delete(self.lower, self.label)))
         upper = self.best_margin
-        if status == Status.ADVERSARIAL:
-            lower = min(lower, upper)
+        lower = min(lower, upper)  # the minimum is at most the margin of any point of the set
         self.stats["labels_open"] = len(self.open_labels())
         return Result(status, self.label, int(self.stats.get("prediction", self.label)), lower, upper,
                       ce, adv_label, time.perf_counter() - self.start, decided_by, self.stats)

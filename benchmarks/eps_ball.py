@@ -1,0 +1,67 @@
+"""Verify the first N MNIST test images of a network at one eps; print a table and a summary.
+
+    python benchmarks/eps_ball.py ../shared/benchmarks/mipverify/wk17a_linf0.1.onnx --eps 0.1 --count 100 --timeout 60
+    python benchmarks/eps_ball.py ../shared/benchmarks/mipverify/rsl18a_linf0.1.onnx --eps 0.1 --count 20 --timeout 120
+
+Writes a CSV (one row per sample) with --csv. Runs on one core (HiGHS threads=1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+import verifier
+
+MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist" / "mnist_test.npz"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model")
+    p.add_argument("--eps", type=float, default=0.1)
+    p.add_argument("--count", type=int, default=100)
+    p.add_argument("--start", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--data", default=str(MNIST))
+    p.add_argument("--csv")
+    args = p.parse_args()
+    data = np.load(args.data)
+    images, labels = data["images"].astype(np.float64) / 255.0, data["labels"]
+    net = verifier.load(args.model)
+    rows = []
+    wall = time.perf_counter()
+    for i in range(args.start, args.start + args.count):
+        r = verifier.verify(net, images[i].reshape(net.input_shape), args.eps, label=int(labels[i]),
+                            timeout=args.timeout)
+        rows.append({"index": i, "label": r.label, "prediction": r.prediction, "status": r.status.value,
+                     "decided_by": r.decided_by, "margin_lower": r.margin_lower, "margin_upper": r.margin_upper,
+                     "time": r.time, "unstable": r.stats.get("unstable_lp", r.stats.get("unstable_symbolic")),
+                     "binaries": r.stats.get("binaries", 0), "mip_nodes": r.stats.get("mip_nodes", 0)})
+        print(f"{i:>5} {r.label} {r.prediction} {r.status.value:<11} {r.decided_by:<8} "
+              f"[{r.margin_lower:9.4f}, {r.margin_upper:9.4f}] {r.time:8.3f}s", flush=True)
+    wall = time.perf_counter() - wall
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    times = np.array([r["time"] for r in rows])
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("robust", "adversarial", "unknown")}
+    by = {}
+    for r in rows:
+        by[r["decided_by"]] = by.get(r["decided_by"], 0) + 1
+    print(f"model={Path(args.model).name} eps={args.eps} samples={len(rows)} timeout={args.timeout}s "
+          f"machine={platform.machine()} {platform.python_version()}")
+    print(f"counts={counts} decided_by={by}")
+    print(f"time per sample: median={np.median(times):.3f}s mean={times.mean():.3f}s max={times.max():.3f}s "
+          f"total={times.sum():.1f}s wall={wall:.1f}s")
+
+
+if __name__ == "__main__":
+    main()
