@@ -55,9 +55,10 @@ class _Tracer:
         return ModelError(f"{self.where()}: {message}")
 
     def add(self, op, shape: tuple[int, ...]) -> Sym:
-        name = self.onnx_node.output[0]
-        while name in self.graph:
-            name += "'"
+        base = name = self.onnx_node.output[0]
+        k = 1
+        while name in self.graph:  # one ONNX node may lower to several (Gemm: product, then + C)
+            name, k = f"{base}#{k}", k + 1
         self.graph.add_node(name, op=op)
         for src in op.inputs:
             self.graph.add_edge(src, name)
@@ -90,9 +91,8 @@ def _identity(t, args, attrs):
 
 def _constant(t, args, attrs):
     if "value" in attrs:
-        return [numpy_helper.to_array(attrs["value"]).astype(np.float64)
-                if numpy_helper.to_array(attrs["value"]).dtype.kind == "f"
-                else numpy_helper.to_array(attrs["value"])]
+        value = numpy_helper.to_array(attrs["value"])
+        return [value.astype(np.float64) if value.dtype.kind == "f" else value]
     for key in ("value_float", "value_floats", "value_int", "value_ints"):
         if key in attrs:
             return [np.asarray(attrs[key])]
