@@ -68,6 +68,8 @@ class _Run:
     def confirm(self, x: np.ndarray) -> tuple[np.ndarray, int] | None:
         """The float32 point inside the box, if onnxruntime misclassifies it."""
         x32 = self.box.clip_float32(x)
+        if not self.box.contains(x32):  # the set holds no float32 point here (e.g. eps = 0)
+            return None
         logits = reference_logits(self.net, x32)
         if margin(logits, self.label) <= 0:
             self.offer(x32.astype(np.float64))

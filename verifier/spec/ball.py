@@ -25,7 +25,7 @@ class InputBox:
         lo32[up] = np.nextafter(lo32[up], np.float32(np.inf))
         down = hi32.astype(np.float64) > self.hi
         hi32[down] = np.nextafter(hi32[down], np.float32(-np.inf))
-        return lo32, np.maximum(hi32, lo32)
+        return lo32, hi32  # lo32 > hi32 where no float32 lies in [lo, hi]
 
     def contains(self, x: np.ndarray) -> bool:
         x = np.asarray(x, dtype=np.float64).ravel()
