@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 
 from verifier.network.graph import Network
 from verifier.ops.affine import Affine
@@ -34,7 +35,8 @@ def margin_interval(net: Network, bounds: Bounds, label: int) -> np.ndarray:
     n = net.output_size
     if isinstance(op, Affine) and len(op.inputs) == 1:
         w = op.weights[0]
-        rows = w[[label]] - w  # dense or sparse, shape (n, k)
+        w = w.toarray() if sp.issparse(w) else w  # n rows only: dense is fine
+        rows = w[[label]] - w
         diff = Affine(list(op.inputs), [rows], op.bias[label] - op.bias)
         lower = diff.interval([bounds[op.inputs[0]]])[0]
     else:

@@ -176,7 +176,9 @@ def _mip_search(run: _Run, enc, labels: list[int], seed_x: np.ndarray) -> Result
                 solve.cutoff, solve.target = 2 * tol - offset, -offset
             res = solver.solve(solve)
             run.stats["mip_nodes"] += res.nodes
-            run.prove(j, res.dual_bound + offset)
+            finished = res.status in (SolveStatus.OPTIMAL, SolveStatus.INFEASIBLE)
+            if finished:  # only a finished solve's dual bound counts as a proof (rule 1)
+                run.prove(j, res.dual_bound + offset)
             if res.x is not None:
                 x_in = res.x[enc.input_cols]
                 m = run.offer(np.clip(x_in, run.box.lo, run.box.hi))
@@ -184,8 +186,7 @@ def _mip_search(run: _Run, enc, labels: list[int], seed_x: np.ndarray) -> Result
                     evidence = run.confirm(x_in) or _polish(run, x_in, j)
                     if evidence is not None:
                         return run.result(Status.ADVERSARIAL, "mip", evidence)
-            if res.status in (SolveStatus.OPTIMAL, SolveStatus.INFEASIBLE) and (
-                    run.lower[j] > tol or opts.exact):
+            if finished and (run.lower[j] > tol or opts.exact):
                 unresolved.remove(j)
         if not unresolved:
             break
