@@ -7,11 +7,12 @@ counterexample, or `unknown` with the bounds reached.
     r.status, r.counterexample, r.margin_lower, r.margin_upper
 """
 
-from verifier.api import load, verify
+from verifier.api import check, load, verify
 from verifier.errors import InputError, ModelError, VerifierError
 from verifier.network.graph import Network
 from verifier.options import VerifyOptions
 from verifier.result import Result, Status
+from verifier.spec.property import Conjunction, InputRegion, Property
 
-__all__ = ["load", "verify", "Network", "Result", "Status", "VerifyOptions",
+__all__ = ["load", "verify", "check", "Property", "InputRegion", "Conjunction", "Network", "Result", "Status", "VerifyOptions",
            "VerifierError", "ModelError", "InputError"]

@@ -1,4 +1,4 @@
-"""The Python API: load a model, verify one sample."""
+"""The Python API: load a model, verify one sample, check a property."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from verifier.errors import InputError
 from verifier.importers import load_onnx
 from verifier.network.graph import Network
 from verifier.options import VerifyOptions
-from verifier.result import Result
-from verifier.search.verify import verify_box
+from verifier.result import Result, Status
+from verifier.search.region import check_region
 from verifier.spec.ball import linf_ball
+from verifier.spec.property import Property
 
 
 def load(model: str | os.PathLike | bytes | Network) -> Network:
@@ -31,6 +32,13 @@ def check_label(net: Network, label) -> int:
     return int(label)
 
 
+def _options(options: VerifyOptions | None, timeout: float) -> VerifyOptions:
+    opts = replace(options or VerifyOptions(), timeout=float(timeout))
+    if not np.isfinite(opts.timeout) or opts.timeout <= 0:
+        raise InputError(f"timeout must be a positive number of seconds, got {timeout}")
+    return opts
+
+
 def verify(net: Network | str | os.PathLike, x: np.ndarray, eps: float, label: int | None = None,
            timeout: float = 60.0, options: VerifyOptions | None = None) -> Result:
     """Is the decision on x the same for every input within L-infinity distance eps (inside the
@@ -40,9 +48,7 @@ def verify(net: Network | str | os.PathLike, x: np.ndarray, eps: float, label: i
     re-checked by onnxruntime) or `unknown` (with the margin bounds reached in the time).
     """
     net = load(net)
-    opts = replace(options or VerifyOptions(), timeout=float(timeout))
-    if not np.isfinite(opts.timeout) or opts.timeout <= 0:
-        raise InputError(f"timeout must be a positive number of seconds, got {timeout}")
+    opts = _options(options, timeout)
     try:
         eps = float(eps)
     except (TypeError, ValueError):
@@ -52,7 +58,47 @@ def verify(net: Network | str | os.PathLike, x: np.ndarray, eps: float, label: i
     box = linf_ball(flat, eps, opts.domain)
     if label is None:
         label = int(np.argmax(net.forward(flat)))
-    result = verify_box(net, flat, box, check_label(net, label), opts)
+    prop = Property.robustness(box, check_label(net, label), net.output_size)
+    result = check_region(net, prop.regions[0], flat, opts, label=prop.label)
     if result.counterexample is not None:
         result.counterexample = result.counterexample.reshape(shape)
     return result
+
+
+def check(net: Network | str | os.PathLike, prop: Property, timeout: float = 60.0,
+          options: VerifyOptions | None = None) -> Result:
+    """Decide a property (e.g. from VNN-LIB): `adversarial` (VNN-COMP `sat`) with an input that
+    onnxruntime confirms violates it, `robust` (`unsat`), or `unknown`. Regions are tried in
+    order within one time budget."""
+    net = load(net)
+    opts = _options(options, timeout)
+    if prop.num_inputs != net.input_size or prop.num_outputs != net.output_size:
+        raise InputError(f"{prop.name}: the property has {prop.num_inputs} inputs and {prop.num_outputs} "
+                         f"outputs, the model {net.input_size} and {net.output_size}")
+    deadline_start = opts.timeout
+    results = []
+    for region in prop.regions:
+        left = deadline_start - sum(r.time for r in results)
+        if left <= 0:
+            break
+        centre = (region.box.lo + region.box.hi) / 2.0
+        r = check_region(net, region, centre, replace(opts, timeout=left), label=prop.label)
+        results.append(r)
+        if r.status == Status.ADVERSARIAL:
+            break
+    return _combine(results, len(prop.regions))
+
+
+def _combine(results: list[Result], regions: int) -> Result:
+    """One verdict for several regions: any violation wins; robust needs every region robust."""
+    last = results[-1]
+    if last.status == Status.ADVERSARIAL or len(results) == 1:
+        status = last.status
+    elif len(results) == regions and all(r.status == Status.ROBUST for r in results):
+        status = Status.ROBUST
+    else:
+        status = Status.UNKNOWN
+    return Result(status, last.label, last.prediction, min(r.margin_lower for r in results),
+                  min(r.margin_upper for r in results), last.counterexample, last.adversarial_label,
+                  sum(r.time for r in results), last.decided_by if status != Status.UNKNOWN else "timeout",
+                  {"regions": len(results), **last.stats}, last.counterexample_outputs)

@@ -20,15 +20,18 @@ class Status(str, enum.Enum):
 @dataclass
 class Result:
     status: Status
-    label: int
-    prediction: int  # the network's decision on the clean input
-    margin_lower: float  # proven lower bound on min over the set of logit[label] - max other
-    margin_upper: float  # that quantity at the best input found (a real point of the set)
+    label: int | None  # None for general (VNN-LIB) properties
+    prediction: int  # the network's decision on the clean input (the reference point)
+    # Bounds on min over the set of the property's slack (robustness: logit[label] - max other;
+    # <= 0 means violated): a proven lower bound, and the value at the best point found.
+    margin_lower: float
+    margin_upper: float
     counterexample: np.ndarray | None
     adversarial_label: int | None
     time: float
     decided_by: str  # "clean", "bounds", "lp", "attack", "mip", "timeout", ...
     stats: dict = field(default_factory=dict)
+    counterexample_outputs: np.ndarray | None = None  # onnxruntime's outputs at the counterexample
 
     def to_dict(self, with_counterexample: bool = False) -> dict:
         out = {

@@ -25,25 +25,17 @@ def interval_bounds(net: Network, lo: np.ndarray, hi: np.ndarray, known: Bounds 
     return bounds
 
 
-def margin_interval(net: Network, bounds: Bounds, label: int) -> np.ndarray:
-    """Lower bounds on logit[label] - logit[j] for every j (entry `label` is +inf).
+def output_rows_lower(net: Network, bounds: Bounds, rows: np.ndarray) -> np.ndarray:
+    """Interval lower bounds on rows @ output (one per row).
 
-    When the output is an Affine of one node, the difference of rows is bounded directly,
-    which is much tighter than lo[label] - hi[j].
+    When the output is an Affine of one node, the combined rows rows @ W are bounded directly,
+    which is much tighter than combining the output intervals (label margins: W_y - W_j).
     """
+    rows = np.atleast_2d(np.asarray(rows, dtype=np.float64))
     op = net.op(net.output_node)
-    n = net.output_size
     if isinstance(op, Affine) and len(op.inputs) == 1:
         w = op.weights[0]
-        w = w.toarray() if sp.issparse(w) else w  # n rows only: dense is fine
-        rows = w[[label]] - w
-        diff = Affine(list(op.inputs), [rows], op.bias[label] - op.bias)
-        lower = diff.interval([bounds[op.inputs[0]]])[0]
-    else:
-        lo, hi = bounds[net.output_node]
-        lower = lo[label] - hi
-    lower = np.asarray(lower, dtype=np.float64).copy()
-    lower[label] = np.inf
-    assert lower.size == n
-    return lower
-
+        combined = Affine(list(op.inputs), [np.asarray(sp.csr_matrix(w).T @ rows.T).T], rows @ op.bias)
+        return combined.interval([bounds[op.inputs[0]]])[0]
+    lo, hi = bounds[net.output_node]
+    return Affine([net.output_node], [rows], np.zeros(rows.shape[0])).interval([(lo, hi)])[0]

@@ -75,15 +75,3 @@ def symbolic_bounds(net: Network, bounds: Bounds) -> Bounds:
             known[pre] = (new_lo, new_hi)
             bounds = interval_bounds(net, lo, hi, {**known})
     return bounds
-
-
-def margin_lower_symbolic(net: Network, bounds: Bounds, label: int) -> np.ndarray:
-    """Lower bounds on logit[label] - logit[j] for every j (entry `label` is +inf)."""
-    n = net.output_size
-    others = [j for j in range(n) if j != label]
-    rows = np.zeros((len(others), n))
-    rows[np.arange(len(others)), label] = 1.0
-    rows[np.arange(len(others)), others] = -1.0
-    lower = np.full(n, np.inf)
-    lower[others] = backward_lower(net, bounds, net.output_node, rows, np.zeros(len(others)))
-    return lower

@@ -37,6 +37,22 @@ class EncodedNetwork:
         c = np.asarray(h.widened(self.problem.num_cols).T @ weights).ravel()
         return c, float(weights @ h.const)
 
+    def with_max_objective(self, node: str, C: np.ndarray, d: np.ndarray, t_lo: float,
+                           t_hi: float) -> MilpProblem:
+        """The problem plus a last column t with t >= C_k @ value(node) - d_k for every row k
+        (t's bounds [t_lo, t_hi] must hold for the true max): minimising t minimises the max."""
+        p = self.problem
+        h = self.handles[node]
+        expr = sp.csr_matrix(C) @ h.widened(p.num_cols)  # C_k @ value = expr_k @ x + C_k @ const
+        k = C.shape[0]
+        A = sp.bmat([[p.A, None], [expr, -np.ones((k, 1))]], format="csc")
+        return MilpProblem(
+            c=np.zeros(p.num_cols + 1), A=A,
+            row_lo=np.concatenate([p.row_lo, np.full(k, -np.inf)]),
+            row_hi=np.concatenate([p.row_hi, d - C @ h.const]),
+            col_lo=np.append(p.col_lo, t_lo), col_hi=np.append(p.col_hi, t_hi),
+            integer=np.append(p.integer, False))
+
     def assignment(self, net: Network, x: np.ndarray) -> np.ndarray:
         """Values of all MILP columns at input x (flat): a feasible point to seed a MIP."""
         values = net.forward_all(x.reshape(1, -1))

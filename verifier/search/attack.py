@@ -1,8 +1,9 @@
 """PGD with random restarts, in numpy over the Network's own ops (forward + vector-Jacobian).
 
-It runs before any MIP: most non-robust samples fall to it in milliseconds, and its best points
-order (and seed) the exact search. Each target label gets its own restarts: the loss is
-logit[label] - logit[target], with signed-gradient steps in the L-infinity geometry.
+It runs before any MIP: most violations fall to it in milliseconds, and its best points order
+(and seed) the exact search. Each disjunct of the violation gets its own restarts; the loss is
+the disjunct's slack max_k (C_k y - d_k) (for robustness, logit[label] - logit[target]), with
+signed-gradient steps in the L-infinity geometry.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 
 from verifier.network.graph import Network
 from verifier.spec.ball import InputBox
+from verifier.spec.property import Conjunction
 
 
 def input_gradient(net: Network, values: dict, grad_out: np.ndarray) -> np.ndarray:
@@ -32,50 +34,44 @@ def input_gradient(net: Network, values: dict, grad_out: np.ndarray) -> np.ndarr
 @dataclass
 class AttackResult:
     x: np.ndarray  # best point found (flat, inside the box)
-    margin: float  # logit[label] - max other at x (float64 forward)
-    target_margins: np.ndarray  # best logit[label] - logit[t] seen per label t (+inf for label)
+    value: float  # min over the disjuncts of the slack at x (<= 0: a violation)
+    per_disjunct: np.ndarray  # best slack seen for each disjunct
 
 
-def margins_of(logits: np.ndarray, label: int) -> np.ndarray:
-    others = np.delete(logits, label, axis=1)
-    return logits[:, label] - others.max(axis=1)
-
-
-def pgd_attack(net: Network, box: InputBox, x0: np.ndarray, label: int, targets: list[int],
-               restarts: int = 6, steps: int = 40, seed: int = 0, deadline: float = np.inf,
-               extra_starts: np.ndarray | None = None) -> AttackResult:
+def pgd_attack(net: Network, box: InputBox, x0: np.ndarray, disjuncts: list[Conjunction],
+               restarts: int = 6, steps: int = 40, seed: int = 0, deadline: float = np.inf) -> AttackResult:
     rng = np.random.default_rng(seed)
-    n_out = net.output_size
-    best_target = np.full(n_out, np.inf)
-    clean = net.forward(x0[None, :])
-    best_x, best_margin = x0.copy(), float(margins_of(clean, label)[0])
-    best_target[targets] = clean[0, label] - clean[0, targets]
+    count = len(disjuncts)
+    slack_all = lambda y: np.stack([c.slack(y) for c in disjuncts], axis=1)  # noqa: E731
+    start = slack_all(net.forward(x0[None, :]))[0]
+    best = AttackResult(x0.copy(), float(start.min()) if count else np.inf, start.copy())
     width = box.hi - box.lo
-    if not targets or np.all(width == 0):
-        return AttackResult(best_x, best_margin, best_target)
+    if count == 0 or np.all(width == 0) or steps <= 0:
+        return best
     starts = [x0[None, :], rng.uniform(box.lo, box.hi, (max(restarts - 1, 0), x0.size))]
-    if restarts > 2:  # a corner: the extremes are where big-M encodings are loosest
+    if restarts > 2:  # a corner: the extremes are where relaxations are loosest
         starts.append(np.where(rng.random((1, x0.size)) < 0.5, box.lo, box.hi))
-    if extra_starts is not None:
-        starts.append(np.atleast_2d(extra_starts))
-    per_target = np.concatenate(starts)
-    x = np.concatenate([per_target] * len(targets))
-    target_of = np.repeat(np.asarray(targets), per_target.shape[0])
-    grad_out = np.zeros((x.shape[0], n_out))
-    grad_out[:, label] = 1.0
-    grad_out[np.arange(x.shape[0]), target_of] -= 1.0
+    per_start = np.concatenate(starts)
+    x = np.concatenate([per_start] * count)
+    owner = np.repeat(np.arange(count), per_start.shape[0])
+    rows = np.arange(x.shape[0])
     for step in range(steps + 1):
         values = net.forward_all(x)
-        logits = values[net.output_node]
-        m = margins_of(logits, label)
-        k = int(np.argmin(m))
-        if m[k] < best_margin:
-            best_margin, best_x = float(m[k]), x[k].copy()
-        diff = logits[:, label] - logits[np.arange(x.shape[0]), target_of]
-        np.minimum.at(best_target, target_of, diff)
-        if step == steps or best_margin <= 0 or time.perf_counter() > deadline:
+        slacks = slack_all(values[net.output_node])  # (B, count)
+        own = slacks[rows, owner]
+        np.minimum.at(best.per_disjunct, owner, own)
+        least = slacks.min(axis=1)
+        k = int(np.argmin(least))
+        if least[k] < best.value:
+            best.value, best.x = float(least[k]), x[k].copy()
+        if step == steps or best.value <= 0 or time.perf_counter() > deadline:
             break
+        grad_out = np.empty((x.shape[0], net.output_size))
+        for i, conj in enumerate(disjuncts):  # gradient of the active (largest) row
+            mine = owner == i
+            active = np.argmax(values[net.output_node][mine] @ conj.C.T - conj.d, axis=1)
+            grad_out[mine] = conj.C[active]
         g = input_gradient(net, values, grad_out)
         alpha = width * (0.25 * (1.0 - step / steps) + 0.02)
         x = np.clip(x - alpha * np.sign(g), box.lo, box.hi)
-    return AttackResult(best_x, best_margin, best_target)
+    return best

@@ -1,0 +1,253 @@
+"""Deciding one input region of a property: the stages from cheap to exact.
+
+reference point -> interval + symbolic bounds -> PGD attack -> LP bounds (after LP tightening) ->
+one MIP per disjunct still open. Each disjunct d has a slack s_d (<= 0 means violated); the run
+keeps a proven lower bound per disjunct and the best point found. `robust` only comes from lower
+bounds above the tolerance (bounds, safe LP duals, or a finished MIP); `adversarial` only from a
+point that onnxruntime confirms; everything else is `unknown` with the bounds reached.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from solvers.base import SolveOptions, SolveStatus
+from solvers.highs import HighsSolver
+from verifier.bounds.interval import interval_bounds, output_rows_lower
+from verifier.bounds.lp import lp_min, tighten_with_lp
+from verifier.bounds.symbolic import backward_lower, symbolic_bounds
+from verifier.check import reference_logits
+from verifier.encode.network import EncodedNetwork, encode_network
+from verifier.network.graph import Network
+from verifier.options import VerifyOptions
+from verifier.result import Result, Status
+from verifier.search.attack import pgd_attack
+from verifier.spec.property import Conjunction, InputRegion
+
+
+@dataclass
+class _Run:
+    net: Network
+    region: InputRegion
+    label: int | None
+    options: VerifyOptions
+    start: float
+    lower: np.ndarray  # proven lower bound on min over the region of each disjunct's slack
+    best_x: np.ndarray
+    best_value: float = np.inf  # min over disjuncts of the slack at best_x
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def disjuncts(self) -> list[Conjunction]:
+        return self.region.disjuncts
+
+    @property
+    def deadline(self) -> float:
+        return self.start + self.options.timeout
+
+    def remaining(self) -> float:
+        return self.deadline - time.perf_counter()
+
+    def open(self) -> list[int]:
+        """Disjuncts not yet proven impossible (all of them in exact mode)."""
+        if self.options.exact:
+            return list(range(len(self.disjuncts)))
+        return [d for d in range(len(self.disjuncts)) if self.lower[d] <= self.options.tolerance]
+
+    def prove(self, d: int, bound: float) -> None:
+        self.lower[d] = max(self.lower[d], bound)
+
+    def slacks(self, y: np.ndarray) -> np.ndarray:
+        return np.array([c.slack(y)[0] for c in self.disjuncts])
+
+    def offer(self, x: np.ndarray) -> float:
+        """Record a point of the region; returns its least slack (float64 forward)."""
+        value = float(self.slacks(self.net.forward(x)).min())
+        if value < self.best_value:
+            self.best_value, self.best_x = value, x.copy()
+        return value
+
+    def confirm(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(float32 input inside the box, its onnxruntime outputs) if they violate the property."""
+        box = self.region.box
+        x32 = box.clip_float32(x)
+        if not box.contains(x32):  # the box holds no float32 point here (e.g. eps = 0)
+            return None
+        y = reference_logits(self.net, x32)
+        if self.slacks(y).min() <= 0:
+            self.offer(x32.astype(np.float64))
+            return x32, y
+        return None
+
+    def result(self, status: Status, decided_by: str, evidence=None) -> Result:
+        ce, outputs = evidence if evidence is not None else (None, None)
+        upper = self.best_value
+        lower = min(float(self.lower.min()), upper)  # the minimum is at most any point's value
+        adversarial_label = None
+        if outputs is not None and self.label is not None:
+            others = np.delete(np.arange(outputs.size), self.label)
+            adversarial_label = int(others[np.argmax(outputs[others])])
+        self.stats["disjuncts_open"] = len(self.open())
+        return Result(status, self.label, int(self.stats.get("prediction", -1)), lower, upper, ce,
+                      adversarial_label, time.perf_counter() - self.start, decided_by, self.stats,
+                      counterexample_outputs=outputs)
+
+
+def _stack(disjuncts: list[Conjunction]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rows = np.vstack([c.C for c in disjuncts])
+    offsets = np.concatenate([c.d for c in disjuncts])
+    owner = np.concatenate([np.full(c.d.size, i) for i, c in enumerate(disjuncts)])
+    return rows, offsets, owner
+
+
+def _per_disjunct(values: np.ndarray, owner: np.ndarray, count: int) -> np.ndarray:
+    """Lower bound on each disjunct's slack: the max of its rows' lower bounds."""
+    out = np.full(count, -np.inf)
+    np.maximum.at(out, owner, values)
+    return out
+
+
+def _relu_stats(net: Network, bounds: dict, prefix: str) -> dict:
+    total = unstable = 0
+    for relu in net.relu_nodes():
+        lo, hi = bounds[net.op(relu).inputs[0]]
+        total += lo.size
+        unstable += int(((lo < 0) & (hi > 0)).sum())
+    return {"relus": total, f"unstable_{prefix}": unstable}
+
+
+def check_region(net: Network, region: InputRegion, x_ref: np.ndarray, options: VerifyOptions,
+                 label: int | None = None) -> Result:
+    """Decide whether some input of region.box satisfies one of region.disjuncts.
+    x_ref is a point of the box tried first (the sample itself for robustness)."""
+    start = time.perf_counter()
+    n = len(region.disjuncts)
+    run = _Run(net, region, label, options, start, np.full(n, -np.inf), x_ref.copy())
+    run.stats["prediction"] = int(np.argmax(net.forward(x_ref)))
+    if run.offer(x_ref) <= 0 and not options.exact and (evidence := run.confirm(x_ref)) is not None:
+        return run.result(Status.ADVERSARIAL, "clean", evidence)
+
+    rows, offsets, owner = _stack(region.disjuncts)
+    box = region.box
+    bounds = interval_bounds(net, box.lo, box.hi)
+    run.stats.update(_relu_stats(net, bounds, "interval"))
+    run.lower = _per_disjunct(output_rows_lower(net, bounds, rows) - offsets, owner, n)
+    if options.symbolic:
+        bounds = symbolic_bounds(net, bounds)
+        symbolic = backward_lower(net, bounds, net.output_node, rows, -offsets)
+        run.lower = np.maximum(run.lower, _per_disjunct(symbolic, owner, n))
+        run.stats.update(_relu_stats(net, bounds, "symbolic"))
+    run.stats["time_bounds"] = round(time.perf_counter() - start, 4)
+    if not run.open():
+        return run.result(Status.ROBUST, "bounds")
+
+    attack = pgd_attack(net, box, x_ref, [region.disjuncts[d] for d in run.open()],
+                        options.attack_restarts, options.attack_steps, options.seed, run.deadline)
+    run.offer(attack.x)
+    if attack.value <= 0 and not options.exact and (evidence := run.confirm(attack.x)) is not None:
+        return run.result(Status.ADVERSARIAL, "attack", evidence)
+    attacked = dict(zip(run.open(), attack.per_disjunct))
+    order = sorted(run.open(), key=lambda d: attacked[d])
+
+    enc = encode_network(net, bounds)
+    _lp_bounds(run, enc, bounds, order)
+    if run.open() and options.lp_tightening and run.remaining() > 0:
+        t = time.perf_counter()
+        bounds = tighten_with_lp(net, bounds, t + options.lp_budget * run.remaining(), run.stats)
+        run.stats.update(_relu_stats(net, bounds, "lp"))
+        run.stats["time_lp_tightening"] = round(time.perf_counter() - t, 4)
+        enc = encode_network(net, bounds)
+        _lp_bounds(run, enc, bounds, run.open())
+    if not run.open():
+        return run.result(Status.ROBUST, "lp")
+    return _mip_search(run, enc, bounds, [d for d in order if d in run.open()], attack.x)
+
+
+class _Objectives:
+    """The LP/MIP of one disjunct: single-row disjuncts share the network's model (only the
+    objective changes); a multi-row one gets its own with t >= C_k y - d_k, minimising t."""
+
+    def __init__(self, run: _Run, enc: EncodedNetwork, bounds: dict, relax: bool) -> None:
+        self.run, self.enc, self.bounds, self.relax = run, enc, bounds, relax
+        self.shared = None
+
+    def solver_for(self, d: int):
+        conj = self.run.disjuncts[d]
+        enc, out = self.enc, self.run.net.output_node
+        if conj.d.size == 1:
+            if self.shared is None:
+                self.shared = HighsSolver(enc.problem, relax=self.relax, threads=self.run.options.threads,
+                                          primal_simplex=self.relax)
+            c, offset = enc.linear_objective(out, conj.C[0])
+            return self.shared, enc.problem, c, offset - conj.d[0], None
+        lo_rows = output_rows_lower(self.run.net, self.bounds, conj.C) - conj.d
+        hi_rows = -output_rows_lower(self.run.net, self.bounds, -conj.C) - conj.d
+        problem = enc.with_max_objective(out, conj.C, conj.d, lo_rows.max(), hi_rows.max())
+        c = np.zeros(problem.num_cols)
+        c[-1] = 1.0
+        solver = HighsSolver(problem, relax=self.relax, threads=self.run.options.threads,
+                             primal_simplex=self.relax)
+        return solver, problem, c, 0.0, conj
+
+
+def _lp_bounds(run: _Run, enc: EncodedNetwork, bounds: dict, disjuncts: list[int]) -> None:
+    objectives = _Objectives(run, enc, bounds, relax=True)
+    for d in disjuncts:
+        if run.remaining() <= 0:
+            return
+        solver, problem, c, offset, _ = objectives.solver_for(d)
+        run.prove(d, lp_min(solver, problem, c, run.remaining()) + offset)
+
+
+def _mip_search(run: _Run, enc: EncodedNetwork, bounds: dict, disjuncts: list[int],
+                seed_x: np.ndarray) -> Result:
+    """One MIP per open disjunct, most threatening first; stop at the first confirmed violation."""
+    opts = run.options
+    tol = opts.tolerance
+    objectives = _Objectives(run, enc, bounds, relax=False)
+    run.stats["binaries"] = enc.num_binaries
+    run.stats["mip_nodes"] = 0
+    seed = enc.assignment(run.net, seed_x)
+    unresolved = list(disjuncts)
+    for attempt in range(2):  # a fair slice per disjunct first, then all the time left
+        for d in list(unresolved):
+            left = run.remaining()
+            if left <= 0:
+                break
+            solver, problem, c, offset, conj = objectives.solver_for(d)
+            solver.set_objective(c)
+            initial = seed if conj is None else np.append(seed, conj.slack(run.net.forward(seed_x))[0])
+            solve = SolveOptions(time_limit=left / len(unresolved) if attempt == 0 else left,
+                                 initial=np.clip(initial, problem.col_lo, problem.col_hi))
+            if not opts.exact:
+                solve.cutoff, solve.target = 2 * tol - offset, -offset
+            res = solver.solve(solve)
+            run.stats["mip_nodes"] += res.nodes
+            finished = res.status in (SolveStatus.OPTIMAL, SolveStatus.INFEASIBLE)
+            if finished:  # only a finished solve's dual bound counts as a proof (rule 1)
+                run.prove(d, res.dual_bound + offset)
+            if res.x is not None:
+                x_in = np.clip(res.x[enc.input_cols], run.region.box.lo, run.region.box.hi)
+                if run.offer(x_in) <= 0 and not opts.exact:
+                    evidence = run.confirm(x_in) or _polish(run, x_in, d)
+                    if evidence is not None:
+                        return run.result(Status.ADVERSARIAL, "mip", evidence)
+            if finished and (run.lower[d] > tol or opts.exact):
+                unresolved.remove(d)
+        if not unresolved:
+            break
+    if opts.exact and run.best_value <= 0 and (evidence := run.confirm(run.best_x)) is not None:
+        return run.result(Status.ADVERSARIAL, "mip", evidence)
+    if run.lower.min() > tol:
+        return run.result(Status.ROBUST, "mip")
+    return run.result(Status.UNKNOWN, "timeout" if run.remaining() <= 0 else "numerics")
+
+
+def _polish(run: _Run, x: np.ndarray, d: int):
+    """A MIP point at slack ~0 may not survive float32: push it further with a short PGD."""
+    attack = pgd_attack(run.net, run.region.box, x, [run.disjuncts[d]], restarts=1, steps=20,
+                        seed=run.options.seed, deadline=run.deadline)
+    return run.confirm(attack.x) if attack.value <= 0 else None
