@@ -1,5 +1,5 @@
-"""Independent oracles: exact minimum margins of tiny ReLU MLPs by enumerating activation
-patterns (one LP per pattern, scipy's linprog), and closed forms for linear classifiers."""
+"""Independent oracles: exact optima over tiny ReLU MLPs by enumerating activation patterns
+(one LP per pattern, scipy's linprog), and closed forms for linear classifiers."""
 
 from __future__ import annotations
 
@@ -9,14 +9,13 @@ import numpy as np
 from scipy.optimize import linprog
 
 
-def enumerate_min_margin(ws, bs, lo, hi, label) -> float:
-    """min over the box of logit[label] - max_j logit[j], over every activation pattern."""
+def _patterns(ws, bs):
+    """For every activation pattern: (A_ub, b_ub) keeping x in the pattern, and the output as
+    oM @ x + oc under it."""
     n_hidden = [w.shape[0] for w in ws[:-1]]
-    best = np.inf
     for pattern in itertools.product([0, 1], repeat=sum(n_hidden)):
-        # Affine map of x for each layer under this pattern; constraints keep the pattern valid.
         A_ub, b_ub = [], []
-        M, c = np.eye(lo.size), np.zeros(lo.size)  # current layer value = M x + c
+        M, c = np.eye(ws[0].shape[1]), np.zeros(ws[0].shape[1])  # current layer = M x + c
         pos = 0
         for w, b, n in zip(ws[:-1], bs[:-1], n_hidden):
             zM, zc = w @ M, w @ c + b
@@ -27,16 +26,36 @@ def enumerate_min_margin(ws, bs, lo, hi, label) -> float:
             A_ub.append(sign[:, None] * zM)
             b_ub.append(np.where(act == 1, zc, -zc))
             M, c = act[:, None] * zM, act * zc
-        oM, oc = ws[-1] @ M, ws[-1] @ c + bs[-1]
-        for j in range(oM.shape[0]):
-            if j == label:
-                continue
-            obj = oM[label] - oM[j]
-            res = linprog(obj, A_ub=np.vstack(A_ub), b_ub=np.concatenate(b_ub),
-                          bounds=list(zip(lo, hi)), method="highs")
+        yield np.vstack(A_ub), np.concatenate(b_ub), ws[-1] @ M, ws[-1] @ c + bs[-1]
+
+
+def enumerate_min_slack(ws, bs, lo, hi, conjunctions) -> float:
+    """min over the box and over conjunctions (C, d) of max_k (C_k y - d_k)."""
+    n = lo.size
+    best = np.inf
+    for A_ub, b_ub, oM, oc in _patterns(ws, bs):
+        for C, d in conjunctions:
+            # variables (x, t): minimise t  s.t.  C (oM x + oc) - d <= t
+            A = np.vstack([np.hstack([A_ub, np.zeros((A_ub.shape[0], 1))]),
+                           np.hstack([C @ oM, -np.ones((C.shape[0], 1))])])
+            b = np.concatenate([b_ub, d - C @ oc])
+            res = linprog(np.r_[np.zeros(n), 1.0], A_ub=A, b_ub=b,
+                          bounds=list(zip(lo, hi)) + [(None, None)], method="highs")
             if res.status == 0:
-                best = min(best, res.fun + oc[label] - oc[j])
+                best = min(best, res.fun)
     return best
+
+
+def enumerate_min_margin(ws, bs, lo, hi, label) -> float:
+    """min over the box of logit[label] - max_j logit[j]."""
+    n_out = ws[-1].shape[0]
+    conjunctions = []
+    for j in range(n_out):
+        if j != label:
+            row = np.zeros(n_out)
+            row[label], row[j] = 1.0, -1.0
+            conjunctions.append((row[None, :], np.zeros(1)))
+    return enumerate_min_slack(ws, bs, lo, hi, conjunctions)
 
 
 def linear_worst_margin(w: np.ndarray, b: np.ndarray, x: np.ndarray, eps: float, label: int) -> float:

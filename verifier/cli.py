@@ -21,6 +21,7 @@ import verifier
 from verifier.data import embedded_mnist, fits_mnist
 from verifier.errors import InputError, VerifierError
 from verifier.options import VerifyOptions
+from verifier.vnncomp import format_result, result_word
 
 app = typer.Typer(add_completion=False, help="Exact verification of ReLU networks (ONNX).")
 
@@ -50,8 +51,10 @@ def run(
     start: int = typer.Option(0, help="First sample of the embedded data."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     save_example: Optional[Path] = typer.Option(None, help="Write the counterexample (.npy) if one is found."),
+    vnnlib: Optional[Path] = typer.Option(None, help="A VNN-LIB property (.vnnlib or .vnnlib.gz) instead of an eps-ball."),
+    result_file: Optional[Path] = typer.Option(None, "--result", help="With --vnnlib: write the VNN-COMP result file here."),
 ) -> None:
-    """Verify MODEL on one sample (--input) or on the embedded MNIST test slice."""
+    """Verify MODEL on one sample (--input), a VNN-LIB property (--vnnlib) or the embedded MNIST slice."""
     try:
         if not np.isfinite(eps) or eps < 0:
             raise InputError(f"--eps must be a finite number >= 0, got {eps}")
@@ -59,7 +62,9 @@ def run(
             raise InputError(f"--timeout must be positive, got {timeout}")
         net = verifier.load(model)
         options = VerifyOptions(timeout=timeout)
-        if input is not None:
+        if vnnlib is not None:
+            _property(net, vnnlib, options, result_file, as_json)
+        elif input is not None:
             _single(net, _load_input(input), eps, label, options, as_json, save_example)
         else:
             _table(net, eps, label, options, as_json, limit, start)
@@ -79,6 +84,23 @@ def _single(net, x, eps, label, options, as_json, save_example) -> None:
     if r.adversarial_label is not None:
         typer.echo(f"counterexample classified as {r.adversarial_label}"
                    + (f", saved to {save_example}" if save_example else ""))
+
+
+def _property(net, path, options, result_file, as_json) -> None:
+    prop = verifier.Property.from_vnnlib(path)
+    r = verifier.check(net, prop, timeout=options.timeout, options=options)
+    text = format_result(r)
+    if result_file is not None:
+        try:
+            result_file.write_text(text)
+        except OSError as e:
+            raise InputError(f"{result_file}: cannot write the result: {e.strerror}") from None
+    if as_json:
+        typer.echo(json.dumps({"result": result_word(r), **r.to_dict()}))
+    else:
+        typer.echo(text, nl=False)
+        typer.echo(f"; {r.status.value} in {r.time:.2f}s ({r.decided_by}), "
+                   f"least slack in [{r.margin_lower:.4g}, {r.margin_upper:.4g}]", err=True)
 
 
 def _table(net, eps, label, options, as_json, limit, start) -> None:

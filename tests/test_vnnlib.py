@@ -1,0 +1,186 @@
+"""VNN-LIB: the parser on shipped and hand-written files, and property checks against
+enumeration and against the eps-ball path."""
+
+import gzip
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import verifier
+from tests.nets import mlp_onnx, random_mlp
+from tests.oracles import enumerate_min_slack
+from verifier import Property, Status, VerifyOptions
+from verifier.spec.vnnlib import VnnlibError, parse_vnnlib
+
+DATA = Path(__file__).parent / "data"
+
+
+def ball_vnnlib(x, eps, label, n_out, domain=(0.0, 1.0)) -> str:
+    lines = [f"(declare-const X_{i} Real)" for i in range(x.size)]
+    lines += [f"(declare-const Y_{j} Real)" for j in range(n_out)]
+    for i, v in enumerate(x):
+        lines.append(f"(assert (>= X_{i} {float(max(v - eps, domain[0]))!r}))")
+        lines.append(f"(assert (<= X_{i} {float(min(v + eps, domain[1]))!r}))")
+    ors = " ".join(f"(and (>= Y_{j} Y_{label}))" for j in range(n_out) if j != label)
+    lines.append(f"(assert (or {ors}))")
+    return "\n".join(lines)
+
+
+def test_shipped_mnistfc_property():
+    prop = Property.from_vnnlib(DATA / "prop_0_0.03.vnnlib")
+    assert (prop.num_inputs, prop.num_outputs, len(prop.regions)) == (784, 10, 1)
+    region = prop.regions[0]
+    assert len(region.disjuncts) == 9
+    assert np.all(region.box.lo >= 0) and np.all(region.box.hi <= 1)
+    assert np.all(region.box.hi - region.box.lo <= 0.06 + 1e-8)  # eps 0.03, float32-rounded in the file
+    # prop_0 is about label 8: every disjunct reads Y_j >= Y_8, i.e. Y_8 - Y_j <= 0.
+    for conj in region.disjuncts:
+        assert conj.C.shape == (1, 10) and conj.C[0, 8] == 1.0 and conj.C[0].sum() == 0.0
+
+
+def test_gzipped_file_reads_the_same(tmp_path):
+    plain = Property.from_vnnlib(DATA / "prop_7_0.03.vnnlib")
+    gz = tmp_path / "p.vnnlib.gz"
+    gz.write_bytes(gzip.compress((DATA / "prop_7_0.03.vnnlib").read_bytes()))
+    zipped = Property.from_vnnlib(gz)
+    np.testing.assert_array_equal(plain.regions[0].box.lo, zipped.regions[0].box.lo)
+    assert len(zipped.regions[0].disjuncts) == len(plain.regions[0].disjuncts)
+
+
+HAND_WRITTEN = """
+; a comment (with parentheses) that must be ignored
+(declare-const X_0 Real)   (declare-const X_1 Real)
+(declare-const Y_0 Real)
+(declare-const Y_1 Real)
+(declare-const Y_2 Real)
+(assert (or (and (>= X_0 0.0) (<= X_0 0.5) (>= X_1 -1) (<= X_1 1e0))
+            (and (>= X_0 0.5) (<= X_0 1.0) (>= X_1 -1) (<= X_1 1))))
+(assert
+   (or
+      (and (<= (+ Y_0 (* 2 Y_1)) 3.5) (>= (- Y_2 Y_0) -0.25))
+      (and (<= (* -1.5 Y_2) (- 1)))
+   ))
+"""
+
+
+def test_hand_written_disjunctions_and_linear_terms():
+    prop = parse_vnnlib(HAND_WRITTEN, "hand.vnnlib")
+    assert (prop.num_inputs, prop.num_outputs) == (2, 3)
+    assert len(prop.regions) == 2
+    np.testing.assert_array_equal(prop.regions[0].box.lo, [0.0, -1.0])
+    np.testing.assert_array_equal(prop.regions[1].box.hi, [1.0, 1.0])
+    first, second = prop.regions[0].disjuncts
+    # Y_0 + 2 Y_1 <= 3.5 and Y_0 - Y_2 <= 0.25
+    np.testing.assert_allclose(first.C, [[1, 2, 0], [1, 0, -1]])
+    np.testing.assert_allclose(first.d, [3.5, 0.25])
+    # -1.5 Y_2 <= -1
+    np.testing.assert_allclose(second.C, [[0, 0, -1.5]])
+    np.testing.assert_allclose(second.d, [-1.0])
+
+
+@pytest.mark.parametrize("text,line,needle", [
+    ("(declare-const X_0 Real)\n(assert (<= X_0 1)", 2, "unclosed"),
+    ("(declare-const X_0 Real))", 1, "unbalanced"),
+    ("(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (<= Z_1 1))", 3, "unknown variable"),
+    ("(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (foo X_0 1))", 3, "unsupported operator"),
+    ("(declare-const X_0 Real)\n(declare-const Y_0 Real)\n\n(assert (<= (* X_0 Y_0) 1))", 4, "not linear"),
+    ("(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (<= (+ X_0 Y_0) 1))", 3, "mixing"),
+    ("(declare-const X_0 Real)\n(declare-const Foo Real)", 2, "names must be"),
+    ("(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (<= X_0 1 2))", 3, "two arguments"),
+])
+def test_malformed_files_name_the_line(text, line, needle):
+    with pytest.raises(VnnlibError) as err:
+        parse_vnnlib(text, "bad.vnnlib")
+    message = str(err.value)
+    assert message.startswith(f"bad.vnnlib:{line}:") and needle in message
+
+
+def test_unbounded_input_is_an_error():
+    text = "(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (>= X_0 0))\n(assert (<= Y_0 0))"
+    with pytest.raises(VnnlibError, match="X_0 has no upper bound"):
+        parse_vnnlib(text, "open.vnnlib")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_eps_ball_as_vnnlib_matches_verify(seed):
+    rng = np.random.default_rng(seed)
+    ws, bs = random_mlp(rng, [4, 6, 6, 3])
+    net = verifier.load(mlp_onnx(ws, bs))
+    x = np.float32(rng.uniform(0, 1, 4)).astype(np.float64)
+    eps = 0.15
+    label = int(np.argmax(net.forward(x)))
+    prop = parse_vnnlib(ball_vnnlib(x, eps, label, 3))
+    exact = VerifyOptions(exact=True)
+    a = verifier.verify(net, x, eps, label=label, options=exact)
+    b = verifier.check(net, prop, options=exact)
+    assert a.status == b.status
+    assert a.margin_lower == pytest.approx(b.margin_lower, abs=1e-6)
+    assert a.margin_upper == pytest.approx(b.margin_upper, abs=1e-6)
+    assert verifier.verify(net, x, eps, label=label).status == verifier.check(net, prop).status
+
+
+def _general_property(rng, n_in, n_out):
+    """Random boxes and a disjunction of random conjunctions (1-3 rows each)."""
+    lo = rng.uniform(0, 0.5, n_in)
+    conjunctions = []
+    for _ in range(int(rng.integers(1, 4))):
+        k = int(rng.integers(1, 4))
+        conjunctions.append((np.round(rng.normal(size=(k, n_out)), 3), np.round(rng.normal(size=k) * 0.5, 3)))
+    return lo, lo + rng.uniform(0.1, 0.5, n_in), conjunctions
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_general_properties_match_enumeration(seed):
+    rng = np.random.default_rng(1000 + seed)
+    ws, bs = random_mlp(rng, [3, 5, 4, 3])
+    model = mlp_onnx(ws, bs)
+    net = verifier.load(model)
+    lo, hi, conjunctions = _general_property(rng, 3, 3)
+    region = verifier.InputRegion(verifier.spec.ball.InputBox(lo, hi),
+                                  [verifier.Conjunction(C, d) for C, d in conjunctions])
+    prop = Property([region], 3, 3, "random")
+    expected = enumerate_min_slack(ws, bs, lo, hi, conjunctions)
+    exact = verifier.check(net, prop, options=VerifyOptions(exact=True))
+    assert exact.margin_lower == pytest.approx(expected, abs=1e-6)
+    assert exact.margin_upper == pytest.approx(expected, abs=1e-6)
+    quick = verifier.check(net, prop)
+    if expected > 1e-4:
+        assert quick.status == Status.ROBUST
+    elif expected < -1e-4:
+        assert quick.status == Status.ADVERSARIAL
+        # The witness violates the property when run through onnxruntime.
+        s = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+        y = s.run(None, {"x": quick.counterexample.reshape(1, -1)})[0].ravel().astype(np.float64)
+        assert np.all(quick.counterexample >= lo) and np.all(quick.counterexample <= hi)
+        assert min(np.max(C @ y - d) for C, d in conjunctions) <= 0
+
+
+def test_cli_writes_vnncomp_result(tmp_path):
+    model = tmp_path / "net.onnx"
+    rng = np.random.default_rng(7)
+    ws, bs = random_mlp(rng, [4, 8, 3])
+    model.write_bytes(mlp_onnx(ws, bs))
+    net = verifier.load(model)
+    x = np.float32(rng.uniform(0.2, 0.8, 4)).astype(np.float64)
+    label = int(np.argmax(net.forward(x)))
+    wrong = (label + 1) % 3  # a property about the wrong label: violated at x itself
+    spec = tmp_path / "p.vnnlib"
+    spec.write_text(ball_vnnlib(x, 0.05, wrong, 3))
+    out = tmp_path / "result.txt"
+    p = subprocess.run([sys.executable, "-m", "verifier.cli", str(model), "--vnnlib", str(spec),
+                        "--timeout", "30", "--result", str(out)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    text = out.read_text()
+    assert text.startswith("sat\n((X_0 ")
+    values = dict(tok.strip().strip("()").split() for tok in text.split("\n")[1:] if tok.strip())
+    xs = np.array([float(values[f"X_{i}"]) for i in range(4)], dtype=np.float32)
+    ys = np.array([float(values[f"Y_{j}"]) for j in range(3)])
+    s = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    y = s.run(None, {"x": xs.reshape(1, -1)})[0].ravel()
+    np.testing.assert_allclose(ys, y, atol=1e-6)
+    assert np.delete(y, wrong).max() >= y[wrong]  # some Y_j >= Y_wrong: the property is violated
+    assert np.all(np.abs(xs - x) <= 0.05 + 1e-7)
