@@ -24,8 +24,8 @@ from pathlib import Path
 FIELDS = ["network", "property", "timeout", "result", "time", "decided_by", "margin_lower", "margin_upper"]
 
 
-def run_instance(bench: str, network: str, prop: str, timeout: float) -> dict:
-    """One instance, in a fresh worker process state (HiGHS threads=1)."""
+def run_instance(bench: str, network: str, prop: str, timeout: float, settings: dict) -> dict:
+    """One instance, in a worker process (HiGHS threads=1)."""
     import verifier
     from verifier.vnncomp import result_word
 
@@ -33,7 +33,8 @@ def run_instance(bench: str, network: str, prop: str, timeout: float) -> dict:
     try:
         net = verifier.load(Path(bench) / network)
         spec = verifier.Property.from_vnnlib(Path(bench) / prop)
-        r = verifier.check(net, spec, timeout=max(timeout - (time.perf_counter() - start), 1e-3))
+        r = verifier.check(net, spec, timeout=max(timeout - (time.perf_counter() - start), 1e-3),
+                           options=verifier.VerifyOptions(**settings))
         word, by, lo, hi = result_word(r), r.decided_by, r.margin_lower, r.margin_upper
     except verifier.VerifierError as e:
         word, by, lo, hi = "error", str(e), float("nan"), float("nan")
@@ -102,7 +103,19 @@ def main() -> None:
     p.add_argument("--filter", default=None, help="only rows whose network or property contains this")
     p.add_argument("--workers", type=int, default=1, help="instances run in parallel (one core each)")
     p.add_argument("--reference", type=Path, default=None)
+    p.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
+                   help="a VerifyOptions field, e.g. --set disjunctions=joint (repeatable)")
     args = p.parse_args()
+    settings = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        for cast in (int, float):
+            try:
+                value = cast(value)
+                break
+            except ValueError:
+                pass
+        settings[key] = {"true": True, "false": False}.get(value, value) if isinstance(value, str) else value
     out = args.out or Path(__file__).parent / "out" / f"{args.bench.name}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     instances = read_instances(args.bench, args.filter)
@@ -110,7 +123,7 @@ def main() -> None:
     todo = [(n, q, t * args.timeout_scale) for n, q, t in instances if (n, q) not in done]
     print(f"{len(instances)} instances, {len(instances) - len(todo)} already in {out}, {len(todo)} to run", flush=True)
     with ProcessPoolExecutor(max_workers=max(args.workers, 1)) as pool:
-        futures = [pool.submit(run_instance, str(args.bench), n, q, t) for n, q, t in todo]
+        futures = [pool.submit(run_instance, str(args.bench), n, q, t, settings) for n, q, t in todo]
         for fut in futures:
             row = fut.result()
             append(out, row)

@@ -10,8 +10,9 @@ from tests.oracles import enumerate_min_margin, linear_worst_margin
 from verifier import Status, VerifyOptions
 
 
+@pytest.mark.parametrize("mode", ["split", "joint"])
 @pytest.mark.parametrize("seed", range(12))
-def test_exact_margin_matches_enumeration(seed):
+def test_exact_margin_matches_enumeration(seed, mode):
     rng = np.random.default_rng(seed)
     sizes = [3, 4, 4, 3] if seed % 2 else [4, 6, 3]
     ws, bs = random_mlp(rng, sizes)
@@ -21,11 +22,11 @@ def test_exact_margin_matches_enumeration(seed):
     label = int(rng.integers(sizes[-1]))
     lo, hi = np.clip(x - eps, 0, 1), np.clip(x + eps, 0, 1)
     expected = enumerate_min_margin(ws, bs, lo, hi, label)
-    r = verifier.verify(net, x, eps, label=label, options=VerifyOptions(exact=True), timeout=60)
+    r = verifier.verify(net, x, eps, label=label, options=VerifyOptions(exact=True, disjunctions=mode), timeout=60)
     assert r.margin_lower == pytest.approx(expected, abs=1e-6)
     assert r.margin_upper == pytest.approx(expected, abs=1e-6)
     # The early-stopping search agrees on the verdict whenever the answer is not a near tie.
-    quick = verifier.verify(net, x, eps, label=label, timeout=60)
+    quick = verifier.verify(net, x, eps, label=label, timeout=60, options=VerifyOptions(disjunctions=mode))
     if expected > 1e-4:
         assert quick.status == Status.ROBUST
     elif expected < -1e-4:

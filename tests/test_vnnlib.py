@@ -133,8 +133,9 @@ def _general_property(rng, n_in, n_out):
     return lo, lo + rng.uniform(0.1, 0.5, n_in), conjunctions
 
 
+@pytest.mark.parametrize("mode", ["split", "joint"])
 @pytest.mark.parametrize("seed", range(10))
-def test_general_properties_match_enumeration(seed):
+def test_general_properties_match_enumeration(seed, mode):
     rng = np.random.default_rng(1000 + seed)
     ws, bs = random_mlp(rng, [3, 5, 4, 3])
     model = mlp_onnx(ws, bs)
@@ -144,10 +145,10 @@ def test_general_properties_match_enumeration(seed):
                                   [verifier.Conjunction(C, d) for C, d in conjunctions])
     prop = Property([region], 3, 3, "random")
     expected = enumerate_min_slack(ws, bs, lo, hi, conjunctions)
-    exact = verifier.check(net, prop, options=VerifyOptions(exact=True))
+    exact = verifier.check(net, prop, options=VerifyOptions(exact=True, disjunctions=mode))
     assert exact.margin_lower == pytest.approx(expected, abs=1e-6)
     assert exact.margin_upper == pytest.approx(expected, abs=1e-6)
-    quick = verifier.check(net, prop)
+    quick = verifier.check(net, prop, options=VerifyOptions(disjunctions=mode))
     if expected > 1e-4:
         assert quick.status == Status.ROBUST
     elif expected < -1e-4:

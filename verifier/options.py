@@ -15,6 +15,7 @@ class VerifyOptions:
     symbolic: bool = True  # CROWN-style bounds after interval arithmetic
     lp_tightening: bool = True  # LP-tighten ambiguous ReLUs before a MIP
     lp_budget: float = 0.25  # share of the remaining time LP tightening may use
+    disjunctions: str = "split"  # open disjuncts in the MIP: "split" (one MIP each) or "joint"
     exact: bool = False  # compute the exact minimum margin (every label's MIP to optimality)
     seed: int = 0
     threads: int = 1  # HiGHS threads (fixed per process at its first solve)

@@ -53,6 +53,40 @@ class EncodedNetwork:
             col_lo=np.append(p.col_lo, t_lo), col_hi=np.append(p.col_hi, t_hi),
             integer=np.append(p.integer, False))
 
+    def with_disjunction(self, node: str, conjunctions: list, row_bounds: list) -> MilpProblem:
+        """The problem plus binaries z_d (one per conjunction, sum z = 1) and a last column t with
+        t >= C_dk @ value(node) - d_dk - M_dk (1 - z_d): minimising t gives min_d max_k (...).
+
+        row_bounds[d] = (lo, hi) of C_d @ value(node) - d_d over the input set; M_dk relaxes a
+        row whose conjunction is not chosen down to the smallest value t can take.
+        """
+        p = self.problem
+        h = self.handles[node]
+        t_lo = min(lo.max() for lo, _ in row_bounds)
+        t_hi = max(hi.max() for _, hi in row_bounds)
+        blocks, rhs, z_entries = [], [], []
+        row = 0
+        n = len(conjunctions)
+        for d, (conj, (lo, hi)) in enumerate(zip(conjunctions, row_bounds)):
+            big_m = np.maximum(hi - t_lo, 0.0)
+            blocks.append(sp.csr_matrix(conj.C) @ h.widened(p.num_cols))
+            rhs.append(conj.d - conj.C @ h.const + big_m)
+            z_entries += [(row + k, d, big_m[k]) for k in range(conj.d.size)]
+            row += conj.d.size
+        expr = sp.vstack(blocks)
+        zr, zc, zv = (np.array(v) for v in zip(*z_entries))
+        z_block = sp.csr_matrix((zv, (zr, zc)), shape=(row, n))
+        A = sp.bmat([[p.A, None, None],
+                     [expr, z_block, -np.ones((row, 1))],
+                     [None, np.ones((1, n)), None]], format="csc")
+        return MilpProblem(
+            c=np.zeros(p.num_cols + n + 1), A=A,
+            row_lo=np.concatenate([p.row_lo, np.full(row, -np.inf), [1.0]]),
+            row_hi=np.concatenate([p.row_hi, np.concatenate(rhs), [1.0]]),
+            col_lo=np.concatenate([p.col_lo, np.zeros(n), [t_lo]]),
+            col_hi=np.concatenate([p.col_hi, np.ones(n), [t_hi]]),
+            integer=np.concatenate([p.integer, np.ones(n, bool), [False]]))
+
     def assignment(self, net: Network, x: np.ndarray) -> np.ndarray:
         """Values of all MILP columns at input x (flat): a feasible point to seed a MIP."""
         values = net.forward_all(x.reshape(1, -1))

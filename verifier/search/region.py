@@ -204,46 +204,87 @@ def _lp_bounds(run: _Run, enc: EncodedNetwork, bounds: dict, disjuncts: list[int
 
 def _mip_search(run: _Run, enc: EncodedNetwork, bounds: dict, disjuncts: list[int],
                 seed_x: np.ndarray) -> Result:
-    """One MIP per open disjunct, most threatening first; stop at the first confirmed violation."""
-    opts = run.options
-    tol = opts.tolerance
-    objectives = _Objectives(run, enc, bounds, relax=False)
+    """The exact search over the open disjuncts: one MIP each ("split", most threatening first)
+    or one MIP choosing among them ("joint"); stop at the first confirmed violation."""
     run.stats["binaries"] = enc.num_binaries
     run.stats["mip_nodes"] = 0
+    if run.options.disjunctions == "joint" and len(disjuncts) > 1:
+        evidence = _joint_mip(run, enc, bounds, disjuncts, seed_x)
+    else:
+        evidence = _split_mips(run, enc, bounds, disjuncts, seed_x)
+    if evidence is None and run.options.exact and run.best_value <= 0:
+        evidence = run.confirm(run.best_x)
+    if evidence is not None:
+        return run.result(Status.ADVERSARIAL, "mip", evidence)
+    if run.lower.min() > run.options.tolerance:
+        return run.result(Status.ROBUST, "mip")
+    return run.result(Status.UNKNOWN, "timeout" if run.remaining() <= 0 else "numerics")
+
+
+def _solve(run: _Run, solver, problem, c, offset: float, initial: np.ndarray, time_limit: float):
+    """One MIP solve with the early stops: cutoff (nothing below the tolerance) and target (an
+    incumbent at or below 0). Returns the result and whether it finished (a proof)."""
+    solver.set_objective(c)
+    solve = SolveOptions(time_limit=time_limit, initial=np.clip(initial, problem.col_lo, problem.col_hi))
+    if not run.options.exact:
+        solve.cutoff, solve.target = 2 * run.options.tolerance - offset, -offset
+    res = solver.solve(solve)
+    run.stats["mip_nodes"] += res.nodes
+    return res, res.status in (SolveStatus.OPTIMAL, SolveStatus.INFEASIBLE)
+
+
+def _incumbent(run: _Run, enc: EncodedNetwork, res, d: int):
+    """Evidence from a MIP incumbent, after onnxruntime's (and if needed PGD's) say."""
+    if res.x is None:
+        return None
+    x_in = np.clip(res.x[enc.input_cols], run.region.box.lo, run.region.box.hi)
+    if run.offer(x_in) <= 0 and not run.options.exact:
+        return run.confirm(x_in) or _polish(run, x_in, d)
+    return None
+
+
+def _split_mips(run: _Run, enc: EncodedNetwork, bounds: dict, disjuncts: list[int], seed_x: np.ndarray):
+    objectives = _Objectives(run, enc, bounds, relax=False)
     seed = enc.assignment(run.net, seed_x)
     unresolved = list(disjuncts)
     for attempt in range(2):  # a fair slice per disjunct first, then all the time left
         for d in list(unresolved):
             left = run.remaining()
             if left <= 0:
-                break
+                return None
             solver, problem, c, offset, conj = objectives.solver_for(d)
-            solver.set_objective(c)
             initial = seed if conj is None else np.append(seed, conj.slack(run.net.forward(seed_x))[0])
-            solve = SolveOptions(time_limit=left / len(unresolved) if attempt == 0 else left,
-                                 initial=np.clip(initial, problem.col_lo, problem.col_hi))
-            if not opts.exact:
-                solve.cutoff, solve.target = 2 * tol - offset, -offset
-            res = solver.solve(solve)
-            run.stats["mip_nodes"] += res.nodes
-            finished = res.status in (SolveStatus.OPTIMAL, SolveStatus.INFEASIBLE)
+            res, finished = _solve(run, solver, problem, c, offset, initial,
+                                   left / len(unresolved) if attempt == 0 else left)
             if finished:  # only a finished solve's dual bound counts as a proof (rule 1)
                 run.prove(d, res.dual_bound + offset)
-            if res.x is not None:
-                x_in = np.clip(res.x[enc.input_cols], run.region.box.lo, run.region.box.hi)
-                if run.offer(x_in) <= 0 and not opts.exact:
-                    evidence = run.confirm(x_in) or _polish(run, x_in, d)
-                    if evidence is not None:
-                        return run.result(Status.ADVERSARIAL, "mip", evidence)
-            if finished and (run.lower[d] > tol or opts.exact):
+            if (evidence := _incumbent(run, enc, res, d)) is not None:
+                return evidence
+            if finished and (run.lower[d] > run.options.tolerance or run.options.exact):
                 unresolved.remove(d)
         if not unresolved:
-            break
-    if opts.exact and run.best_value <= 0 and (evidence := run.confirm(run.best_x)) is not None:
-        return run.result(Status.ADVERSARIAL, "mip", evidence)
-    if run.lower.min() > tol:
-        return run.result(Status.ROBUST, "mip")
-    return run.result(Status.UNKNOWN, "timeout" if run.remaining() <= 0 else "numerics")
+            return None
+    return None
+
+
+def _joint_mip(run: _Run, enc: EncodedNetwork, bounds: dict, disjuncts: list[int], seed_x: np.ndarray):
+    net = run.net
+    conjs = [run.disjuncts[d] for d in disjuncts]
+    row_bounds = [(output_rows_lower(net, bounds, c.C) - c.d, -output_rows_lower(net, bounds, -c.C) - c.d)
+                  for c in conjs]
+    problem = enc.with_disjunction(net.output_node, conjs, row_bounds)
+    c = np.zeros(problem.num_cols)
+    c[-1] = 1.0
+    solver = HighsSolver(problem, threads=run.options.threads)
+    slacks = np.array([conj.slack(net.forward(seed_x))[0] for conj in conjs])
+    choice = np.eye(len(conjs))[int(np.argmin(slacks))]
+    initial = np.concatenate([enc.assignment(net, seed_x), choice, [slacks.min()]])
+    res, finished = _solve(run, solver, problem, c, 0.0, initial, run.remaining())
+    if finished:
+        for d in disjuncts:
+            run.prove(d, res.dual_bound)
+    chosen = disjuncts[int(np.argmax(res.x[enc.problem.num_cols:-1]))] if res.x is not None else disjuncts[0]
+    return _incumbent(run, enc, res, chosen)
 
 
 def _polish(run: _Run, x: np.ndarray, d: int):
