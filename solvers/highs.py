@@ -26,7 +26,7 @@ class HighsSolver:
     (warm-started: the previous basis is kept)."""
 
     def __init__(self, problem: MilpProblem, relax: bool = False, threads: int = 1,
-                 primal_simplex: bool = False) -> None:
+                 primal_simplex: bool = False, presolve: bool = True) -> None:
         self.problem = problem
         self.relax = relax
         self.highs = highspy.Highs()
@@ -36,6 +36,8 @@ class HighsSolver:
         h.setOptionValue("random_seed", 0)
         h.setOptionValue("mip_rel_gap", 1e-9)
         h.setOptionValue("mip_abs_gap", 1e-9)
+        if not presolve:
+            h.setOptionValue("presolve", "off")
         if primal_simplex:
             # After an objective change the old basis stays primal feasible: primal simplex
             # re-optimises from it far faster than dual simplex does.

@@ -15,7 +15,10 @@ class VerifyOptions:
     symbolic: bool = True  # CROWN-style bounds after interval arithmetic
     lp_tightening: bool = True  # LP-tighten ambiguous ReLUs before a MIP
     lp_budget: float = 0.25  # share of the remaining time LP tightening may use
-    disjunctions: str = "split"  # open disjuncts in the MIP: "split" (one MIP each) or "joint"
+    # Open disjuncts in the MIP: "joint" (one MIP choosing among them; measured better on mnistfc
+    # 256x2: 27 vs 26 of 30 solved at 60 s) or "split" (one MIP each, most threatening first).
+    disjunctions: str = "joint"
+    mip_presolve: bool = True  # HiGHS presolve on the MIPs
     exact: bool = False  # compute the exact minimum margin (every label's MIP to optimality)
     seed: int = 0
     threads: int = 1  # HiGHS threads (fixed per process at its first solve)

@@ -179,8 +179,7 @@ class _Objectives:
         enc, out = self.enc, self.run.net.output_node
         if conj.d.size == 1:
             if self.shared is None:
-                self.shared = HighsSolver(enc.problem, relax=self.relax, threads=self.run.options.threads,
-                                          primal_simplex=self.relax)
+                self.shared = self._solver(enc.problem)
             c, offset = enc.linear_objective(out, conj.C[0])
             return self.shared, enc.problem, c, offset - conj.d[0], None
         lo_rows = output_rows_lower(self.run.net, self.bounds, conj.C) - conj.d
@@ -188,9 +187,12 @@ class _Objectives:
         problem = enc.with_max_objective(out, conj.C, conj.d, lo_rows.max(), hi_rows.max())
         c = np.zeros(problem.num_cols)
         c[-1] = 1.0
-        solver = HighsSolver(problem, relax=self.relax, threads=self.run.options.threads,
-                             primal_simplex=self.relax)
-        return solver, problem, c, 0.0, conj
+        return self._solver(problem), problem, c, 0.0, conj
+
+    def _solver(self, problem) -> HighsSolver:
+        opts = self.run.options
+        return HighsSolver(problem, relax=self.relax, threads=opts.threads, primal_simplex=self.relax,
+                           presolve=opts.mip_presolve or self.relax)
 
 
 def _lp_bounds(run: _Run, enc: EncodedNetwork, bounds: dict, disjuncts: list[int]) -> None:
@@ -275,7 +277,7 @@ def _joint_mip(run: _Run, enc: EncodedNetwork, bounds: dict, disjuncts: list[int
     problem = enc.with_disjunction(net.output_node, conjs, row_bounds)
     c = np.zeros(problem.num_cols)
     c[-1] = 1.0
-    solver = HighsSolver(problem, threads=run.options.threads)
+    solver = HighsSolver(problem, threads=run.options.threads, presolve=run.options.mip_presolve)
     slacks = np.array([conj.slack(net.forward(seed_x))[0] for conj in conjs])
     choice = np.eye(len(conjs))[int(np.argmin(slacks))]
     initial = np.concatenate([enc.assignment(net, seed_x), choice, [slacks.min()]])
