@@ -18,7 +18,7 @@ import csv
 import os
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 FIELDS = ["network", "property", "timeout", "result", "time", "decided_by", "margin_lower", "margin_upper"]
@@ -124,7 +124,7 @@ def main() -> None:
     print(f"{len(instances)} instances, {len(instances) - len(todo)} already in {out}, {len(todo)} to run", flush=True)
     with ProcessPoolExecutor(max_workers=max(args.workers, 1)) as pool:
         futures = [pool.submit(run_instance, str(args.bench), n, q, t, settings) for n, q, t in todo]
-        for fut in futures:
+        for fut in as_completed(futures):  # append each as it finishes: a kill loses only those in flight
             row = fut.result()
             append(out, row)
             print(f"{row['network']:<28} {row['property']:<28} {row['result']:<8} {row['time']:>8.2f}s "
