@@ -75,10 +75,9 @@ def check(net: Network | str | os.PathLike, prop: Property, timeout: float = 60.
     if prop.num_inputs != net.input_size or prop.num_outputs != net.output_size:
         raise InputError(f"{prop.name}: the property has {prop.num_inputs} inputs and {prop.num_outputs} "
                          f"outputs, the model {net.input_size} and {net.output_size}")
-    deadline_start = opts.timeout
     results = []
     for region in prop.regions:
-        left = deadline_start - sum(r.time for r in results)
+        left = opts.timeout - sum(r.time for r in results)
         if left <= 0:
             break
         centre = (region.box.lo + region.box.hi) / 2.0

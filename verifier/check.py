@@ -38,8 +38,3 @@ def reference_logits(net: Network, x32: np.ndarray) -> np.ndarray:
     feed = {session.get_inputs()[0].name: x32.reshape(net.onnx_input_shape).astype(np.float32)}
     return np.asarray(session.run(None, feed)[0], dtype=np.float64).ravel()
 
-
-def margin(logits: np.ndarray, label: int) -> float:
-    """logit[label] - max other logit (<= 0 means misclassified; ties count as adversarial)."""
-    others = np.delete(logits, label)
-    return float(logits[label] - others.max())

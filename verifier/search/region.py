@@ -110,6 +110,13 @@ def _per_disjunct(values: np.ndarray, owner: np.ndarray, count: int) -> np.ndarr
     return out
 
 
+def _row_ranges(net: Network, bounds: dict, conj: Conjunction) -> tuple[np.ndarray, np.ndarray]:
+    """Interval (lower, upper) of each row's C_k @ y - d_k over the input set."""
+    lower = output_rows_lower(net, bounds, conj.C) - conj.d
+    upper = -output_rows_lower(net, bounds, -conj.C) - conj.d
+    return lower, upper
+
+
 def _relu_stats(net: Network, bounds: dict, prefix: str) -> dict:
     total = unstable = 0
     for relu in net.relu_nodes():
@@ -182,8 +189,7 @@ class _Objectives:
                 self.shared = self._solver(enc.problem)
             c, offset = enc.linear_objective(out, conj.C[0])
             return self.shared, enc.problem, c, offset - conj.d[0], None
-        lo_rows = output_rows_lower(self.run.net, self.bounds, conj.C) - conj.d
-        hi_rows = -output_rows_lower(self.run.net, self.bounds, -conj.C) - conj.d
+        lo_rows, hi_rows = _row_ranges(self.run.net, self.bounds, conj)
         problem = enc.with_max_objective(out, conj.C, conj.d, lo_rows.max(), hi_rows.max())
         c = np.zeros(problem.num_cols)
         c[-1] = 1.0
@@ -272,8 +278,7 @@ def _split_mips(run: _Run, enc: EncodedNetwork, bounds: dict, disjuncts: list[in
 def _joint_mip(run: _Run, enc: EncodedNetwork, bounds: dict, disjuncts: list[int], seed_x: np.ndarray):
     net = run.net
     conjs = [run.disjuncts[d] for d in disjuncts]
-    row_bounds = [(output_rows_lower(net, bounds, c.C) - c.d, -output_rows_lower(net, bounds, -c.C) - c.d)
-                  for c in conjs]
+    row_bounds = [_row_ranges(net, bounds, c) for c in conjs]
     problem = enc.with_disjunction(net.output_node, conjs, row_bounds)
     c = np.zeros(problem.num_cols)
     c[-1] = 1.0
