@@ -100,6 +100,7 @@ def main() -> None:
     p.add_argument("bench", type=Path)
     p.add_argument("--out", type=Path, default=None, help="results CSV (default: benchmarks/out/<bench>.csv)")
     p.add_argument("--timeout-scale", type=float, default=1.0)
+    p.add_argument("--cap", type=float, default=None, help="cap every timeout at this many seconds")
     p.add_argument("--filter", default=None, help="only rows whose network or property contains this")
     p.add_argument("--workers", type=int, default=1, help="instances run in parallel (one core each)")
     p.add_argument("--reference", type=Path, default=None)
@@ -120,7 +121,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     instances = read_instances(args.bench, args.filter)
     done = read_done(out)
-    todo = [(n, q, t * args.timeout_scale) for n, q, t in instances if (n, q) not in done]
+    cap = args.cap if args.cap is not None else float("inf")
+    todo = [(n, q, min(t * args.timeout_scale, cap)) for n, q, t in instances if (n, q) not in done]
     print(f"{len(instances)} instances, {len(instances) - len(todo)} already in {out}, {len(todo)} to run", flush=True)
     with ProcessPoolExecutor(max_workers=max(args.workers, 1)) as pool:
         futures = [pool.submit(run_instance, str(args.bench), n, q, t, settings) for n, q, t in todo]

@@ -25,6 +25,7 @@ from verifier.network.graph import Network
 from verifier.options import VerifyOptions
 from verifier.result import Result, Status
 from verifier.search.attack import pgd_attack
+from verifier.search.bab_stage import alpha_crown, bab_search, chain_of, use_bab
 from verifier.spec.property import Conjunction, InputRegion
 
 
@@ -158,6 +159,21 @@ def check_region(net: Network, region: InputRegion, x_ref: np.ndarray, options: 
         return run.result(Status.ADVERSARIAL, "attack", evidence)
     attacked = dict(zip(run.open(), attack.per_disjunct))
     order = sorted(run.open(), key=lambda d: attacked[d])
+
+    layered = chain_of(run)
+    if layered is not None and run.open():
+        bounds = alpha_crown(run, layered, bounds, options.alpha_budget * run.remaining())
+        run.stats.update(_relu_stats(net, bounds, "alpha"))
+        if not run.open():
+            return run.result(Status.ROBUST, "bounds")
+    if use_bab(run, layered):
+        order = [d for d in order if d in run.open()]
+        evidence = bab_search(run, layered, bounds, order)
+        if evidence is not None:
+            return run.result(Status.ADVERSARIAL, "bab", evidence)
+        if not run.open():
+            return run.result(Status.ROBUST, "bab")
+        return run.result(Status.UNKNOWN, "timeout" if run.remaining() <= 0 else "bab")
 
     enc = encode_network(net, bounds)
     _lp_bounds(run, enc, bounds, order)

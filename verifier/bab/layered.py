@@ -1,0 +1,118 @@
+"""A feed-forward chain view of a Network, as dense float64 torch tensors, for batched bounds.
+
+Branch and bound evaluates bounds for hundreds of subproblems at once; that is a batch of
+matrix products through the layers, which torch does well. It needs the network as
+z_k = W_k h_{k-1} + b_k, h_k = relu(z_k), output = z_L — the shape of every MLP and of CNNs
+once their convolutions are written as (dense) matrices. Other graphs (residual adds, a ReLU
+feeding a ReLU) get None and stay with the MILP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from verifier.network.graph import Network
+from verifier.ops.affine import Affine
+from verifier.ops.relu import Relu
+
+#: Dense copies of sparse weights above this many entries are refused (memory).
+MAX_DENSE_ENTRIES = 40_000_000
+
+
+@dataclass
+class Layered:
+    weights: list[torch.Tensor]  # W_k, (n_k, n_{k-1}), k = 1..L
+    biases: list[torch.Tensor]  # b_k, (n_k,)
+    pre_nodes: list[str]  # network node of z_k for k = 1..L-1 (each feeds one ReLU)
+
+    def to(self, dtype: torch.dtype) -> "Layered":
+        """The same chain in another precision (float32 for optimisation steps, cached)."""
+        if self.weights[0].dtype == dtype:
+            return self
+        cache = self.__dict__.setdefault("_casts", {})
+        if dtype not in cache:
+            cache[dtype] = Layered([w.to(dtype) for w in self.weights], [b.to(dtype) for b in self.biases],
+                                   self.pre_nodes)
+        return cache[dtype]
+
+    @property
+    def depth(self) -> int:
+        """Number of ReLU layers."""
+        return len(self.pre_nodes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Outputs for a batch of flat inputs (B, n_0)."""
+        h = x
+        for k, (w, b) in enumerate(zip(self.weights, self.biases)):
+            h = h @ w.T + b
+            if k < self.depth:
+                h = torch.relu(h)
+        return h
+
+    def last_hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """Output of the last ReLU layer for a batch of flat inputs (B, n_0)."""
+        h = x
+        for w, b in zip(self.weights[:-1], self.biases[:-1]):
+            h = torch.relu(h @ w.T + b)
+        return h
+
+    def spec_rows(self, rows: np.ndarray, offsets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """rows @ y - offsets as (weights on the last hidden layer, constants)."""
+        c = torch.as_tensor(np.asarray(rows, dtype=np.float64))
+        return c @ self.weights[-1], c @ self.biases[-1] - torch.as_tensor(np.asarray(offsets, dtype=np.float64))
+
+    def with_spec(self, rows: np.ndarray, offsets: np.ndarray) -> "Layered":
+        """The same chain whose outputs are rows @ y - offsets (spec rows folded in)."""
+        c = torch.as_tensor(np.asarray(rows, dtype=np.float64))
+        w = c @ self.weights[-1]
+        b = c @ self.biases[-1] - torch.as_tensor(np.asarray(offsets, dtype=np.float64))
+        return Layered(self.weights[:-1] + [w], self.biases[:-1] + [b], self.pre_nodes)
+
+
+def _dense(matrix) -> torch.Tensor | None:
+    rows, cols = matrix.shape
+    if rows * cols > MAX_DENSE_ENTRIES:
+        return None
+    array = matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix)
+    return torch.as_tensor(np.asarray(array, dtype=np.float64))
+
+
+def as_layered(net: Network) -> Layered | None:
+    """The chain form of `net`, or None if it is not Affine -> ReLU -> ... -> Affine."""
+    cached = net.info.get("layered", False)
+    if cached is not False:
+        return cached
+    layered = _extract(net)
+    net.info["layered"] = layered
+    return layered
+
+
+def _extract(net: Network) -> Layered | None:
+    weights, biases, pre_nodes = [], [], []
+    current = net.input_node
+    for node in net.order:
+        op = net.op(node)
+        if op.inputs != [current]:
+            return None
+        if isinstance(op, Affine):
+            if weights and len(weights) != len(pre_nodes):  # two affine ops in a row
+                return None
+            w = _dense(op.weights[0])
+            if w is None:
+                return None
+            weights.append(w)
+            biases.append(torch.as_tensor(op.bias))
+        elif isinstance(op, Relu):
+            if len(weights) != len(pre_nodes) + 1:  # ReLU not right after an affine op
+                return None
+            pre_nodes.append(current)
+        else:
+            return None
+        current = node
+    if current != net.output_node or len(weights) != len(pre_nodes) + 1:
+        return None
+    return Layered(weights, biases, pre_nodes)

@@ -1,0 +1,70 @@
+"""Exact bounds for a fully split domain: once every unstable ReLU is fixed to a side, the
+network is affine on the domain and its minimum is one LP over the input box.
+
+The bound-propagation bound of such a domain equals the LP optimum only when its split
+multipliers have converged; branch and bound cannot split further, so the LP decides it. The
+LP's value is replaced by the dual-derived safe bound (`bounds.lp.safe_lower_bound`), and the
+split constraints are loosened by a small margin so that solver tolerance cannot cut off real
+inputs on the boundary z = 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from solvers.base import MilpProblem, SolveOptions, SolveStatus
+from solvers.highs import HighsSolver
+from verifier.bab.layered import Layered
+from verifier.bounds.lp import safe_lower_bound
+
+#: Split constraints z >= 0 / z <= 0 are loosened to z >= -LOOSEN / z <= LOOSEN.
+LOOSEN = 1e-6
+
+
+def leaf_bound(net: Layered, rows: torch.Tensor, const: torch.Tensor, x_lo: torch.Tensor,
+               x_hi: torch.Tensor, signs: list[torch.Tensor], lower: list[torch.Tensor],
+               t_lo: float, time_limit: float) -> tuple[float, np.ndarray | None]:
+    """(safe lower bound on min over the domain of max_r rows_r h + const_r, LP minimiser).
+
+    `signs` are the domain's splits, `lower` its clamped pre-activation lower bounds: a
+    neuron with lower >= 0 is active, every other one inactive (the domain has no unstable
+    neuron left). t_lo is a known lower bound on the minimum (the domain's propagated bound),
+    which keeps the LP bounded. An infeasible domain gives +inf.
+    """
+    n0 = x_lo.numel()
+    m_mat, v = np.eye(n0), np.zeros(n0)  # current layer = m_mat @ x + v
+    cons, cons_lo, cons_hi = [], [], []
+    for k in range(net.depth):
+        w, b = net.weights[k].numpy(), net.biases[k].numpy()
+        z_mat, z_v = w @ m_mat, w @ v + b
+        s = signs[k].numpy()
+        for side, picked in ((-1, s < 0), (1, s > 0)):
+            if picked.any():
+                cons.append(z_mat[picked])
+                bound = -z_v[picked]  # z_mat x + z_v >= -LOOSEN  <=>  z_mat x >= -z_v - LOOSEN
+                cons_lo.append(bound - LOOSEN if side < 0 else np.full(bound.size, -np.inf))
+                cons_hi.append(np.full(bound.size, np.inf) if side < 0 else bound + LOOSEN)
+        active = (lower[k].numpy() >= 0).astype(float)
+        m_mat, v = active[:, None] * z_mat, active * z_v
+    r, c = rows.numpy(), const.numpy()
+    obj_mat, obj_v = r @ m_mat, r @ v + c  # (m, n0), (m,)
+    m = obj_mat.shape[0]
+    lo, hi = x_lo.numpy(), x_hi.numpy()
+    centre, radius = (lo + hi) / 2, (hi - lo) / 2
+    t_hi = float((obj_mat @ centre + np.abs(obj_mat) @ radius + obj_v).max()) + 1.0  # t never needs more
+    # variables (x, t): min t  s.t.  obj_mat x - t <= -obj_v  (t is the max of the rows)
+    a = np.vstack([np.hstack([mat, np.zeros((mat.shape[0], 1))]) for mat in cons]
+                  + [np.hstack([obj_mat, -np.ones((m, 1))])])
+    row_lo = np.concatenate(cons_lo + [np.full(m, -np.inf)])
+    row_hi = np.concatenate(cons_hi + [-obj_v])
+    problem = MilpProblem(np.r_[np.zeros(n0), 1.0], sp.csc_matrix(a), row_lo, row_hi,
+                          np.r_[lo, t_lo], np.r_[hi, t_hi], np.zeros(n0 + 1, bool))
+    res = HighsSolver(problem, relax=True).solve(SolveOptions(time_limit=time_limit, relax=True))
+    if res.status == SolveStatus.INFEASIBLE:
+        return np.inf, None
+    if res.status != SolveStatus.OPTIMAL or res.row_dual is None:
+        return -np.inf, None
+    magnitude = np.abs(obj_v).max() + np.abs(obj_mat).sum(1).max() * np.maximum(np.abs(lo), np.abs(hi)).max()
+    return safe_lower_bound(problem, problem.c, res.row_dual) - 1e-9 * magnitude, res.x[:n0]

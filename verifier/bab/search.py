@@ -1,0 +1,261 @@
+"""Branch and bound over ReLU splits, bounded by beta-CROWN, for the disjuncts of a property.
+
+A subproblem ("domain") belongs to one disjunct (spec) and fixes some unstable ReLUs to a side.
+Its lower bound comes from `crown.backward_bound` with slopes and split multipliers optimised
+by a few Adam steps, warm-started from the parent; domains whose bound exceeds the tolerance
+are closed. Each round splits the open domains with the lowest bounds — of all disjuncts at
+once, since on a CPU a round costs little more for many domains than for a few — on the neuron
+whose relaxation gap weighs most in the bound. Each bound also yields a box corner where the
+relaxation is tight; it is run through the real network as a cheap attack.
+
+The minimum over a disjunct's open domains is a valid lower bound at every moment, so a run
+cut short still reports sound bounds; only an empty queue is a proof.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from verifier.bab.crown import EXACT, FAST, Relaxation, backward_bound, default_alpha, minimiser
+from verifier.bab.layered import Layered
+from verifier.bab.leaf import leaf_bound
+
+
+@dataclass
+class Domain:
+    spec: int
+    signs: list[torch.Tensor]  # per ReLU layer, (n_k,) int8: -1 active, +1 inactive, 0 free
+    alphas: list[torch.Tensor]  # (m, n_k)
+    betas: list[torch.Tensor]  # (m, n_k)
+    branch: tuple[int, int]  # (layer, neuron) to split next
+    bound: float  # its proven lower bound
+
+
+@dataclass
+class BabOutcome:
+    status: str  # "proved", "counterexample" or "unknown"
+    lower: list[float]  # per spec: proven lower bound on its slack over the box
+    x: np.ndarray | None = None  # confirmed counterexample
+    stats: dict = field(default_factory=dict)
+
+
+@dataclass
+class BabSettings:
+    batch: int = 256  # domains split per round
+    steps: int = 12  # Adam steps on alpha and beta per round
+    lr_alpha: float = 0.1
+    lr_beta: float = 0.05
+    max_domains: int = 200_000
+    # On a real point at or below 0: stop with it (verification), or only stop working on that
+    # spec (bound refinement: the spec cannot be proven, but the others can).
+    stop_on_witness: bool = True
+    # Which open domains go first: "lowest" bound (verification: the worst spec decides), or
+    # "relative" — lowest bound as a share of its spec's root bound, so that all specs progress
+    # alike (bound refinement, where every spec closed is a gain).
+    order: str = "lowest"
+
+
+class _Problem:
+    """The fixed data of one branch and bound: the chain, the specs' rows on its last hidden
+    layer (padded to a common row count by repeating a row, which leaves their max unchanged),
+    the box and the root bounds of every ReLU layer."""
+
+    def __init__(self, net: Layered, specs, x_lo, x_hi, lower, upper) -> None:
+        self.net, self.x_lo, self.x_hi = net, x_lo, x_hi
+        self.lower = [l.reshape(-1) for l in lower]
+        self.upper = [u.reshape(-1) for u in upper]
+        self.m = max(r.shape[0] for r, _ in specs)
+        pad = [(torch.cat([r, r[:1].expand(self.m - r.shape[0], -1)]),
+                torch.cat([c, c[:1].expand(self.m - c.shape[0])])) for r, c in specs]
+        self.rows = torch.stack([r for r, _ in pad])  # (S, m, n_{L-1})
+        self.const = torch.stack([c for _, c in pad])  # (S, m)
+
+    def clamped(self, signs: list[torch.Tensor]) -> tuple[list, list]:
+        """Per-domain bounds (B, n_k): split neurons clamped to their side."""
+        lower, upper = [], []
+        for k, s in enumerate(signs):
+            lower.append(torch.where(s < 0, self.lower[k].clamp(min=0), self.lower[k]))
+            upper.append(torch.where(s > 0, self.upper[k].clamp(max=0), self.upper[k]))
+        return lower, upper
+
+    def bound(self, spec_ids: torch.Tensor, signs, alphas, betas, settings: BabSettings):
+        """Optimise alpha/beta for a batch of domains (float32 Adam steps), then bound them with
+        the final parameters in float64. Returns the bound per domain, the final alphas and
+        betas, the final Bound and the clamped layer bounds."""
+        lower, upper = self.clamped(signs)
+        rows, const = self.rows[spec_ids], self.const[spec_ids]
+        depth = self.net.depth
+        alphas = [a.to(FAST).clone().requires_grad_() for a in alphas]
+        betas = [b.to(FAST).clone().requires_grad_() for b in betas]
+        if settings.steps > 0:
+            fast_net, fast = self.net.to(FAST), Relaxation.of(lower, upper, FAST)
+            f_rows, f_const = rows.to(FAST), const.to(FAST)
+            f_lo, f_hi = self.x_lo.to(FAST), self.x_hi.to(FAST)
+            f_signs = [s.to(FAST).unsqueeze(1) for s in signs]
+            opt = torch.optim.Adam([{"params": alphas, "lr": settings.lr_alpha},
+                                    {"params": betas, "lr": settings.lr_beta}], foreach=True)
+            for _ in range(settings.steps):
+                out = backward_bound(fast_net, depth, f_rows, f_const, f_lo, f_hi, fast, alphas, betas,
+                                     f_signs, rigorous=False)
+                opt.zero_grad()
+                (-out.value.max(dim=1).values.sum()).backward()
+                opt.step()
+                with torch.no_grad():
+                    for a in alphas:
+                        a.clamp_(0.0, 1.0)
+                    for b in betas:
+                        b.clamp_(min=0.0)
+        alphas = [a.detach() for a in alphas]  # kept in float32 for the children's warm start
+        betas = [b.detach() for b in betas]
+        with torch.no_grad():
+            out = backward_bound(self.net, depth, rows, const, self.x_lo, self.x_hi, Relaxation.of(lower, upper),
+                                 [a.to(EXACT) for a in alphas], [b.to(EXACT) for b in betas],
+                                 [s.to(EXACT).unsqueeze(1) for s in signs])
+        value = out.value.max(dim=1).values  # a disjunct's slack is the max of its rows
+        return value, alphas, betas, out, lower, upper
+
+    def slack(self, spec_ids: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The real network's disjunct slack at points x (B, n_0), domain b's spec for row b."""
+        with torch.no_grad():
+            h = self.net.last_hidden(x)
+            return ((self.rows[spec_ids] @ h.unsqueeze(-1)).squeeze(-1) + self.const[spec_ids]).max(1).values
+
+    def choose_branch(self, out, lower, upper, alphas) -> list[tuple[int, int] | None]:
+        """Per domain, the free unstable neuron with the largest weighted relaxation gap."""
+        scores = []
+        for k in range(self.net.depth):
+            l, u = lower[k], upper[k]
+            unstable = (l < 0) & (u > 0)
+            width = torch.where(unstable, u - l, torch.ones_like(u))
+            mu = out.mus[k]
+            upper_gap = (u * -l / width).unsqueeze(1)
+            a = alphas[k]
+            lower_gap = torch.maximum((1 - a) * u.unsqueeze(1), -a * l.unsqueeze(1))
+            score = (mu.clamp(max=0).neg() * upper_gap + mu.clamp(min=0) * lower_gap).sum(1)
+            scores.append(torch.where(unstable, score + 1e-12, torch.zeros_like(score)))
+        sizes = [s.shape[1] for s in scores]
+        flat = torch.cat(scores, dim=1)
+        best = flat.argmax(dim=1)
+        has = flat.gather(1, best[:, None]).squeeze(1) > 0
+        offsets = np.cumsum([0] + sizes)
+        choices = []
+        for j, ok in zip(best.tolist(), has.tolist()):
+            if not ok:
+                choices.append(None)
+                continue
+            k = int(np.searchsorted(offsets, j, side="right") - 1)
+            choices.append((k, j - int(offsets[k])))
+        return choices
+
+
+def branch_and_bound(net: Layered, specs: list[tuple[torch.Tensor, torch.Tensor]], x_lo, x_hi,
+                     lower: list, upper: list, tolerance: float, deadline: float,
+                     is_counterexample: Callable[[np.ndarray], bool],
+                     settings: BabSettings | None = None) -> BabOutcome:
+    """Prove, for every spec (rows R on the last hidden layer, constants c), that
+    min over the box of max_r (R h(x) + c)_r > tolerance — or find x with it <= 0 for one.
+
+    lower/upper are root bounds of every ReLU layer's pre-activation; `is_counterexample`
+    confirms a candidate independently (e.g. with onnxruntime on the original model).
+    """
+    settings = settings or BabSettings()
+    problem = _Problem(net, specs, x_lo, x_hi, lower, upper)
+    m, depth, n_specs = problem.m, net.depth, len(specs)
+    sizes = [l.numel() for l in problem.lower]
+    stats = {"bab_rounds": 0, "bab_domains": n_specs, "bab_leaves_open": 0, "bab_candidates": 0,
+             "bab_leaf_lps": 0}
+    tie = itertools.count()
+    queue: list = []  # (bound, tie, Domain)
+    leaves: list[tuple[int, float]] = []  # domains with nothing left to split, still open
+    closed = [np.inf] * n_specs  # least bound among each spec's closed domains
+    dropped = [np.inf] * n_specs  # least bound among domains of refuted specs, no longer split
+    refuted: set[int] = set()
+
+    def absorb(spec_ids, best, alphas, betas, out, lower, upper, signs) -> np.ndarray | None:
+        """Check the batch's corner points, then queue the domains still open."""
+        corners = minimiser(out.lam0, x_lo, x_hi)  # (B, m, n0)
+        flat = corners.reshape(-1, corners.shape[-1])
+        row_specs = spec_ids.repeat_interleave(m)
+        slack = problem.slack(row_specs, flat)
+        for i in torch.nonzero(slack <= 0).flatten().tolist():
+            stats["bab_candidates"] += 1
+            if not settings.stop_on_witness:
+                refuted.add(int(row_specs[i]))
+            elif is_counterexample(flat[i].numpy()):
+                return flat[i].numpy()
+        choices = problem.choose_branch(out, lower, upper, alphas)
+        for i, (spec, value) in enumerate(zip(spec_ids.tolist(), best.tolist())):
+            if value > tolerance:
+                closed[spec] = min(closed[spec], value)
+            elif spec in refuted:
+                dropped[spec] = min(dropped[spec], value)
+            elif choices[i] is None:
+                exact, x = leaf_bound(net, problem.rows[spec], problem.const[spec], x_lo, x_hi,
+                                      [s[i] for s in signs], [l[i] for l in lower], value,
+                                      max(deadline - time.perf_counter(), 0.1))
+                stats["bab_leaf_lps"] += 1
+                if x is not None and problem.slack(torch.tensor([spec]), torch.as_tensor(x)[None])[0] <= 0:
+                    stats["bab_candidates"] += 1
+                    if settings.stop_on_witness and is_counterexample(x):
+                        return x
+                if exact > tolerance:
+                    closed[spec] = min(closed[spec], exact)
+                else:
+                    leaves.append((spec, max(value, exact)))
+            else:
+                dom = Domain(spec, [s[i] for s in signs], [a[i] for a in alphas], [b[i] for b in betas],
+                             choices[i], value)
+                key = value / scale[spec] if settings.order == "relative" else value
+                heapq.heappush(queue, (key, next(tie), dom))
+        return None
+
+    spec_ids = torch.arange(n_specs)
+    signs = [torch.zeros((n_specs, n), dtype=torch.int8) for n in sizes]
+    alphas = [default_alpha(problem.lower[k], problem.upper[k]).expand(n_specs, m, -1) for k in range(depth)]
+    betas = [torch.zeros((n_specs, m, n), dtype=FAST) for n in sizes]
+    root = problem.bound(spec_ids, signs, alphas, betas, settings)
+    scale = [max(-v, 1e-9) for v in root[0].tolist()]
+    found = absorb(spec_ids, *root, signs)
+    while queue and found is None:
+        if time.perf_counter() > deadline or len(queue) > settings.max_domains:
+            break
+        picked = []
+        while queue and len(picked) < settings.batch:
+            dom = heapq.heappop(queue)[2]
+            if dom.spec in refuted:
+                dropped[dom.spec] = min(dropped[dom.spec], dom.bound)
+            else:
+                picked.append(dom)
+        if not picked:
+            break
+        children = []
+        for side in (-1, 1):
+            for dom in picked:
+                k, j = dom.branch
+                s = [t.clone() for t in dom.signs]
+                s[k][j] = side
+                children.append(s)
+        spec_ids = torch.tensor([d.spec for d in picked] * 2)
+        signs = [torch.stack([s[k] for s in children]) for k in range(depth)]
+        alphas = [torch.stack([d.alphas[k] for d in picked] * 2) for k in range(depth)]
+        betas = [torch.stack([d.betas[k] for d in picked] * 2) for k in range(depth)]
+        found = absorb(spec_ids, *problem.bound(spec_ids, signs, alphas, betas, settings), signs)
+        stats["bab_rounds"] += 1
+        stats["bab_domains"] += len(children)
+    stats["bab_leaves_open"] = len(leaves)
+    if found is not None:
+        return BabOutcome("counterexample", [-np.inf] * n_specs, found, stats)
+    lower_bounds = [min(c, d) for c, d in zip(closed, dropped)]
+    for _, _, dom in queue:
+        lower_bounds[dom.spec] = min(lower_bounds[dom.spec], dom.bound)
+    for spec, value in leaves:
+        lower_bounds[spec] = min(lower_bounds[spec], value)
+    status = "proved" if not queue and not leaves and not refuted else "unknown"
+    return BabOutcome(status, [float(v) for v in lower_bounds], None, stats)

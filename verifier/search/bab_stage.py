@@ -1,0 +1,93 @@
+"""The bound-propagation stages of a region search, for networks that are plain ReLU chains:
+alpha-CROWN on every layer's bounds and on each disjunct, then (on deep chains) branch and
+bound over ReLU splits in place of the MIP.
+
+The tightened pre-activation bounds go back into the network-level bounds dict, so the LP and
+MIP stages that may follow profit from them too.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from verifier.bab.crown import intermediate_bounds, optimise_alpha
+from verifier.bab.layered import Layered, as_layered
+from verifier.bab.refine import refined_bounds
+from verifier.bab.search import BabSettings, branch_and_bound
+from verifier.bounds.interval import Bounds, interval_bounds
+
+
+def chain_of(run) -> Layered | None:
+    return as_layered(run.net) if run.options.bab != "off" else None
+
+
+def use_bab(run, layered: Layered | None) -> bool:
+    """Branch and bound replaces the MIP on deep chains ("auto": three ReLU layers or more,
+    where big-M MIPs stall on loose deep bounds) or when asked for."""
+    if layered is None or run.options.exact:  # exact minima need the MIP's optimum
+        return False
+    return run.options.bab == "on" or layered.depth >= run.options.bab_min_depth
+
+
+def _tensors(run, layered: Layered, bounds: Bounds):
+    lo = [torch.as_tensor(bounds[p][0]).reshape(1, -1).clone() for p in layered.pre_nodes]
+    hi = [torch.as_tensor(bounds[p][1]).reshape(1, -1).clone() for p in layered.pre_nodes]
+    box = run.region.box
+    return torch.as_tensor(box.lo), torch.as_tensor(box.hi), lo, hi
+
+
+def alpha_crown(run, layered: Layered, bounds: Bounds, budget: float) -> Bounds:
+    """Tighten every ReLU layer's bounds (alpha-CROWN, and branch and bound over the earlier
+    layers' splits for up to `refine_layers` layers) and each open disjunct's lower bound
+    (alpha-CROWN) within `budget` seconds; returns the bounds dict with the tighter
+    pre-activation bounds."""
+    torch.set_num_threads(run.options.threads)
+    start = time.perf_counter()
+    deadline = min(run.deadline, start + budget)
+    x_lo, x_hi, lo, hi = _tensors(run, layered, bounds)
+    steps = run.options.alpha_steps
+    if run.options.refine_layers > 0 and layered.depth > 1:
+        layers = min(run.options.refine_layers, layered.depth - 1)
+        lo, hi, refine_stats = refined_bounds(layered, x_lo, x_hi, lo, hi, steps, budget / layers, layers, deadline)
+        run.stats.update({k: round(v, 4) for k, v in refine_stats.items()})
+    else:
+        lo, hi = intermediate_bounds(layered, x_lo, x_hi, lo, hi, steps, deadline)
+    known = {p: (lo[k][0].numpy(), hi[k][0].numpy()) for k, p in enumerate(layered.pre_nodes)}
+    box = run.region.box
+    bounds = interval_bounds(run.net, box.lo, box.hi, {**{n: b for n, b in bounds.items()}, **known})
+    for d in run.open():
+        conj = run.disjuncts[d]
+        spec = layered.with_spec(conj.C, conj.d)
+        value = optimise_alpha(spec, spec.depth, spec.weights[-1].unsqueeze(0), spec.biases[-1].unsqueeze(0),
+                               x_lo, x_hi, lo, hi, steps, deadline=run.deadline)
+        run.prove(d, float(value.max()))
+    run.stats["time_alpha_crown"] = round(time.perf_counter() - start, 4)
+    return bounds
+
+
+def bab_search(run, layered: Layered, bounds: Bounds, disjuncts: list[int]):
+    """One branch and bound over all open disjuncts (their domains share the rounds). Returns
+    the evidence of a violation or None; proven lower bounds go to the run either way."""
+    torch.set_num_threads(run.options.threads)
+    x_lo, x_hi, lo, hi = _tensors(run, layered, bounds)
+    evidence: list = []
+
+    def confirm(x: np.ndarray) -> bool:
+        found = run.confirm(x)
+        if found is not None:
+            evidence.append(found)
+        return found is not None
+
+    specs = [layered.spec_rows(run.disjuncts[d].C, run.disjuncts[d].d) for d in disjuncts]
+    settings = BabSettings(batch=run.options.bab_batch, steps=run.options.bab_steps)
+    out = branch_and_bound(layered, specs, x_lo, x_hi, lo, hi, run.options.tolerance, run.deadline,
+                           confirm, settings=settings)
+    run.stats.update(out.stats)
+    if out.status == "counterexample":
+        return evidence[0]
+    for d, value in zip(disjuncts, out.lower):
+        run.prove(d, value)
+    return None
