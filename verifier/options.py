@@ -22,11 +22,12 @@ class VerifyOptions:
     # then branch and bound over ReLU splits instead of the MIP on chains of >= bab_min_depth
     # ReLU layers. "auto" as described, "on" (branch and bound on any chain), "off" (LP + MIP only).
     bab: str = "auto"
-    bab_min_depth: int = 3
+    bab_min_depth: int = 2
     alpha_steps: int = 20  # Adam steps on the slopes per layer (0: plain CROWN)
     alpha_budget: float = 0.5  # share of the remaining time layer bounds (alpha-CROWN + refinement) may use
     refine_layers: int = 8  # ReLU layers (after the first) whose bounds branch and bound refines
     bab_batch: int = 256  # domains split per branch-and-bound round
+    bab_branching: str = "trial"  # "gap" (BaBSR-style estimate) or "trial" (filtered smart branching)
     bab_steps: int = 12  # Adam steps on slopes and split multipliers per round
     mip_presolve: bool = True  # HiGHS presolve on the MIPs
     exact: bool = False  # compute the exact minimum margin (every label's MIP to optimality)

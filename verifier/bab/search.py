@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from verifier.bab.branching import choose_by_gap, choose_by_trial
 from verifier.bab.crown import EXACT, FAST, Relaxation, backward_bound, default_alpha, minimiser
 from verifier.bab.layered import Layered
 from verifier.bab.leaf import leaf_bound
@@ -60,6 +61,8 @@ class BabSettings:
     # "relative" — lowest bound as a share of its spec's root bound, so that all specs progress
     # alike (bound refinement, where every spec closed is a gain).
     order: str = "lowest"
+    branching: str = "trial"  # "gap" or "trial" (see branching.py)
+    candidates: int = 4  # neurons tried per domain by "trial"
 
 
 class _Problem:
@@ -127,33 +130,6 @@ class _Problem:
             h = self.net.last_hidden(x)
             return ((self.rows[spec_ids] @ h.unsqueeze(-1)).squeeze(-1) + self.const[spec_ids]).max(1).values
 
-    def choose_branch(self, out, lower, upper, alphas) -> list[tuple[int, int] | None]:
-        """Per domain, the free unstable neuron with the largest weighted relaxation gap."""
-        scores = []
-        for k in range(self.net.depth):
-            l, u = lower[k], upper[k]
-            unstable = (l < 0) & (u > 0)
-            width = torch.where(unstable, u - l, torch.ones_like(u))
-            mu = out.mus[k]
-            upper_gap = (u * -l / width).unsqueeze(1)
-            a = alphas[k]
-            lower_gap = torch.maximum((1 - a) * u.unsqueeze(1), -a * l.unsqueeze(1))
-            score = (mu.clamp(max=0).neg() * upper_gap + mu.clamp(min=0) * lower_gap).sum(1)
-            scores.append(torch.where(unstable, score + 1e-12, torch.zeros_like(score)))
-        sizes = [s.shape[1] for s in scores]
-        flat = torch.cat(scores, dim=1)
-        best = flat.argmax(dim=1)
-        has = flat.gather(1, best[:, None]).squeeze(1) > 0
-        offsets = np.cumsum([0] + sizes)
-        choices = []
-        for j, ok in zip(best.tolist(), has.tolist()):
-            if not ok:
-                choices.append(None)
-                continue
-            k = int(np.searchsorted(offsets, j, side="right") - 1)
-            choices.append((k, j - int(offsets[k])))
-        return choices
-
 
 def branch_and_bound(net: Layered, specs: list[tuple[torch.Tensor, torch.Tensor]], x_lo, x_hi,
                      lower: list, upper: list, tolerance: float, deadline: float,
@@ -190,7 +166,11 @@ def branch_and_bound(net: Layered, specs: list[tuple[torch.Tensor, torch.Tensor]
                 refuted.add(int(row_specs[i]))
             elif is_counterexample(flat[i].numpy()):
                 return flat[i].numpy()
-        choices = problem.choose_branch(out, lower, upper, alphas)
+        if settings.branching == "trial":
+            choices = choose_by_trial(problem, spec_ids, out, lower, upper, alphas, betas, signs,
+                                      settings.candidates)
+        else:
+            choices = choose_by_gap(out, lower, upper, alphas)
         for i, (spec, value) in enumerate(zip(spec_ids.tolist(), best.tolist())):
             if value > tolerance:
                 closed[spec] = min(closed[spec], value)

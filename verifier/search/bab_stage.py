@@ -82,7 +82,8 @@ def bab_search(run, layered: Layered, bounds: Bounds, disjuncts: list[int]):
         return found is not None
 
     specs = [layered.spec_rows(run.disjuncts[d].C, run.disjuncts[d].d) for d in disjuncts]
-    settings = BabSettings(batch=run.options.bab_batch, steps=run.options.bab_steps)
+    settings = BabSettings(batch=run.options.bab_batch, steps=run.options.bab_steps,
+                           branching=run.options.bab_branching)
     out = branch_and_bound(layered, specs, x_lo, x_hi, lo, hi, run.options.tolerance, run.deadline,
                            confirm, settings=settings)
     run.stats.update(out.stats)
