@@ -24,7 +24,9 @@ class VerifyOptions:
     bab: str = "auto"
     bab_min_depth: int = 2
     alpha_steps: int = 20  # Adam steps on the slopes per layer (0: plain CROWN)
-    alpha_budget: float = 0.5  # share of the remaining time layer bounds (alpha-CROWN + refinement) may use
+    alpha_budget: float = 0.3  # share of the remaining time alpha-CROWN may use
+    bab_probe: float = 0.1  # share of the remaining time for branch and bound before refinement
+    refine_budget: float = 0.5  # share of the remaining time the refinement of layer bounds may use
     refine_layers: int = 8  # ReLU layers (after the first) whose bounds branch and bound refines
     bab_batch: int = 256  # domains split per branch-and-bound round
     bab_branching: str = "trial"  # "gap" (BaBSR-style estimate) or "trial" (filtered smart branching)

@@ -65,13 +65,6 @@ class Layered:
         c = torch.as_tensor(np.asarray(rows, dtype=np.float64))
         return c @ self.weights[-1], c @ self.biases[-1] - torch.as_tensor(np.asarray(offsets, dtype=np.float64))
 
-    def with_spec(self, rows: np.ndarray, offsets: np.ndarray) -> "Layered":
-        """The same chain whose outputs are rows @ y - offsets (spec rows folded in)."""
-        c = torch.as_tensor(np.asarray(rows, dtype=np.float64))
-        w = c @ self.weights[-1]
-        b = c @ self.biases[-1] - torch.as_tensor(np.asarray(offsets, dtype=np.float64))
-        return Layered(self.weights[:-1] + [w], self.biases[:-1] + [b], self.pre_nodes)
-
 
 def _dense(matrix) -> torch.Tensor | None:
     rows, cols = matrix.shape

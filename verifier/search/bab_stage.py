@@ -39,36 +39,51 @@ def _tensors(run, layered: Layered, bounds: Bounds):
     return torch.as_tensor(box.lo), torch.as_tensor(box.hi), lo, hi
 
 
-def alpha_crown(run, layered: Layered, bounds: Bounds, budget: float) -> Bounds:
-    """Tighten every ReLU layer's bounds (alpha-CROWN, and branch and bound over the earlier
-    layers' splits for up to `refine_layers` layers) and each open disjunct's lower bound
-    (alpha-CROWN) within `budget` seconds; returns the bounds dict with the tighter
-    pre-activation bounds."""
-    torch.set_num_threads(run.options.threads)
-    start = time.perf_counter()
-    deadline = min(run.deadline, start + budget)
-    x_lo, x_hi, lo, hi = _tensors(run, layered, bounds)
-    steps = run.options.alpha_steps
-    if run.options.refine_layers > 0 and layered.depth > 1:
-        layers = min(run.options.refine_layers, layered.depth - 1)
-        lo, hi, refine_stats = refined_bounds(layered, x_lo, x_hi, lo, hi, steps, budget / layers, layers, deadline)
-        run.stats.update({k: round(v, 4) for k, v in refine_stats.items()})
-    else:
-        lo, hi = intermediate_bounds(layered, x_lo, x_hi, lo, hi, steps, deadline)
+def _prove_disjuncts(run, layered: Layered, x_lo, x_hi, lo, hi) -> None:
+    """alpha-CROWN lower bound of each open disjunct's slack (the max of its rows' bounds)."""
+    for d in run.open():
+        rows, const = layered.spec_rows(run.disjuncts[d].C, run.disjuncts[d].d)
+        value = optimise_alpha(layered, layered.depth, rows[None], const[None], x_lo, x_hi, lo, hi,
+                               run.options.alpha_steps, deadline=run.deadline)
+        run.prove(d, float(value.max()))
+
+
+def _write_back(run, layered: Layered, bounds: Bounds, lo, hi) -> Bounds:
     known = {p: (lo[k][0].numpy(), hi[k][0].numpy()) for k, p in enumerate(layered.pre_nodes)}
     box = run.region.box
-    bounds = interval_bounds(run.net, box.lo, box.hi, {**{n: b for n, b in bounds.items()}, **known})
-    for d in run.open():
-        conj = run.disjuncts[d]
-        spec = layered.with_spec(conj.C, conj.d)
-        value = optimise_alpha(spec, spec.depth, spec.weights[-1].unsqueeze(0), spec.biases[-1].unsqueeze(0),
-                               x_lo, x_hi, lo, hi, steps, deadline=run.deadline)
-        run.prove(d, float(value.max()))
+    return interval_bounds(run.net, box.lo, box.hi, {**bounds, **known})
+
+
+def alpha_crown(run, layered: Layered, bounds: Bounds, budget: float) -> Bounds:
+    """Tighten every ReLU layer's bounds and each open disjunct's lower bound with alpha-CROWN
+    within `budget` seconds; returns the bounds dict with the tighter pre-activation bounds."""
+    torch.set_num_threads(run.options.threads)
+    start = time.perf_counter()
+    x_lo, x_hi, lo, hi = _tensors(run, layered, bounds)
+    lo, hi = intermediate_bounds(layered, x_lo, x_hi, lo, hi, run.options.alpha_steps, start + budget)
+    _prove_disjuncts(run, layered, x_lo, x_hi, lo, hi)
     run.stats["time_alpha_crown"] = round(time.perf_counter() - start, 4)
-    return bounds
+    return _write_back(run, layered, bounds, lo, hi)
 
 
-def bab_search(run, layered: Layered, bounds: Bounds, disjuncts: list[int]):
+def refine(run, layered: Layered, bounds: Bounds, budget: float) -> Bounds:
+    """Refine the layer bounds by branch and bound over the earlier layers' splits (up to
+    `refine_layers` layers, `budget` seconds shared among them), then bound the open
+    disjuncts again."""
+    layers = min(run.options.refine_layers, layered.depth - 1)
+    if layers <= 0:
+        return bounds
+    torch.set_num_threads(run.options.threads)
+    start = time.perf_counter()
+    x_lo, x_hi, lo, hi = _tensors(run, layered, bounds)
+    lo, hi, stats = refined_bounds(layered, x_lo, x_hi, lo, hi, run.options.alpha_steps, budget / layers,
+                                   layers, start + budget)
+    run.stats.update({k: round(v, 4) for k, v in stats.items()})
+    _prove_disjuncts(run, layered, x_lo, x_hi, lo, hi)
+    return _write_back(run, layered, bounds, lo, hi)
+
+
+def bab_search(run, layered: Layered, bounds: Bounds, disjuncts: list[int], deadline: float):
     """One branch and bound over all open disjuncts (their domains share the rounds). Returns
     the evidence of a violation or None; proven lower bounds go to the run either way."""
     torch.set_num_threads(run.options.threads)
@@ -81,12 +96,15 @@ def bab_search(run, layered: Layered, bounds: Bounds, disjuncts: list[int]):
             evidence.append(found)
         return found is not None
 
+    start = time.perf_counter()
     specs = [layered.spec_rows(run.disjuncts[d].C, run.disjuncts[d].d) for d in disjuncts]
     settings = BabSettings(batch=run.options.bab_batch, steps=run.options.bab_steps,
                            branching=run.options.bab_branching)
-    out = branch_and_bound(layered, specs, x_lo, x_hi, lo, hi, run.options.tolerance, run.deadline,
+    out = branch_and_bound(layered, specs, x_lo, x_hi, lo, hi, run.options.tolerance, min(deadline, run.deadline),
                            confirm, settings=settings)
-    run.stats.update(out.stats)
+    for key, value in out.stats.items():
+        run.stats[key] = run.stats.get(key, 0) + value
+    run.stats["time_bab"] = round(run.stats.get("time_bab", 0) + time.perf_counter() - start, 4)
     if out.status == "counterexample":
         return evidence[0]
     for d, value in zip(disjuncts, out.lower):

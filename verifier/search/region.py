@@ -25,7 +25,7 @@ from verifier.network.graph import Network
 from verifier.options import VerifyOptions
 from verifier.result import Result, Status
 from verifier.search.attack import pgd_attack
-from verifier.search.bab_stage import alpha_crown, bab_search, chain_of, use_bab
+from verifier.search.bab_stage import alpha_crown, bab_search, chain_of, refine, use_bab
 from verifier.spec.property import Conjunction, InputRegion
 
 
@@ -166,17 +166,12 @@ def check_region(net: Network, region: InputRegion, x_ref: np.ndarray, options: 
         run.stats.update(_relu_stats(net, bounds, "alpha"))
         if not run.open():
             return run.result(Status.ROBUST, "bounds")
-    if use_bab(run, layered):
-        order = [d for d in order if d in run.open()]
-        evidence = bab_search(run, layered, bounds, order)
-        if evidence is not None:
-            return run.result(Status.ADVERSARIAL, "bab", evidence)
-        if not run.open():
-            return run.result(Status.ROBUST, "bab")
-        return run.result(Status.UNKNOWN, "timeout" if run.remaining() <= 0 else "bab")
-
     enc = encode_network(net, bounds)
-    _lp_bounds(run, enc, bounds, order)
+    _lp_bounds(run, enc, bounds, [d for d in order if d in run.open()])
+    if not run.open():
+        return run.result(Status.ROBUST, "lp")
+    if use_bab(run, layered):
+        return _bab_stages(run, layered, bounds, order)
     if run.open() and options.lp_tightening and run.remaining() > 0:
         t = time.perf_counter()
         bounds = tighten_with_lp(net, bounds, t + options.lp_budget * run.remaining(), run.stats)
@@ -187,6 +182,25 @@ def check_region(net: Network, region: InputRegion, x_ref: np.ndarray, options: 
     if not run.open():
         return run.result(Status.ROBUST, "lp")
     return _mip_search(run, enc, bounds, [d for d in order if d in run.open()], attack.x)
+
+
+def _bab_stages(run: _Run, layered, bounds: dict, order: list[int]) -> Result:
+    """Branch and bound for a short probe (easy instances end here), then refine the layer
+    bounds by branch and bound over earlier layers and search again with the time left."""
+    options = run.options
+    for stage in ("probe", "refined"):
+        if stage == "refined":
+            bounds = refine(run, layered, bounds, options.refine_budget * run.remaining())
+            if not run.open():
+                return run.result(Status.ROBUST, "bounds")
+        share = options.bab_probe if stage == "probe" else 1.0
+        evidence = bab_search(run, layered, bounds, [d for d in order if d in run.open()],
+                              time.perf_counter() + share * run.remaining())
+        if evidence is not None:
+            return run.result(Status.ADVERSARIAL, "bab", evidence)
+        if not run.open():
+            return run.result(Status.ROBUST, "bab")
+    return run.result(Status.UNKNOWN, "timeout" if run.remaining() <= 0 else "bab")
 
 
 class _Objectives:
