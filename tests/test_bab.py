@@ -99,3 +99,18 @@ def test_any_slopes_and_multipliers_give_valid_bounds(seed):
                              [s.to(torch.float64)[None, None] for s in signs])
         if keep.any():
             assert float(out.value.max()) <= float(values[keep].min()) + 1e-9
+
+
+def test_nan_slopes_prove_nothing():
+    """Slopes that overflowed in float32 steps must give -inf, never a NaN that compares false."""
+    ws, bs, box, conj = _case(300)
+    net = verifier.load(mlp_onnx(ws, bs))
+    layered = as_layered(net)
+    bounds = interval_bounds(net, box.lo, box.hi)
+    lo = [torch.as_tensor(bounds[p][0])[None] for p in layered.pre_nodes]
+    hi = [torch.as_tensor(bounds[p][1])[None] for p in layered.pre_nodes]
+    rows, const = layered.spec_rows(conj.C, conj.d)
+    alphas = [torch.full((1, rows.shape[0], l.shape[1]), float("nan"), dtype=torch.float64) for l in lo]
+    out = backward_bound(layered, layered.depth, rows[None], const[None], torch.as_tensor(box.lo),
+                         torch.as_tensor(box.hi), Relaxation.of(lo, hi), alphas)
+    assert torch.all(out.value == -torch.inf)

@@ -21,7 +21,9 @@ import torch
 
 from verifier.bab.layered import Layered
 
-#: Outward slack on every bound: relative to the magnitude of the summed terms, plus absolute.
+#: Outward slack on every bound: relative to the magnitude of the terms (products and sums, with
+#: |a| |W| |h| for each matrix product, so cancellation is covered), plus absolute. float64
+#: rounding errs by at most n * 2^-53 ~ 1e-12 of that magnitude for n < 10^4 terms.
 REL_SLACK = 1e-9
 ABS_SLACK = 1e-9
 FAST = torch.float32  # precision of the optimisation steps
@@ -38,10 +40,11 @@ class Relaxation:
     up_offset: list[torch.Tensor]
     fixed_slope: list[torch.Tensor]
     unstable: list[torch.Tensor]
+    extent: list[torch.Tensor]  # max(|l|, |u|): bounds |z_k| and |h_k|, for the rounding slack
 
     @staticmethod
     def of(lower: list, upper: list, dtype: torch.dtype = EXACT) -> "Relaxation":
-        up_slope, up_offset, fixed, unstable_masks = [], [], [], []
+        up_slope, up_offset, fixed, unstable_masks, extent = [], [], [], [], []
         for l, u in zip(lower, upper):
             l, u = l.to(EXACT), u.to(EXACT)
             unstable = (l < 0) & (u > 0)
@@ -52,7 +55,8 @@ class Relaxation:
             up_offset.append(torch.where(unstable, -slope * l, torch.zeros_like(l)).to(dtype).unsqueeze(-2))
             fixed.append(active.to(dtype).unsqueeze(-2))
             unstable_masks.append(unstable.to(dtype).unsqueeze(-2))
-        return Relaxation(up_slope, up_offset, fixed, unstable_masks)
+            extent.append(torch.maximum(l.abs(), u.abs()).to(dtype).unsqueeze(-2))
+        return Relaxation(up_slope, up_offset, fixed, unstable_masks, extent)
 
 
 @dataclass
@@ -84,6 +88,9 @@ def backward_bound(net: Layered, upto: int, rows: torch.Tensor, const: torch.Ten
     mus = []
     for k in reversed(range(upto)):
         mus.append(a)
+        if rigorous:
+            with torch.no_grad():  # the relaxation's products, over |z_k| <= extent
+                magnitude = magnitude + (a.abs() * relax.extent[k]).sum(-1)
         lo_slope = relax.fixed_slope[k] + relax.unstable[k] * alphas[k]
         neg = a.clamp(max=0)
         intercept = (neg * relax.up_offset[k]).sum(-1)
@@ -92,8 +99,10 @@ def backward_bound(net: Layered, upto: int, rows: torch.Tensor, const: torch.Ten
             a = a + betas[k] * signs[k]
         c = c + intercept + a @ net.biases[k]
         if rigorous:
-            with torch.no_grad():
-                magnitude = magnitude + intercept.abs() + a.abs() @ net.biases[k].abs()
+            with torch.no_grad():  # a @ W_k errs by <= gamma |a| |W_k| entrywise, met by |h_{k-1}|
+                h_extent = relax.extent[k - 1] if k > 0 else torch.maximum(x_lo.abs(), x_hi.abs())
+                magnitude = (magnitude + intercept.abs() + a.abs() @ net.biases[k].abs()
+                             + (a.abs() * (h_extent @ net.abs_weights[k].T)).sum(-1))
         a = a @ net.weights[k]
     mus.reverse()
     centre, radius = (x_lo + x_hi) / 2, (x_hi - x_lo) / 2
@@ -102,6 +111,8 @@ def backward_bound(net: Layered, upto: int, rows: torch.Tensor, const: torch.Ten
         with torch.no_grad():
             magnitude = magnitude + a.abs() @ (centre.abs() + radius)
         value = value - REL_SLACK * magnitude - ABS_SLACK
+    # A NaN (e.g. slopes overflowed in float32 steps) proves nothing: make it -inf.
+    value = torch.where(torch.isnan(value), torch.full_like(value, -torch.inf), value)
     return Bound(value, a, mus)
 
 
@@ -142,7 +153,7 @@ def optimise_alpha(net: Layered, upto: int, rows, const, x_lo, x_hi, lower, uppe
                 a.clamp_(0.0, 1.0)
     with torch.no_grad():
         value = backward_bound(net, upto, rows, const, x_lo, x_hi, exact, [a.to(EXACT) for a in alphas]).value
-    return torch.maximum(best, value)
+    return torch.fmax(best, value)
 
 
 def intermediate_bounds(net: Layered, x_lo, x_hi, lower: list, upper: list, steps: int,
@@ -162,7 +173,7 @@ def intermediate_bounds(net: Layered, x_lo, x_hi, lower: list, upper: list, step
                                deadline=deadline)[0]
         n = idx.numel()
         new_lo, new_hi = lower[k].clone(), upper[k].clone()
-        new_lo[0, idx] = torch.maximum(new_lo[0, idx], bound[:n])
-        new_hi[0, idx] = torch.minimum(new_hi[0, idx], -bound[n:])
+        new_lo[0, idx] = torch.fmax(new_lo[0, idx], bound[:n])
+        new_hi[0, idx] = torch.fmin(new_hi[0, idx], -bound[n:])
         lower[k], upper[k] = new_lo, new_hi
     return lower, upper

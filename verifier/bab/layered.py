@@ -10,6 +10,7 @@ feeding a ReLU) get None and stay with the MILP.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
@@ -38,6 +39,11 @@ class Layered:
             cache[dtype] = Layered([w.to(dtype) for w in self.weights], [b.to(dtype) for b in self.biases],
                                    self.pre_nodes)
         return cache[dtype]
+
+    @cached_property
+    def abs_weights(self) -> list[torch.Tensor]:
+        """|W_k|, for the rounding slack of bounds."""
+        return [w.abs() for w in self.weights]
 
     @property
     def depth(self) -> int:

@@ -34,8 +34,8 @@ def refine_layer(net: Layered, k: int, x_lo, x_hi, lower: list, upper: list, dea
     n = idx.numel()
     found = torch.tensor(out.lower, dtype=lower[k].dtype)
     new_lo, new_hi = lower[k].clone(), upper[k].clone()
-    new_lo[0, idx] = torch.maximum(new_lo[0, idx], found[:n])
-    new_hi[0, idx] = torch.minimum(new_hi[0, idx], -found[n:])
+    new_lo[0, idx] = torch.fmax(new_lo[0, idx], found[:n])
+    new_hi[0, idx] = torch.fmin(new_hi[0, idx], -found[n:])
     lower, upper = list(lower), list(upper)
     lower[k], upper[k] = new_lo, new_hi
     return lower, upper, out.stats

@@ -5,8 +5,8 @@ Its lower bound comes from `crown.backward_bound` with slopes and split multipli
 by a few Adam steps, warm-started from the parent; domains whose bound exceeds the tolerance
 are closed. Each round splits the open domains with the lowest bounds — of all disjuncts at
 once, since on a CPU a round costs little more for many domains than for a few — on the neuron
-whose relaxation gap weighs most in the bound. Each bound also yields a box corner where the
-relaxation is tight; it is run through the real network as a cheap attack.
+whose relaxation gap weighs most in the bound. Each bound also yields the box corner where its
+linear lower bound is least; it is run through the real network as a cheap attack.
 
 The minimum over a disjunct's open domains is a valid lower bound at every moment, so a run
 cut short still reports sound bounds; only an empty queue is a proof.
@@ -176,6 +176,8 @@ def branch_and_bound(net: Layered, specs: list[tuple[torch.Tensor, torch.Tensor]
                 closed[spec] = min(closed[spec], value)
             elif spec in refuted:
                 dropped[spec] = min(dropped[spec], value)
+            elif choices[i] is None and time.perf_counter() > deadline:
+                leaves.append((spec, value))  # no time left for its LP
             elif choices[i] is None:
                 exact, x = leaf_bound(net, problem.rows[spec], problem.const[spec], x_lo, x_hi,
                                       [s[i] for s in signs], [l[i] for l in lower], value,

@@ -1,10 +1,12 @@
 """Deciding one input region of a property: the stages from cheap to exact.
 
-reference point -> interval + symbolic bounds -> PGD attack -> LP bounds (after LP tightening) ->
-one MIP per disjunct still open. Each disjunct d has a slack s_d (<= 0 means violated); the run
-keeps a proven lower bound per disjunct and the best point found. `robust` only comes from lower
-bounds above the tolerance (bounds, safe LP duals, or a finished MIP); `adversarial` only from a
-point that onnxruntime confirms; everything else is `unknown` with the bounds reached.
+reference point -> interval + symbolic bounds -> PGD attack -> alpha-CROWN (ReLU chains) -> LP
+bounds -> on chains: branch and bound, refined layer bounds, branch and bound (bab_stage.py);
+otherwise LP tightening and a MIP over the disjuncts still open. Each disjunct d has a slack s_d
+(<= 0 means violated); the run keeps a proven lower bound per disjunct and the best point found.
+`robust` only comes from lower bounds above the tolerance (bound propagation, a branch and bound
+with every domain closed, safe LP duals, or a finished MIP); `adversarial` only from a point
+that onnxruntime confirms; everything else is `unknown` with the bounds reached.
 """
 
 from __future__ import annotations
