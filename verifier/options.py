@@ -26,6 +26,7 @@ class VerifyOptions:
     alpha_steps: int = 20  # Adam steps on the slopes per layer (0: plain CROWN)
     alpha_budget: float = 0.3  # share of the remaining time alpha-CROWN may use
     bab_probe: float = 0.1  # share of the remaining time for branch and bound before refinement
+    refine_first_pass: float = 2.0  # seconds per layer in the first refinement pass (then doubling)
     refine_budget: float = 0.5  # share of the remaining time the refinement of layer bounds may use
     refine_layers: int = 8  # ReLU layers (after the first) whose bounds branch and bound refines
     bab_batch: int = 256  # domains split per branch-and-bound round

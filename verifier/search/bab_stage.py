@@ -69,18 +69,25 @@ def alpha_crown(run, layered: Layered, bounds: Bounds, budget: float) -> Bounds:
 
 def refine(run, layered: Layered, bounds: Bounds, budget: float) -> Bounds:
     """Refine the layer bounds by branch and bound over the earlier layers' splits (up to
-    `refine_layers` layers, `budget` seconds shared among them), then bound the open
-    disjuncts again."""
+    `refine_layers` layers) and bound the open disjuncts again, in passes of doubling length
+    (2 s per layer first) within `budget` seconds: an instance that a short refinement already
+    proves does not pay for a long one, and each pass starts from the bounds the last reached."""
     layers = min(run.options.refine_layers, layered.depth - 1)
     if layers <= 0:
         return bounds
     torch.set_num_threads(run.options.threads)
     start = time.perf_counter()
+    end = start + budget
     x_lo, x_hi, lo, hi = _tensors(run, layered, bounds)
-    lo, hi, stats = refined_bounds(layered, x_lo, x_hi, lo, hi, run.options.alpha_steps, budget / layers,
-                                   layers, start + budget)
-    run.stats.update({k: round(v, 4) for k, v in stats.items()})
-    _prove_disjuncts(run, layered, x_lo, x_hi, lo, hi)
+    per_layer = run.options.refine_first_pass
+    while run.open() and time.perf_counter() < end:
+        per_layer = min(per_layer, (end - time.perf_counter()) / layers)
+        lo, hi, stats = refined_bounds(layered, x_lo, x_hi, lo, hi, run.options.alpha_steps, per_layer,
+                                       layers, end)
+        for key, value in stats.items():
+            run.stats[key] = round(run.stats.get(key, 0) + value, 4)
+        _prove_disjuncts(run, layered, x_lo, x_hi, lo, hi)
+        per_layer *= 2
     return _write_back(run, layered, bounds, lo, hi)
 
 
