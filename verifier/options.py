@@ -22,7 +22,7 @@ class VerifyOptions:
     # then branch and bound over ReLU splits instead of the MIP on chains of >= bab_min_depth
     # ReLU layers. "auto" as described, "on" (branch and bound on any chain), "off" (LP + MIP only).
     bab: str = "auto"
-    bab_min_depth: int = 2
+    bab_min_depth: int = 1
     alpha_steps: int = 20  # Adam steps on the slopes per layer (0: plain CROWN)
     alpha_budget: float = 0.3  # share of the remaining time alpha-CROWN may use
     bab_probe: float = 0.1  # share of the remaining time for branch and bound before refinement
