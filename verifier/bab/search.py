@@ -5,7 +5,7 @@ Its lower bound comes from `crown.backward_bound` with slopes and split multipli
 by a few Adam steps, warm-started from the parent; domains whose bound exceeds the tolerance
 are closed. Each round splits the open domains with the lowest bounds — of all disjuncts at
 once, since on a CPU a round costs little more for many domains than for a few — on the neuron
-whose relaxation gap weighs most in the bound. Each bound also yields the box corner where its
+chosen by `branching.py` (by default: the best few by relaxation gap, each tried for real). Each bound also yields the box corner where its
 linear lower bound is least; it is run through the real network as a cheap attack.
 
 The minimum over a disjunct's open domains is a valid lower bound at every moment, so a run
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from verifier.bab.branching import choose_by_gap, choose_by_trial
-from verifier.bab.crown import EXACT, FAST, Relaxation, backward_bound, default_alpha, minimiser
+from verifier.bab.crown import EXACT, FAST, Bound, Relaxation, backward_bound, default_alpha, minimiser
 from verifier.bab.layered import Layered
 from verifier.bab.leaf import leaf_bound
 
@@ -154,6 +154,23 @@ def branch_and_bound(net: Layered, specs: list[tuple[torch.Tensor, torch.Tensor]
     dropped = [np.inf] * n_specs  # least bound among domains of refuted specs, no longer split
     refuted: set[int] = set()
 
+    def choose(spec_ids, best, alphas, betas, out, lower, upper, signs) -> dict[int, tuple[int, int] | None]:
+        """The branching choice of each domain that stays open (closed ones need none; the
+        trial rule costs a bound pass per candidate, so it is not spent on them)."""
+        keep = [i for i, (spec, value) in enumerate(zip(spec_ids.tolist(), best.tolist()))
+                if value <= tolerance and spec not in refuted]
+        if not keep:
+            return {}
+        idx = torch.tensor(keep)
+        pick = lambda ts: [t[idx] for t in ts]  # noqa: E731
+        sub = Bound(out.value[idx], out.lam0[idx], pick(out.mus))
+        if settings.branching == "trial":
+            picked = choose_by_trial(problem, spec_ids[idx], sub, pick(lower), pick(upper), pick(alphas),
+                                     pick(betas), pick(signs), settings.candidates)
+        else:
+            picked = choose_by_gap(sub, pick(lower), pick(upper), pick(alphas))
+        return dict(zip(keep, picked))
+
     def absorb(spec_ids, best, alphas, betas, out, lower, upper, signs) -> np.ndarray | None:
         """Check the batch's corner points, then queue the domains still open."""
         corners = minimiser(out.lam0, x_lo, x_hi)  # (B, m, n0)
@@ -166,11 +183,7 @@ def branch_and_bound(net: Layered, specs: list[tuple[torch.Tensor, torch.Tensor]
                 refuted.add(int(row_specs[i]))
             elif is_counterexample(flat[i].numpy()):
                 return flat[i].numpy()
-        if settings.branching == "trial":
-            choices = choose_by_trial(problem, spec_ids, out, lower, upper, alphas, betas, signs,
-                                      settings.candidates)
-        else:
-            choices = choose_by_gap(out, lower, upper, alphas)
+        choices = choose(spec_ids, best, alphas, betas, out, lower, upper, signs)
         for i, (spec, value) in enumerate(zip(spec_ids.tolist(), best.tolist())):
             if value > tolerance:
                 closed[spec] = min(closed[spec], value)

@@ -1,6 +1,6 @@
 """The bound-propagation stages of a region search, for networks that are plain ReLU chains:
-alpha-CROWN on every layer's bounds and on each disjunct, then (on deep chains) branch and
-bound over ReLU splits in place of the MIP.
+alpha-CROWN on every layer's bounds and on each disjunct, refinement of the layer bounds, and
+branch and bound over ReLU splits in place of the MIP (see `use_bab`).
 
 The tightened pre-activation bounds go back into the network-level bounds dict, so the LP and
 MIP stages that may follow profit from them too.
