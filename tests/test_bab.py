@@ -114,3 +114,9 @@ def test_nan_slopes_prove_nothing():
     out = backward_bound(layered, layered.depth, rows[None], const[None], torch.as_tensor(box.lo),
                          torch.as_tensor(box.hi), Relaxation.of(lo, hi), alphas)
     assert torch.all(out.value == -torch.inf)
+
+
+@pytest.mark.parametrize("field", ["bab", "bab_branching", "disjunctions"])
+def test_unknown_option_word_is_a_clear_error(field):
+    with pytest.raises(verifier.InputError, match=field):
+        VerifyOptions(**{field: "sometimes"})

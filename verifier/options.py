@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from verifier.errors import InputError
+
+#: The options that take one of a few words, and those words.
+_CHOICES = {"disjunctions": ("joint", "split"), "bab": ("auto", "on", "off"), "bab_branching": ("gap", "trial")}
+
 
 @dataclass
 class VerifyOptions:
@@ -36,3 +41,8 @@ class VerifyOptions:
     exact: bool = False  # compute the exact minimum margin (every label's MIP to optimality)
     seed: int = 0
     threads: int = 1  # HiGHS threads (fixed per process at its first solve)
+
+    def __post_init__(self) -> None:
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise InputError(f"option {name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
