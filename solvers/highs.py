@@ -70,6 +70,23 @@ class HighsSolver:
             self.highs.changeColsCost(changed.size, changed.astype(np.int32), c[changed])
             self._cost = c.copy()
 
+    def set_diagonal_hessian(self, diag: np.ndarray) -> None:
+        """Add 0.5 * sum_i diag_i x_i^2 to the objective (a convex QP; continuous problems
+        only, since HiGHS has no MIQP)."""
+        diag = np.asarray(diag, dtype=np.float64)
+        if not self.relax and self.problem.integer.any():
+            raise ValueError("HiGHS solves no MIQP: a Hessian needs a continuous problem")
+        where = np.flatnonzero(diag)
+        hessian = highspy.HighsHessian()
+        hessian.dim_ = self.problem.num_cols
+        hessian.format_ = highspy.HessianFormat.kTriangular
+        start = np.zeros(self.problem.num_cols + 1, dtype=np.int32)
+        np.add.at(start, where + 1, 1)
+        hessian.start_ = np.cumsum(start).astype(np.int32)
+        hessian.index_ = where.astype(np.int32)
+        hessian.value_ = diag[where]
+        self.highs.passHessian(hessian)
+
     def solve(self, options: SolveOptions) -> SolveResult:
         h = self.highs
         h.setOptionValue("time_limit", max(float(options.time_limit), 1e-3))

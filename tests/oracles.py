@@ -63,3 +63,50 @@ def linear_worst_margin(w: np.ndarray, b: np.ndarray, x: np.ndarray, eps: float,
     vals = [(w[label] - w[j]) @ x + b[label] - b[j] - eps * np.abs(w[label] - w[j]).sum()
             for j in range(w.shape[0]) if j != label]
     return float(min(vals))
+
+
+def enumerate_min_distortion(ws, bs, x0, lo, hi, conjunctions, norm: str) -> float:
+    """Minimum distortion of x0 within [lo, hi] reaching one of the conjunctions (C, d):
+    min over activation patterns and conjunctions of one convex problem each (linf/l1: an LP;
+    l2: a least-distance QP by scipy's SLSQP; l0: the smallest set of free coordinates whose
+    LP is feasible). inf if none is feasible."""
+    from scipy.optimize import minimize
+
+    n = x0.size
+    eye = np.eye(n)
+    best = np.inf
+    for A_ub, b_ub, oM, oc in _patterns(ws, bs):
+        for C, d in conjunctions:
+            A = np.vstack([A_ub, C @ oM])
+            b = np.concatenate([b_ub, d - C @ oc])
+            box = list(zip(lo, hi))
+            feasible = linprog(np.zeros(n), A_ub=A, b_ub=b, bounds=box, method="highs")
+            if feasible.status != 0:
+                continue
+            if norm in ("linf", "l1"):
+                k = 1 if norm == "linf" else n
+                T = np.ones((n, 1)) if norm == "linf" else eye
+                # x - x0 <= t (or u), x0 - x <= t (or u)
+                A2 = np.vstack([np.hstack([A, np.zeros((A.shape[0], k))]),
+                                np.hstack([eye, -T]), np.hstack([-eye, -T])])
+                b2 = np.concatenate([b, x0, -x0])
+                res = linprog(np.r_[np.zeros(n), np.ones(k)], A_ub=A2, b_ub=b2,
+                              bounds=box + [(0, None)] * k, method="highs")
+                if res.status == 0:
+                    best = min(best, res.fun)
+            elif norm == "l2":
+                res = minimize(lambda x: ((x - x0) ** 2).sum(), feasible.x, jac=lambda x: 2 * (x - x0),
+                               constraints=[{"type": "ineq", "fun": lambda x: b - A @ x, "jac": lambda x: -A}],
+                               bounds=box, method="SLSQP", options={"ftol": 1e-15, "maxiter": 500})
+                if res.success and np.all(A @ res.x <= b + 1e-9):
+                    best = min(best, float(np.sqrt(res.fun)))
+            else:  # l0
+                for size in range(n + 1):
+                    if size >= best:
+                        break
+                    for free in itertools.combinations(range(n), size):
+                        fixed = [(lo[i], hi[i]) if i in free else (x0[i], x0[i]) for i in range(n)]
+                        if linprog(np.zeros(n), A_ub=A, b_ub=b, bounds=fixed, method="highs").status == 0:
+                            best = min(best, size)
+                            break
+    return best

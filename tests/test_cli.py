@@ -80,3 +80,57 @@ def test_bad_input_is_one_line_and_exit_2(bad_inputs, args, needle):
     assert "Traceback" not in p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0]
+
+
+def test_distortion_single_sample_json(tmp_path):
+    """--distortion on one sample: the JSON interval holds the enumerated minimum, and the saved
+    example is onnxruntime-adversarial for the requested target at distance `upper`."""
+    from tests.nets import mlp_onnx
+    from tests.oracles import enumerate_min_distortion
+    from tests.test_distortion import _conjunctions, _tiny
+
+    ws, bs, x, label = _tiny(9)
+    model = tmp_path / "tiny.onnx"
+    model.write_bytes(mlp_onnx(ws, bs))
+    np.save(tmp_path / "x.npy", x)
+    reachable = {t: enumerate_min_distortion(ws, bs, x, np.zeros(3), np.ones(3), _conjunctions(3, label, [t]), "l1")
+                 for t in range(3) if t != label}
+    target, expected = min(reachable.items(), key=lambda kv: kv[1])
+    assert np.isfinite(expected)
+    adv = tmp_path / "adv.npy"
+    p = run(model, "--input", tmp_path / "x.npy", "--distortion", "l1", "--target", target, "--json",
+            "--save-example", adv)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["status"] == "optimal" and out["targets"] == [target]
+    assert out["lower"] <= expected + 1e-6 and out["upper"] == pytest.approx(expected, rel=2e-5, abs=1e-6)
+    example = np.load(adv)
+    logits = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(
+        None, {"x": example.reshape(1, 3).astype(np.float32)})[0].ravel()
+    assert logits[target] >= logits.max()
+    assert np.abs(example - x).sum() == pytest.approx(out["upper"], rel=1e-9)
+
+
+def test_distortion_table_on_the_embedded_slice():
+    p = run(MODEL, "--distortion", "linf", "--start", "8", "--limit", "1", "--eps-max", "0.1", "--timeout", "10")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.strip().splitlines()
+    assert lines[0].split() == ["index", "label", "adv", "status", "lower", "upper", "time_s"]
+    index, label, adv, status, lower, upper, _ = lines[1].split()
+    assert (index, label) == ("8", str(embedded_mnist()[1][8])) and adv != label
+    assert status in ("optimal", "unknown") and 0 <= float(lower) <= float(upper) <= 0.1 + 1e-9
+    assert lines[-1].startswith("summary: 1 samples, linf")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--distortion", "l5"], "norm 'l5'"),
+    (["--distortion", "linf", "--input", "{tmp}/ok.npy", "--label", "3", "--target", "3"], "label itself"),
+    (["--distortion", "l1", "--input", "{tmp}/ok.npy", "--target", "12"], "target 12 is out of range"),
+    (["--distortion", "l1", "--strategy", "bisection", "--input", "{tmp}/ok.npy"], "bisection"),
+])
+def test_bad_distortion_arguments_exit_2(bad_inputs, args, needle):
+    p = run(MODEL, *[a.format(tmp=bad_inputs) for a in args])
+    assert p.returncode == 2, p.stdout
+    assert "Traceback" not in p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0]

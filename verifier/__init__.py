@@ -8,11 +8,12 @@ counterexample, or `unknown` with the bounds reached.
 """
 
 from verifier.api import check, load, verify
+from verifier.distortion import DistortionResult, min_distortion
 from verifier.errors import InputError, ModelError, VerifierError
 from verifier.network.graph import Network
 from verifier.options import VerifyOptions
 from verifier.result import Result, Status
 from verifier.spec.property import Conjunction, InputRegion, Property
 
-__all__ = ["load", "verify", "check", "Property", "InputRegion", "Conjunction", "Network", "Result", "Status", "VerifyOptions",
+__all__ = ["load", "verify", "check", "min_distortion", "DistortionResult", "Property", "InputRegion", "Conjunction", "Network", "Result", "Status", "VerifyOptions",
            "VerifierError", "ModelError", "InputError"]

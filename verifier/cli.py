@@ -2,6 +2,7 @@
 
     verify model.onnx --eps 0.1                      # the embedded MNIST slice, a table
     verify model.onnx --eps 0.1 --input x.npy --json # one sample, one JSON object
+    verify model.onnx --distortion l1 --input x.npy  # minimum adversarial distortion
 
 User errors print one line on stderr and exit with code 2; an interrupted table run still
 prints the rows and the summary of what finished.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 import typer
@@ -53,6 +54,10 @@ def run(
     save_example: Optional[Path] = typer.Option(None, help="Write the counterexample (.npy) if one is found."),
     vnnlib: Optional[Path] = typer.Option(None, help="A VNN-LIB property (.vnnlib or .vnnlib.gz) instead of an eps-ball."),
     result_file: Optional[Path] = typer.Option(None, "--result", help="With --vnnlib: write the VNN-COMP result file here."),
+    distortion: Optional[str] = typer.Option(None, help="Compute the minimum adversarial distortion in this norm: linf, l1, l2 or l0."),
+    target: Optional[List[int]] = typer.Option(None, help="With --distortion: a target class (repeat for a set); default any other class."),
+    eps_max: Optional[float] = typer.Option(None, help="With --distortion: search only this L-infinity ball (default: the whole domain)."),
+    strategy: str = typer.Option("direct", help="With --distortion: direct (one MILP) or bisection (eps-ball verifications, linf)."),
 ) -> None:
     """Verify MODEL on one sample (--input), a VNN-LIB property (--vnnlib) or the embedded MNIST slice."""
     try:
@@ -62,7 +67,12 @@ def run(
             raise InputError(f"--timeout must be positive, got {timeout}")
         net = verifier.load(model)
         options = VerifyOptions(timeout=timeout)
-        if vnnlib is not None:
+        if distortion is not None:
+            from verifier.cli_distortion import distortion_command
+
+            distortion_command(net, distortion, input and _load_input(input), label, target or None, eps_max,
+                               strategy, options, as_json, save_example, limit, start)
+        elif vnnlib is not None:
             _property(net, vnnlib, options, result_file, as_json)
         elif input is not None:
             _single(net, _load_input(input), eps, label, options, as_json, save_example)

@@ -1,0 +1,163 @@
+"""Minimum adversarial distortion against independent oracles: closed forms for linear
+classifiers, enumeration of activation patterns (one LP or QP per pattern) on tiny networks."""
+
+import numpy as np
+import pytest
+
+import verifier
+from tests.nets import mlp_onnx, random_mlp
+from tests.oracles import enumerate_min_distortion
+from verifier import InputError, VerifyOptions
+from verifier.check import reference_logits
+from verifier.distortion.goal import make_goal
+from verifier.distortion.norms import measure
+
+DUAL = {"linf": 1, "l1": np.inf, "l2": 2}  # the dual norm of w in the closed form
+
+
+def _conjunctions(num_outputs, label, targets=None):
+    return [(c.C, c.d) for c in make_goal(num_outputs, label, targets).disjuncts]
+
+
+def _assert_example(net, r, x, targets):
+    """The example is a float32 input at distance `upper` that onnxruntime sends to a target."""
+    assert r.example is not None and r.example.shape == np.shape(x)
+    y = reference_logits(net, r.example.ravel().astype(np.float32))
+    others = [k for k in range(y.size) if k not in targets]
+    assert max(y[j] for j in targets) >= max(y[k] for k in others)
+    if r.norm == "l0":  # entries changed from the float32 input
+        assert np.count_nonzero(r.example.ravel().astype(np.float32) != np.ravel(x).astype(np.float32)) == r.upper
+    else:
+        assert measure(r.norm, r.example.ravel() - np.ravel(x)) == pytest.approx(r.upper, rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l1", "l2"])
+@pytest.mark.parametrize("seed", range(3))
+def test_linear_classifier_closed_form(norm, seed):
+    rng = np.random.default_rng(300 + seed)
+    w = np.float32(rng.normal(size=(4, 6))).astype(np.float64)
+    b = np.float32(rng.normal(size=4)).astype(np.float64)
+    net = verifier.load(mlp_onnx([w], [b]))
+    x = rng.uniform(-1, 1, 6)
+    label = int(np.argmax(w @ x + b))
+    expected = min(((w[label] - w[j]) @ x + b[label] - b[j]) / np.linalg.norm(w[label] - w[j], DUAL[norm])
+                   for j in range(4) if j != label)
+    r = verifier.min_distortion(net, x, norm=norm, label=label, rel_gap=1e-7, timeout=30,
+                                options=VerifyOptions(domain=None))
+    assert r.status == "optimal"
+    assert r.lower == pytest.approx(expected, rel=1e-6)
+    assert r.upper == pytest.approx(expected, rel=1e-6)
+    _assert_example(net, r, x, r.targets)
+
+
+def _tiny(seed):
+    rng = np.random.default_rng(seed)
+    sizes = [3, 4, 3, 3] if seed % 2 else [3, 5, 3]
+    ws, bs = random_mlp(rng, sizes)
+    x = rng.uniform(0.2, 0.8, sizes[0])
+    label = int(np.argmax(verifier.load(mlp_onnx(ws, bs)).forward(x)))
+    return ws, bs, x, label
+
+
+@pytest.mark.parametrize("norm", ["linf", "l1", "l2", "l0"])
+@pytest.mark.parametrize("seed", [2, 4, 8, 9, 10, 0])  # seed 0: no other class is reachable
+def test_tiny_networks_match_enumeration(norm, seed):
+    ws, bs, x, label = _tiny(seed)
+    net = verifier.load(mlp_onnx(ws, bs))
+    eps_max = 0.6
+    lo, hi = np.clip(x - eps_max, 0, 1), np.clip(x + eps_max, 0, 1)
+    expected = enumerate_min_distortion(ws, bs, x, lo, hi, _conjunctions(3, label), norm)
+    r = verifier.min_distortion(net, x, norm=norm, label=label, eps_max=eps_max, timeout=60)
+    if not np.isfinite(expected):
+        assert r.status == "infeasible" and r.example is None
+        return
+    assert r.status == "optimal"
+    assert r.lower == pytest.approx(expected, rel=2e-5, abs=1e-6)
+    assert r.upper == pytest.approx(expected, rel=2e-5, abs=1e-6)
+    _assert_example(net, r, x, r.targets)
+
+
+@pytest.mark.parametrize("targets", [[0], [2], [0, 2]])
+@pytest.mark.parametrize("norm", ["linf", "l1"])
+def test_targeted_sets(targets, norm):
+    ws, bs, x, label = _tiny(9)  # label 1; classes 0 and 2 both reachable
+    targets = [t for t in targets if t != label]
+    net = verifier.load(mlp_onnx(ws, bs))
+    expected = enumerate_min_distortion(ws, bs, x, np.zeros(3), np.ones(3), _conjunctions(3, label, targets), norm)
+    r = verifier.min_distortion(net, x, norm=norm, label=label, targets=targets, timeout=60)
+    if not np.isfinite(expected):
+        assert r.status == "infeasible"
+        return
+    assert r.status == "optimal"
+    assert r.upper == pytest.approx(expected, rel=2e-5, abs=1e-6)
+    assert r.adversarial_label in targets
+    _assert_example(net, r, x, targets)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l1", "l2", "l0"])
+def test_eps_max_below_the_distance_is_infeasible(norm):
+    ws, bs, x, label = _tiny(2)
+    net = verifier.load(mlp_onnx(ws, bs))
+    lo, hi = np.zeros(3), np.ones(3)
+    linf = enumerate_min_distortion(ws, bs, x, lo, hi, _conjunctions(3, label), "linf")
+    assert np.isfinite(linf)
+    r = verifier.min_distortion(net, x, norm=norm, label=label, eps_max=0.5 * linf, timeout=60)
+    assert r.status == "infeasible" and r.example is None and r.lower == np.inf
+
+
+def test_misclassified_input_has_distance_zero():
+    ws, bs, x, label = _tiny(3)
+    net = verifier.load(mlp_onnx(ws, bs))
+    other = (label + 1) % 3
+    for norm in ("linf", "l1", "l2", "l0"):
+        r = verifier.min_distortion(net, x, norm=norm, label=other, timeout=10)
+        assert r.status == "optimal" and r.lower == 0 and r.upper < 1e-6  # x itself, in float32
+        assert r.adversarial_label != other
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_timeouts_bracket_the_true_distance(seed):
+    rng = np.random.default_rng(50 + seed)
+    ws, bs = random_mlp(rng, [4, 6, 4, 3])
+    net = verifier.load(mlp_onnx(ws, bs))
+    x = rng.uniform(0.2, 0.8, 4)
+    label = int(np.argmax(net.forward(x)))
+    expected = enumerate_min_distortion(ws, bs, x, np.zeros(4), np.ones(4), _conjunctions(3, label), "l1")
+    r = verifier.min_distortion(net, x, norm="l1", label=label, timeout=0.02)
+    assert r.time < 1.0  # the time limit holds, up to one forward pass or solver call
+    assert r.lower <= expected + 1e-6
+    assert r.upper >= expected - 1e-6
+    if r.example is not None:
+        _assert_example(net, r, x, r.targets)
+
+
+@pytest.mark.parametrize("seed", [2, 4, 21, 22, 20])  # seed 20: infeasible
+def test_bisection_and_direct_agree(seed):
+    """Both strategies bracket the same distance. Bisection's precision is that of the eps-ball
+    verifier near a tie (margins ~1e-7), so its interval may stay open a little."""
+    ws, bs, x, label = _tiny(seed)
+    net = verifier.load(mlp_onnx(ws, bs))
+    direct = verifier.min_distortion(net, x, label=label, strategy="direct", timeout=60)
+    bisect = verifier.min_distortion(net, x, label=label, strategy="bisection", timeout=8)
+    assert direct.status in ("optimal", "infeasible")
+    if direct.status == "infeasible":
+        assert bisect.status == "infeasible"
+        return
+    assert bisect.lower <= direct.upper + 1e-9 and direct.lower <= bisect.upper + 1e-9
+    assert bisect.upper == pytest.approx(direct.upper, rel=1e-4)
+    assert bisect.lower == pytest.approx(direct.lower, rel=1e-4)
+
+
+def test_bad_arguments_are_clear_errors():
+    ws, bs, x, label = _tiny(0)
+    net = verifier.load(mlp_onnx(ws, bs))
+    with pytest.raises(InputError, match="norm"):
+        verifier.min_distortion(net, x, norm="l3")
+    with pytest.raises(InputError, match="label itself"):
+        verifier.min_distortion(net, x, label=label, targets=[label])
+    with pytest.raises(InputError, match="out of range"):
+        verifier.min_distortion(net, x, label=label, targets=[7])
+    with pytest.raises(InputError, match="bisection"):
+        verifier.min_distortion(net, x, norm="l1", strategy="bisection")
+    with pytest.raises(InputError, match="bounded"):
+        verifier.min_distortion(net, x, norm="l0", options=VerifyOptions(domain=None))

@@ -1,0 +1,107 @@
+"""`min_distortion`: the smallest perturbation, in a norm, that moves the decision to a target.
+
+Flow: the sample itself (distance 0 if already adversarial) -> an attack for an upper bound ->
+the exact search, `direct` (one MILP with the norm as objective; default, measured faster in
+benchmarks/RESULTS.md) or `bisection` (eps-ball verifications, L-infinity only). Anytime: when
+time runs out, `lower` is still certified and `upper` is the best example's distance.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from verifier.api import _options, check_label, load
+from verifier.distortion.bisection import bisection_search
+from verifier.distortion.direct import SearchOutcome, direct_search
+from verifier.distortion.examples import Checker, attack_upper
+from verifier.distortion.goal import make_goal
+from verifier.distortion.norms import check_norm, measure
+from verifier.distortion.result import DistortionResult
+from verifier.errors import InputError
+from verifier.network.graph import Network
+from verifier.options import VerifyOptions
+from verifier.spec.ball import InputBox, linf_ball
+
+STRATEGIES = ("direct", "bisection")
+
+
+def _input_set(flat: np.ndarray, eps_max, domain) -> InputBox:
+    if eps_max is not None:
+        try:
+            eps_max = float(eps_max)
+        except (TypeError, ValueError):
+            raise InputError(f"eps_max must be a number, got {eps_max!r}") from None
+        return linf_ball(flat, eps_max, domain)
+    linf_ball(flat, 0.0, domain)  # checks that the sample lies in the domain
+    if domain is None:
+        return InputBox(np.full(flat.size, -np.inf), np.full(flat.size, np.inf))
+    return InputBox(np.full(flat.size, float(domain[0])), np.full(flat.size, float(domain[1])))
+
+
+def min_distortion(net: Network | str | os.PathLike, x: np.ndarray, norm: str = "linf", label: int | None = None,
+                   targets=None, eps_max: float | None = None, timeout: float = 60.0, strategy: str = "direct",
+                   rel_gap: float = 1e-5, abs_gap: float = 1e-7,
+                   options: VerifyOptions | None = None) -> DistortionResult:
+    """The minimum distortion of x (in `norm`: linf, l1, l2, l0) that makes the network decide
+    for one of `targets` (default: any class but `label`; ties count), within eps_max (an
+    L-infinity ball; None: the whole domain) and the domain.
+
+    status "optimal": lower and upper agree to rel_gap (and abs_gap; l0: exactly);
+    "infeasible": no adversarial example in the input set; "unknown": time ran out, with lower
+    certified and upper the distance of `example` (re-checked by onnxruntime)."""
+    start = time.perf_counter()
+    net = load(net)
+    opts = _options(options, timeout)
+    check_norm(norm)
+    if strategy not in STRATEGIES:
+        raise InputError(f"strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
+    if strategy == "bisection" and norm != "linf":
+        raise InputError(f"the bisection strategy decides L-infinity balls; use strategy='direct' for {norm}")
+    shape = np.shape(x)
+    flat = net.flatten_input(x)
+    box = _input_set(flat, eps_max, opts.domain)
+    if norm == "l0" and not np.all(np.isfinite(box.hi - box.lo)):
+        raise InputError("l0 distortion needs a bounded input set: give a domain or eps_max")
+    if label is None:
+        label = int(np.argmax(net.forward(flat)))
+    goal = make_goal(net.output_size, check_label(net, label), targets)
+    checker = Checker(net, goal, box, flat, norm)
+    deadline = start + opts.timeout
+
+    outcome = None
+    if goal.slack(net.forward(flat)) <= 0 and (here := checker.confirm(flat)) is not None:
+        outcome = SearchOutcome(0.0, here, stats={"strategy": "clean"})
+    else:
+        upper = attack_upper(checker, start + 0.2 * opts.timeout, seed=opts.seed)
+        search = direct_search if strategy == "direct" else bisection_search
+        if upper is None and not np.all(np.isfinite(box.hi - box.lo)):
+            outcome = SearchOutcome(0.0, None, stats={"strategy": strategy, "note": "unbounded input set"})
+        else:
+            outcome = search(checker, upper, deadline, opts, rel_gap, abs_gap)
+        outcome.stats["attack_upper"] = upper.distance if upper is not None else None
+    # Examples are float32 inputs: the nearest ones to a float64 optimum sit up to an ulp away
+    # per entry, which the gap allows for.
+    ulp = measure(norm, np.spacing(np.abs(flat).astype(np.float32)).astype(np.float64)) if norm != "l0" else 0.0
+    return _result(outcome, norm, goal, shape, time.perf_counter() - start, rel_gap, abs_gap + ulp)
+
+
+def _result(outcome: SearchOutcome, norm, goal, shape, elapsed, rel_gap, abs_gap) -> DistortionResult:
+    best = outcome.best
+    upper = best.distance if best is not None else np.inf
+    lower = min(outcome.lower, upper)
+    if outcome.infeasible:
+        status = "infeasible"
+    elif best is None:
+        status = "unknown"
+    elif norm == "l0":
+        status = "optimal" if lower >= upper else "unknown"
+    else:
+        status = "optimal" if upper - lower <= abs_gap + rel_gap * upper else "unknown"
+    example = best.x.reshape(shape) if best is not None else None
+    # the target class that wins at the example (onnxruntime's outputs)
+    adversarial = int(max(goal.targets, key=lambda j: best.outputs[j])) if best is not None else None
+    return DistortionResult(status, norm, goal.label, lower, upper, example, adversarial, goal.targets, elapsed,
+                            outcome.stats.get("strategy", ""), outcome.stats)
