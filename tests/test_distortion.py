@@ -131,14 +131,15 @@ def test_timeouts_bracket_the_true_distance(seed):
         _assert_example(net, r, x, r.targets)
 
 
+@pytest.mark.parametrize("strategy", ["bisection", "hybrid"])
 @pytest.mark.parametrize("seed", [2, 4, 21, 22, 20])  # seed 20: infeasible
-def test_bisection_and_direct_agree(seed):
+def test_bisection_and_direct_agree(seed, strategy):
     """Both strategies bracket the same distance. Bisection's precision is that of the eps-ball
     verifier near a tie (margins ~1e-7), so its interval may stay open a little."""
     ws, bs, x, label = _tiny(seed)
     net = verifier.load(mlp_onnx(ws, bs))
     direct = verifier.min_distortion(net, x, label=label, strategy="direct", timeout=60)
-    bisect = verifier.min_distortion(net, x, label=label, strategy="bisection", timeout=8)
+    bisect = verifier.min_distortion(net, x, label=label, strategy=strategy, timeout=8)
     assert direct.status in ("optimal", "infeasible")
     if direct.status == "infeasible":
         assert bisect.status == "infeasible"
@@ -159,5 +160,7 @@ def test_bad_arguments_are_clear_errors():
         verifier.min_distortion(net, x, label=label, targets=[7])
     with pytest.raises(InputError, match="bisection"):
         verifier.min_distortion(net, x, norm="l1", strategy="bisection")
+    with pytest.raises(InputError, match="strategy"):
+        verifier.min_distortion(net, x, strategy="fastest")
     with pytest.raises(InputError, match="bounded"):
         verifier.min_distortion(net, x, norm="l0", options=VerifyOptions(domain=None))

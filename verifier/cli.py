@@ -57,7 +57,7 @@ def run(
     distortion: Optional[str] = typer.Option(None, help="Compute the minimum adversarial distortion in this norm: linf, l1, l2 or l0."),
     target: Optional[List[int]] = typer.Option(None, help="With --distortion: a target class (repeat for a set); default any other class."),
     eps_max: Optional[float] = typer.Option(None, help="With --distortion: search only this L-infinity ball (default: the whole domain)."),
-    strategy: str = typer.Option("direct", help="With --distortion: direct (one MILP) or bisection (eps-ball verifications, linf)."),
+    strategy: str = typer.Option("auto", help="With --distortion: auto, direct (one MILP), bisection or hybrid (eps-ball verifications then the MILP; linf)."),
 ) -> None:
     """Verify MODEL on one sample (--input), a VNN-LIB property (--vnnlib) or the embedded MNIST slice."""
     try:

@@ -85,7 +85,10 @@ def _coo(m):
 
 
 def direct_search(checker: Checker, upper: Example | None, deadline: float, options: VerifyOptions,
-                  rel_gap: float, abs_gap: float) -> SearchOutcome:
+                  rel_gap: float, abs_gap: float, known_lower: float = 0.0) -> SearchOutcome:
+    """known_lower: a distance already proven (by bisection); for linf it bounds the MILP's
+    objective column from below, so the root bound starts there instead of at 0 (the LP
+    relaxation reaches the goal at x0 itself, so its own bound is 0)."""
     net, x0, norm = checker.net, checker.x0, checker.norm
     stats: dict = {"strategy": "direct"}
     shrunk = upper is not None and norm != "l0"
@@ -103,8 +106,10 @@ def direct_search(checker: Checker, upper: Example | None, deadline: float, opti
     enc = encode_network(net, bounds)
     problem, choice = _goal_rows(enc, net, bounds, disjuncts)
     coded = encode_norm(problem, enc.input_cols, x0[enc.input_cols], box.lo, box.hi, norm)
+    if norm == "linf" and known_lower > 0:
+        coded.problem.col_lo[coded.cols] = min(known_lower, coded.problem.col_hi[coded.cols[0]])
     stats.update(binaries=int(coded.problem.integer.sum()), mip_nodes=0, mip_solves=0)
-    lower, best = 0.0, upper
+    lower, best = known_lower, upper
     start_x = upper.x if upper is not None else None
     while True:
         left = deadline - time.perf_counter()

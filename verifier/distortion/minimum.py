@@ -1,9 +1,11 @@
 """`min_distortion`: the smallest perturbation, in a norm, that moves the decision to a target.
 
 Flow: the sample itself (distance 0 if already adversarial) -> an attack for an upper bound ->
-the exact search, `direct` (one MILP with the norm as objective; default, measured faster in
-benchmarks/RESULTS.md) or `bisection` (eps-ball verifications, L-infinity only). Anytime: when
-time runs out, `lower` is still certified and `upper` is the best example's distance.
+the exact search: `direct` (one MILP with the norm as objective), `bisection` (eps-ball
+verifications, L-infinity only) or `hybrid` (linf: bisection first, then the MILP inside the
+interval it proved). `auto` picks hybrid for linf and direct otherwise; benchmarks/RESULTS.md
+has the measurements behind that. Anytime: when time runs out, `lower` is still certified and
+`upper` is the best example's distance.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from verifier.network.graph import Network
 from verifier.options import VerifyOptions
 from verifier.spec.ball import InputBox, linf_ball
 
-STRATEGIES = ("direct", "bisection")
+STRATEGIES = ("auto", "direct", "bisection", "hybrid")
+_HYBRID_BISECTION = 0.4  # share of the time the hybrid strategy gives bisection before the MILP
 
 
 def _input_set(flat: np.ndarray, eps_max, domain) -> InputBox:
@@ -42,7 +45,7 @@ def _input_set(flat: np.ndarray, eps_max, domain) -> InputBox:
 
 
 def min_distortion(net: Network | str | os.PathLike, x: np.ndarray, norm: str = "linf", label: int | None = None,
-                   targets=None, eps_max: float | None = None, timeout: float = 60.0, strategy: str = "direct",
+                   targets=None, eps_max: float | None = None, timeout: float = 60.0, strategy: str = "auto",
                    rel_gap: float = 1e-5, abs_gap: float = 1e-7,
                    options: VerifyOptions | None = None) -> DistortionResult:
     """The minimum distortion of x (in `norm`: linf, l1, l2, l0) that makes the network decide
@@ -58,8 +61,8 @@ def min_distortion(net: Network | str | os.PathLike, x: np.ndarray, norm: str = 
     check_norm(norm)
     if strategy not in STRATEGIES:
         raise InputError(f"strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
-    if strategy == "bisection" and norm != "linf":
-        raise InputError(f"the bisection strategy decides L-infinity balls; use strategy='direct' for {norm}")
+    if strategy in ("bisection", "hybrid") and norm != "linf":
+        raise InputError(f"the {strategy} strategy decides L-infinity balls; use strategy='direct' for {norm}")
     shape = np.shape(x)
     flat = net.flatten_input(x)
     box = _input_set(flat, eps_max, opts.domain)
@@ -76,7 +79,9 @@ def min_distortion(net: Network | str | os.PathLike, x: np.ndarray, norm: str = 
         outcome = SearchOutcome(0.0, here, stats={"strategy": "clean"})
     else:
         upper = attack_upper(checker, start + 0.2 * opts.timeout, seed=opts.seed)
-        search = direct_search if strategy == "direct" else bisection_search
+        if strategy == "auto":
+            strategy = "hybrid" if norm == "linf" else "direct"
+        search = {"direct": direct_search, "bisection": bisection_search, "hybrid": _hybrid}[strategy]
         if upper is None and not np.all(np.isfinite(box.hi - box.lo)):
             outcome = SearchOutcome(0.0, None, stats={"strategy": strategy, "note": "unbounded input set"})
         else:
@@ -86,6 +91,20 @@ def min_distortion(net: Network | str | os.PathLike, x: np.ndarray, norm: str = 
     # per entry, which the gap allows for.
     ulp = measure(norm, np.spacing(np.abs(flat).astype(np.float32)).astype(np.float64)) if norm != "l0" else 0.0
     return _result(outcome, norm, goal, shape, time.perf_counter() - start, rel_gap, abs_gap + ulp)
+
+
+def _hybrid(checker, upper, deadline, options, rel_gap, abs_gap) -> SearchOutcome:
+    """linf: bisection for a share of the time (cheap radii far from the answer fall to bound
+    propagation), then the MILP over the ball of the best example with the proven radius as
+    its objective's lower bound."""
+    now = time.perf_counter()
+    first = bisection_search(checker, upper, now + _HYBRID_BISECTION * (deadline - now), options, rel_gap, abs_gap)
+    gap_closed = first.best is not None and first.best.distance - first.lower <= abs_gap + rel_gap * first.best.distance
+    if first.infeasible or gap_closed or first.best is None:
+        return first
+    second = direct_search(checker, first.best, deadline, options, rel_gap, abs_gap, known_lower=first.lower)
+    second.stats.update(strategy="hybrid", verifications=first.stats["verifications"], bisection_lower=first.lower)
+    return second
 
 
 def _result(outcome: SearchOutcome, norm, goal, shape, elapsed, rel_gap, abs_gap) -> DistortionResult:
