@@ -52,6 +52,8 @@ class SolveOptions:
     target: float = -np.inf  # stop as soon as an incumbent reaches this objective
     initial: np.ndarray | None = None  # a feasible point to seed the MIP
     threads: int = 1
+    rel_gap: float = 1e-9  # a MIP stops when (incumbent - bound) is within either gap
+    abs_gap: float = 1e-9
 
 
 @dataclass

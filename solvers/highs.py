@@ -92,6 +92,8 @@ class HighsSolver:
         h.setOptionValue("time_limit", max(float(options.time_limit), 1e-3))
         h.setOptionValue("objective_bound", float(options.cutoff))
         h.setOptionValue("objective_target", float(options.target))
+        h.setOptionValue("mip_rel_gap", float(options.rel_gap))
+        h.setOptionValue("mip_abs_gap", float(options.abs_gap))
         if options.initial is not None and not self.relax:
             sol = highspy.HighsSolution()
             sol.col_value = list(map(float, options.initial))

@@ -115,7 +115,7 @@ def direct_search(checker: Checker, upper: Example | None, deadline: float, opti
         left = deadline - time.perf_counter()
         if left <= 0:
             break
-        res = _solve(coded, enc, net, choice, start_x, left, options)
+        res = _solve(coded, enc, net, choice, start_x, left, options, rel_gap, abs_gap)
         stats["mip_nodes"] += res.nodes
         stats["mip_solves"] += 1
         stats["mip_status"] = res.status.value
@@ -147,10 +147,12 @@ def direct_search(checker: Checker, upper: Example | None, deadline: float, opti
     return SearchOutcome(lower, best, stats=stats)
 
 
-def _solve(coded: NormEncoding, enc, net, choice, start_x, time_limit: float, options: VerifyOptions):
+def _solve(coded: NormEncoding, enc, net, choice, start_x, time_limit: float, options: VerifyOptions,
+           rel_gap: float, abs_gap: float):
     solver = HighsSolver(coded.problem, threads=options.threads, presolve=options.mip_presolve)
     solver.set_objective(coded.objective)
-    solve = SolveOptions(time_limit=time_limit)
+    # The MIP may stop at a fraction of the requested gap (the example re-check then adds a little).
+    solve = SolveOptions(time_limit=time_limit, rel_gap=rel_gap / 4, abs_gap=abs_gap / 4)
     if start_x is not None:
         y = net.forward(start_x.reshape(1, -1))
         base = enc.assignment(net, start_x)
