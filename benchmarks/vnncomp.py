@@ -76,7 +76,7 @@ def summarise(rows: list[dict], reference: dict | None) -> None:
         by_net.setdefault(r["network"], []).append(r)
     print(f"{'network':<28} {'n':>3} {'sat':>4} {'unsat':>5} {'timeout':>7} {'unknown':>7} {'error':>5} "
           f"{'total_s':>8} {'median_s':>8}")
-    score = wrong = 0
+    score = wrong = unchecked = 0
     for net, rs in sorted(by_net.items()) + [("all", rows)]:
         count = {k: sum(r["result"] == k for r in rs) for k in ("sat", "unsat", "timeout", "unknown", "error")}
         times = [float(r["time"]) for r in rs]
@@ -85,6 +85,9 @@ def summarise(rows: list[dict], reference: dict | None) -> None:
     for r in rows:
         if r["result"] in ("sat", "unsat"):
             expected = reference.get((r["network"], r["property"])) if reference else None
+            if expected not in ("sat", "unsat"):  # no reference, nobody answered, or tools disagree
+                unchecked += reference is not None
+                expected = None
             if expected is not None and expected != r["result"]:
                 wrong += 1
                 score -= 150
@@ -92,7 +95,8 @@ def summarise(rows: list[dict], reference: dict | None) -> None:
             else:
                 score += 10
     note = "" if reference else " (no reference given: assumes every answer is correct)"
-    print(f"score: {score}{note}; wrong answers: {wrong if reference else 'not checked'}")
+    checked = f"{wrong} ({unchecked} answers without a reference answer)" if reference else "not checked"
+    print(f"score: {score}{note}; wrong answers: {checked}")
 
 
 def main() -> None:
