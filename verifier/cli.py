@@ -19,7 +19,7 @@ import numpy as np
 import typer
 
 import verifier
-from verifier.data import embedded_mnist, fits_mnist
+from verifier.data import embedded_slice
 from verifier.errors import InputError, VerifierError
 from verifier.options import VerifyOptions
 from verifier.vnncomp import format_result, result_word
@@ -114,13 +114,7 @@ def _property(net, path, options, result_file, as_json) -> None:
 
 
 def _table(net, eps, label, options, as_json, limit, start) -> None:
-    if not fits_mnist(net.input_shape):
-        raise InputError(f"no --input given, and the model's input shape {net.input_shape} does not "
-                         "fit the embedded MNIST data (one 28x28 image)")
-    images, labels = embedded_mnist()
-    if not 0 <= start < len(images) or limit < 1:
-        raise InputError(f"--start must be in 0..{len(images) - 1} and --limit >= 1 (got {start}, {limit})")
-    indices = range(start, min(start + limit, len(images)))
+    indices, images, labels = embedded_slice(net.input_shape, start, limit)
     from rich.progress import Progress
 
     rows = []

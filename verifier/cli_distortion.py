@@ -9,7 +9,7 @@ import numpy as np
 import typer
 
 import verifier
-from verifier.data import embedded_mnist, fits_mnist
+from verifier.data import embedded_slice
 from verifier.distortion.minimum import STRATEGIES
 from verifier.distortion.norms import check_norm
 from verifier.errors import InputError
@@ -33,17 +33,12 @@ def distortion_command(net, norm, x, label, targets, eps_max, strategy, options,
             if save_example is not None and r.example is not None:
                 typer.echo(f"example saved to {save_example}")
         return
-    if not fits_mnist(net.input_shape):
-        raise InputError(f"no --input given, and the model's input shape {net.input_shape} does not "
-                         "fit the embedded MNIST data (one 28x28 image)")
-    images, labels = embedded_mnist()
-    if not 0 <= start < len(images) or limit < 1:
-        raise InputError(f"--start must be in 0..{len(images) - 1} and --limit >= 1 (got {start}, {limit})")
+    indices, images, labels = embedded_slice(net.input_shape, start, limit)
     rows = []
     if not as_json:
         typer.echo(f"{'index':>5} {'label':>5} {'adv':>4}  {'status':<10} {'lower':>10} {'upper':>10} {'time_s':>7}")
     try:
-        for i in range(start, min(start + limit, len(images))):
+        for i in indices:
             y = int(labels[i]) if label is None else label
             r = verifier.min_distortion(net, images[i].reshape(net.input_shape), norm=norm, label=y, targets=targets,
                                         eps_max=eps_max, timeout=options.timeout, strategy=strategy, options=options)

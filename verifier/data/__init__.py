@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from importlib import resources
 
+from verifier.errors import InputError
+
 import numpy as np
 
 MNIST_SHAPE = (28, 28)
@@ -19,3 +21,15 @@ def embedded_mnist() -> tuple[np.ndarray, np.ndarray]:
 def fits_mnist(input_shape: tuple[int, ...]) -> bool:
     """A model input of one 28x28 image, in any of the usual layouts (1x28x28, 784, 784x1, ...)."""
     return int(np.prod(input_shape)) == 784
+
+
+def embedded_slice(input_shape: tuple[int, ...], start: int, limit: int) -> tuple[range, np.ndarray, np.ndarray]:
+    """(indices, images, labels) of the embedded data a CLI table run covers, with one-line
+    errors for a model it does not fit or a range outside it."""
+    if not fits_mnist(input_shape):
+        raise InputError(f"no --input given, and the model's input shape {input_shape} does not "
+                         "fit the embedded MNIST data (one 28x28 image)")
+    images, labels = embedded_mnist()
+    if not 0 <= start < len(images) or limit < 1:
+        raise InputError(f"--start must be in 0..{len(images) - 1} and --limit >= 1 (got {start}, {limit})")
+    return range(start, min(start + limit, len(images))), images, labels
