@@ -101,6 +101,7 @@ def _hybrid(checker, upper, deadline, options, rel_gap, abs_gap) -> SearchOutcom
     first = bisection_search(checker, upper, now + _HYBRID_BISECTION * (deadline - now), options, rel_gap, abs_gap)
     gap_closed = first.best is not None and first.best.distance - first.lower <= abs_gap + rel_gap * first.best.distance
     if first.infeasible or gap_closed or first.best is None:
+        first.stats["strategy"] = "hybrid"
         return first
     second = direct_search(checker, first.best, deadline, options, rel_gap, abs_gap, known_lower=first.lower)
     second.stats.update(strategy="hybrid", verifications=first.stats["verifications"], bisection_lower=first.lower)
