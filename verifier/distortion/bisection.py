@@ -30,7 +30,7 @@ def bisection_search(checker: Checker, upper: Example | None, deadline: float, o
                      rel_gap: float, abs_gap: float) -> SearchOutcome:
     x0, goal = checker.x0, checker.goal
     stats: dict = {"strategy": "bisection", "verifications": 0}
-    reach = float(np.max(np.maximum(x0 - checker.box.lo, checker.box.hi - x0))) if x0.size else 0.0
+    reach = checker.reach
     lower, best = 0.0, upper
 
     def decide(radius: float):

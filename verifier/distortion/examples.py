@@ -39,10 +39,14 @@ class Checker:
     x0: np.ndarray
     norm: str
 
-    def adversarial(self, X: np.ndarray) -> np.ndarray:
-        """float64 forward pass on a batch: which rows reach the goal (a fast pre-check)."""
-        Y = self.net.forward_all(np.atleast_2d(X))[self.net.output_node]
-        return np.array([self.goal.slack(y) <= 0 for y in Y])
+    @property
+    def reach(self) -> float:
+        """The largest L-infinity distance from x0 inside the input set (inf if unbounded)."""
+        return float(np.max(np.maximum(self.x0 - self.box.lo, self.box.hi - self.x0))) if self.x0.size else 0.0
+
+    def adversarial(self, x: np.ndarray) -> bool:
+        """float64 forward pass of one flat input: does it reach the goal (a fast pre-check)."""
+        return self.goal.slack(self.net.forward_all(x[None, :])[self.net.output_node][0]) <= 0
 
     def confirm(self, x: np.ndarray) -> Example | None:
         x32 = self.box.clip_float32(x)
@@ -88,7 +92,7 @@ class Checker:
                 mid = (lo + hi) // 2
                 trial = x.copy()
                 trial[order[:mid]] = self.x0[order[:mid]]
-                lo, hi = (mid, hi) if self.adversarial(trial)[0] else (lo, mid)
+                lo, hi = (mid, hi) if self.adversarial(trial) else (lo, mid)
             x = x.copy()
             x[order[:lo]] = self.x0[order[:lo]]
             x = self._line(x)
@@ -99,7 +103,7 @@ class Checker:
         lo, hi = 0.0, 1.0
         for _ in range(steps):
             mid = (lo + hi) / 2
-            lo, hi = (lo, mid) if self.adversarial(self.x0 + mid * d)[0] else (mid, hi)
+            lo, hi = (lo, mid) if self.adversarial(self.x0 + mid * d) else (mid, hi)
         return self.x0 + hi * d
 
 
@@ -112,7 +116,7 @@ def attack_upper(checker: Checker, deadline: float, seed: int = 0, rounds: int =
     """An upper bound from attacks: PGD on L-infinity balls, bisecting their radius, then the
     best point shrunk in the search's norm and re-checked. None if PGD finds nothing."""
     net, box, x0, goal = checker.net, checker.box, checker.x0, checker.goal
-    reach = float(np.max(np.maximum(x0 - box.lo, box.hi - x0))) if x0.size else 0.0
+    reach = checker.reach
     radius = reach if np.isfinite(reach) else 1.0
     found = None
     while found is None:

@@ -66,12 +66,12 @@ def min_distortion(net: Network | str | os.PathLike, x: np.ndarray, norm: str = 
     shape = np.shape(x)
     flat = net.flatten_input(x)
     box = _input_set(flat, eps_max, opts.domain)
-    if norm == "l0" and not np.all(np.isfinite(box.hi - box.lo)):
-        raise InputError("l0 distortion needs a bounded input set: give a domain or eps_max")
     if label is None:
         label = int(np.argmax(net.forward(flat)))
     goal = make_goal(net.output_size, check_label(net, label), targets)
     checker = Checker(net, goal, box, flat, norm)
+    if norm == "l0" and not np.isfinite(checker.reach):
+        raise InputError("l0 distortion needs a bounded input set: give a domain or eps_max")
     deadline = start + opts.timeout
 
     outcome = None
@@ -82,7 +82,7 @@ def min_distortion(net: Network | str | os.PathLike, x: np.ndarray, norm: str = 
         if strategy == "auto":
             strategy = "hybrid" if norm == "linf" else "direct"
         search = {"direct": direct_search, "bisection": bisection_search, "hybrid": _hybrid}[strategy]
-        if upper is None and not np.all(np.isfinite(box.hi - box.lo)):
+        if upper is None and not np.isfinite(checker.reach):
             outcome = SearchOutcome(0.0, None, stats={"strategy": strategy, "note": "unbounded input set"})
         else:
             outcome = search(checker, upper, deadline, opts, rel_gap, abs_gap)
