@@ -32,15 +32,17 @@ def check_label(net: Network, label) -> int:
     return int(label)
 
 
-def _options(options: VerifyOptions | None, timeout: float) -> VerifyOptions:
-    opts = replace(options or VerifyOptions(), timeout=float(timeout))
+def _options(options: VerifyOptions | None, timeout: float | None) -> VerifyOptions:
+    """The run's options; `timeout` (if given) overrides the options' own."""
+    opts = options or VerifyOptions()
+    opts = replace(opts, timeout=float(timeout if timeout is not None else opts.timeout))
     if not np.isfinite(opts.timeout) or opts.timeout <= 0:
         raise InputError(f"timeout must be a positive number of seconds, got {timeout}")
     return opts
 
 
 def verify(net: Network | str | os.PathLike, x: np.ndarray, eps: float, label: int | None = None,
-           timeout: float = 60.0, options: VerifyOptions | None = None) -> Result:
+           timeout: float | None = None, options: VerifyOptions | None = None) -> Result:
     """Is the decision on x the same for every input within L-infinity distance eps (inside the
     input domain, [0, 1] by default)? label None means the network's own prediction on x.
 
@@ -65,7 +67,7 @@ def verify(net: Network | str | os.PathLike, x: np.ndarray, eps: float, label: i
     return result
 
 
-def check(net: Network | str | os.PathLike, prop: Property, timeout: float = 60.0,
+def check(net: Network | str | os.PathLike, prop: Property, timeout: float | None = None,
           options: VerifyOptions | None = None) -> Result:
     """Decide a property (e.g. from VNN-LIB): `adversarial` (VNN-COMP `sat`) with an input that
     onnxruntime confirms violates it, `robust` (`unsat`), or `unknown`. Regions are tried in

@@ -45,7 +45,7 @@ def _input_set(flat: np.ndarray, eps_max, domain) -> InputBox:
 
 
 def min_distortion(net: Network | str | os.PathLike, x: np.ndarray, norm: str = "linf", label: int | None = None,
-                   targets=None, eps_max: float | None = None, timeout: float = 60.0, strategy: str = "auto",
+                   targets=None, eps_max: float | None = None, timeout: float | None = None, strategy: str = "auto",
                    rel_gap: float = 1e-5, abs_gap: float = 1e-7,
                    options: VerifyOptions | None = None) -> DistortionResult:
     """The minimum distortion of x (in `norm`: linf, l1, l2, l0) that makes the network decide
