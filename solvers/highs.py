@@ -61,6 +61,7 @@ class HighsSolver:
                                for i in problem.integer]
         h.passModel(lp)
         self._cost = problem.c.astype(np.float64).copy()
+        self._integer = problem.integer.copy()
 
     def set_objective(self, c: np.ndarray) -> None:
         """Replace the objective; only changed coefficients are sent to HiGHS."""
@@ -69,6 +70,17 @@ class HighsSolver:
         if changed.size:
             self.highs.changeColsCost(changed.size, changed.astype(np.int32), c[changed])
             self._cost = c.copy()
+
+    def set_integer(self, integer: np.ndarray) -> None:
+        """Change which columns are integer (bool mask over the columns), e.g. to relax binaries
+        that cannot change this objective's minimum; only changed columns are sent."""
+        integer = np.asarray(integer, dtype=bool)
+        changed = np.flatnonzero(integer != self._integer)
+        if changed.size and not self.relax:
+            kinds = np.where(integer[changed], int(highspy.HighsVarType.kInteger),
+                             int(highspy.HighsVarType.kContinuous)).astype(np.uint8)
+            self.highs.changeColsIntegrality(changed.size, changed.astype(np.int32), kinds)
+            self._integer = integer.copy()
 
     def set_diagonal_hessian(self, diag: np.ndarray) -> None:
         """Add 0.5 * sum_i diag_i x_i^2 to the objective (a convex QP; continuous problems
@@ -105,7 +117,7 @@ class HighsSolver:
         model_status = h.getModelStatus()
         status = _STATUS.get(model_status, SolveStatus.OTHER)
         info = h.getInfo()
-        is_mip = not self.relax and self.problem.integer.any()
+        is_mip = not self.relax and self._integer.any()
         x = None
         objective = np.inf
         if info.primal_solution_status == 2:  # feasible

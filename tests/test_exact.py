@@ -49,3 +49,36 @@ def test_linear_classifier_closed_form(seed):
     assert r.margin_lower == pytest.approx(expected, abs=1e-6)
     assert r.margin_upper == pytest.approx(expected, abs=1e-6)
     assert r.status == (Status.ROBUST if expected > 0 else Status.ADVERSARIAL)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_relaxed_last_layer_binaries_keep_the_exact_margin(seed):
+    """One hidden layer, wide input box: many binaries are relaxed per label, and the exact
+    margin still equals enumeration, with and without the relaxation."""
+    rng = np.random.default_rng(300 + seed)
+    ws, bs = random_mlp(rng, [3, 9, 4])
+    net = verifier.load(mlp_onnx(ws, bs))
+    x = rng.uniform(0.3, 0.7, 3)
+    eps, label = 0.3, int(rng.integers(4))
+    lo, hi = np.clip(x - eps, 0, 1), np.clip(x + eps, 0, 1)
+    bounds = verifier.bounds.interval.interval_bounds(net, lo, hi)
+    enc = verifier.encode.network.encode_network(net, bounds)
+    relaxed = 0
+    for j in range(4):
+        if j != label:
+            c, _ = enc.linear_objective(net.output_node, np.eye(4)[label] - np.eye(4)[j])
+            relaxed += int(enc.convex_binaries(net, c).sum())
+    assert relaxed > 0
+    expected = enumerate_min_margin(ws, bs, lo, hi, label)
+    for convex in (True, False):
+        r = verifier.verify(net, x, eps, label=label, timeout=60,
+                            options=VerifyOptions(exact=True, disjunctions="split", convex_relus=convex))
+        assert r.margin_lower == pytest.approx(expected, abs=1e-6)
+        assert r.margin_upper == pytest.approx(expected, abs=1e-6)
+
+
+def test_options_timeout_is_used_when_no_timeout_is_given():
+    from verifier.api import _options
+    assert _options(VerifyOptions(timeout=7.0), None).timeout == 7.0
+    assert _options(VerifyOptions(timeout=7.0), 3).timeout == 3.0
+    assert _options(None, None).timeout == VerifyOptions().timeout

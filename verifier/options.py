@@ -37,6 +37,9 @@ class VerifyOptions:
     bab_batch: int = 256  # domains split per branch-and-bound round
     bab_branching: str = "trial"  # "gap" (BaBSR-style estimate) or "trial" (filtered smart branching)
     bab_steps: int = 12  # Adam steps on slopes and split multipliers per round
+    # Relax the binaries of last-hidden-layer ReLUs whose output can only raise a minimised
+    # objective (exact: see EncodedNetwork.convex_binaries); per disjunct, so "split" MIPs only.
+    convex_relus: bool = True
     mip_presolve: bool = True  # HiGHS presolve on the MIPs
     exact: bool = False  # compute the exact minimum margin (every label's MIP to optimality)
     seed: int = 0

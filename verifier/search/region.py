@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.sparse as sp
 
 from solvers.base import SolveOptions, SolveStatus
 from solvers.highs import HighsSolver
@@ -176,11 +177,13 @@ def check_region(net: Network, region: InputRegion, x_ref: np.ndarray, options: 
         return _bab_stages(run, layered, bounds, order)
     if run.open() and options.lp_tightening and run.remaining() > 0:
         t = time.perf_counter()
+        solves = run.stats.get("lp_tightening_solves", 0)
         bounds = tighten_with_lp(net, bounds, t + options.lp_budget * run.remaining(), run.stats)
         run.stats.update(_relu_stats(net, bounds, "lp"))
         run.stats["time_lp_tightening"] = round(time.perf_counter() - t, 4)
-        enc = encode_network(net, bounds)
-        _lp_bounds(run, enc, bounds, run.open())
+        if run.stats.get("lp_tightening_solves", 0) > solves:  # else the bounds, and so the LPs, are as before
+            enc = encode_network(net, bounds)
+            _lp_bounds(run, enc, bounds, run.open())
     if not run.open():
         return run.result(Status.ROBUST, "lp")
     return _mip_search(run, enc, bounds, [d for d in order if d in run.open()], attack.x)
@@ -190,7 +193,8 @@ def _bab_stages(run: _Run, layered, bounds: dict, order: list[int]) -> Result:
     """Branch and bound for a short probe (easy instances end here), then refine the layer
     bounds by branch and bound over earlier layers and search again with the time left."""
     options = run.options
-    for stage in ("probe", "refined"):
+    # One hidden layer: no earlier layer to refine, so a probe would only restart the search.
+    for stage in ("probe", "refined") if layered.depth > 1 else ("refined",):
         if stage == "refined":
             bounds = refine(run, layered, bounds, options.refine_budget * run.remaining())
             if not run.open():
@@ -293,6 +297,10 @@ def _split_mips(run: _Run, enc: EncodedNetwork, bounds: dict, disjuncts: list[in
             if left <= 0:
                 return None
             solver, problem, c, offset, conj = objectives.solver_for(d)
+            if run.options.convex_relus:
+                rows = c if conj is None else problem.A.tocsr()[-conj.d.size:]
+                relaxed = enc.convex_binaries(run.net, _cols(rows, enc))
+                solver.set_integer(problem.integer & ~np.pad(relaxed, (0, problem.num_cols - relaxed.size)))
             initial = seed if conj is None else np.append(seed, conj.slack(run.net.forward(seed_x))[0])
             res, finished = _solve(run, solver, problem, c, offset, initial,
                                    left / len(unresolved) if attempt == 0 else left)
@@ -305,6 +313,11 @@ def _split_mips(run: _Run, enc: EncodedNetwork, bounds: dict, disjuncts: list[in
         if not unresolved:
             return None
     return None
+
+
+def _cols(rows, enc: EncodedNetwork):
+    """rows restricted to the network's columns (a max objective's t column dropped)."""
+    return sp.csr_matrix(np.atleast_2d(rows) if not sp.issparse(rows) else rows)[:, :enc.problem.num_cols]
 
 
 def _joint_mip(run: _Run, enc: EncodedNetwork, bounds: dict, disjuncts: list[int], seed_x: np.ndarray):
