@@ -1,6 +1,8 @@
 """Bound propagation (alpha/beta-CROWN) and branch and bound against independent oracles:
 enumeration of activation patterns on tiny deep networks, and dense sampling of split domains."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -120,3 +122,59 @@ def test_nan_slopes_prove_nothing():
 def test_unknown_option_word_is_a_clear_error(field):
     with pytest.raises(verifier.InputError, match=field):
         VerifyOptions(**{field: "sometimes"})
+
+
+def _one_layer_case(seed: int, nonnegative: bool):
+    rng = np.random.default_rng(500 + seed)
+    ws, bs = random_mlp(rng, [3, 8, 2])
+    if nonnegative:
+        ws[1] = np.abs(ws[1])
+    centre = rng.uniform(0.3, 0.7, 3)
+    box = InputBox(np.clip(centre - 0.3, 0, 1), np.clip(centre + 0.3, 0, 1))
+    k = 1 + seed % 2
+    C = np.abs(rng.normal(size=(k, 2))) if nonnegative else rng.normal(size=(k, 2))
+    return ws, bs, box, Conjunction(C, rng.normal(size=k) * 0.3)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_leaf_lp_is_exact_with_convex_last_layer_neurons_left_relaxed(seed):
+    """Every row weighs every hidden neuron >= 0: no split is needed, and the leaf LP with
+    y >= max(0, z) columns gives the exact minimum (enumeration) and a point attaining it."""
+    from verifier.bab.leaf import leaf_bound
+
+    ws, bs, box, conj = _one_layer_case(seed, nonnegative=True)
+    expected = enumerate_min_slack(ws, bs, box.lo, box.hi, [(conj.C, conj.d)])
+    net = verifier.load(mlp_onnx(ws, bs))
+    layered = as_layered(net)
+    lo, hi = interval_bounds(net, box.lo, box.hi)[layered.pre_nodes[0]]
+    assert ((lo < 0) & (hi > 0)).any()
+    rows, const = layered.spec_rows(conj.C, conj.d)
+    value, x = leaf_bound(layered, rows, const, torch.as_tensor(box.lo), torch.as_tensor(box.hi),
+                          [torch.zeros(lo.size, dtype=torch.int8)], [torch.as_tensor(lo)], [torch.as_tensor(hi)],
+                          -1e3, 10.0)
+    assert expected - 1e-6 <= value <= expected + 1e-9
+    assert conj.slack(net.forward(x))[0] <= expected + 1e-6
+    # A row weighing an unsplit unstable neuron < 0: not a leaf, no bound.
+    unstable = int(np.flatnonzero((lo < 0) & (hi > 0))[0])
+    rows = rows.clone()
+    rows[0, unstable] = -1.0
+    value, _ = leaf_bound(layered, rows, const, torch.as_tensor(box.lo), torch.as_tensor(box.hi),
+                          [torch.zeros(lo.size, dtype=torch.int8)], [torch.as_tensor(lo)], [torch.as_tensor(hi)],
+                          -1e3, 10.0)
+    assert value == -np.inf
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_one_hidden_layer_bab_matches_enumeration(seed):
+    ws, bs, box, conj = _one_layer_case(seed, nonnegative=False)
+    expected = enumerate_min_slack(ws, bs, box.lo, box.hi, [(conj.C, conj.d)])
+    net = verifier.load(mlp_onnx(ws, bs))
+    layered = as_layered(net)
+    lo, hi = interval_bounds(net, box.lo, box.hi)[layered.pre_nodes[0]]
+    out = branch_and_bound(layered, [layered.spec_rows(conj.C, conj.d)], torch.as_tensor(box.lo),
+                           torch.as_tensor(box.hi), [torch.as_tensor(lo)[None]], [torch.as_tensor(hi)[None]],
+                           1e-5, deadline=time.perf_counter() + 60, is_counterexample=lambda x: True)
+    if expected > 1e-4:
+        assert out.status == "proved" and out.lower[0] <= expected + 1e-9
+    elif expected < -1e-4:
+        assert out.status == "counterexample" and conj.slack(net.forward(out.x))[0] <= 0

@@ -17,9 +17,10 @@ from verifier.bab.crown import FAST, Relaxation, backward_bound
 
 
 def gap_scores(out, lower: list, upper: list, alphas: list) -> tuple[torch.Tensor, np.ndarray]:
-    """(B, total neurons) scores, 0 for neurons that are not free and unstable; and the offset
-    of each layer in the flat index."""
+    """(B, total neurons) scores, 0 for neurons that are not free and unstable, or that never
+    need a split (see `convex_last_layer`); and the offset of each layer in the flat index."""
     scores = []
+    last = len(lower) - 1
     for k in range(len(lower)):
         l, u = lower[k], upper[k]
         unstable = (l < 0) & (u > 0)
@@ -29,9 +30,20 @@ def gap_scores(out, lower: list, upper: list, alphas: list) -> tuple[torch.Tenso
         a = alphas[k]
         lower_gap = torch.maximum((1 - a) * u.unsqueeze(1), -a * l.unsqueeze(1))
         score = (mu.clamp(max=0).neg() * upper_gap + mu.clamp(min=0) * lower_gap).sum(1)
+        if k == last:
+            unstable = unstable & ~convex_last_layer(mu)
         scores.append(torch.where(unstable, score + 1e-12, torch.zeros_like(score)))
     offsets = np.cumsum([0] + [s.shape[1] for s in scores])
     return torch.cat(scores, dim=1), offsets
+
+
+def convex_last_layer(rows: torch.Tensor) -> torch.Tensor:
+    """(B, n) mask of last-hidden-layer neurons that every row of the spec (rows: (B, m, n),
+    the spec's weights on that layer) weighs >= 0. Their ReLU enters the minimised slack
+    convexly, so the LP relaxation y >= max(0, z) is exact for them: a domain is decided once
+    the other neurons are split (its leaf LP keeps these relaxed), and splitting them is never
+    needed. On one hidden layer that is often half the unstable neurons of a label."""
+    return (rows >= 0).all(dim=1)
 
 
 def _unflatten(index: int, offsets: np.ndarray) -> tuple[int, int]:

@@ -1,5 +1,6 @@
-"""Exact bounds for a fully split domain: once every unstable ReLU is fixed to a side, the
-network is affine on the domain and its minimum is one LP over the input box.
+"""Exact bounds for a fully split domain: once every unstable ReLU is fixed to a side (except
+last-layer ones that enter the objective convexly, which stay relaxed exactly), the minimum
+over the domain is one LP over the input box.
 
 The bound-propagation bound of such a domain equals the LP optimum only when its split
 multipliers have converged; branch and bound cannot split further, so the LP decides it. The
@@ -25,17 +26,22 @@ LOOSEN = 1e-6
 
 def leaf_bound(net: Layered, rows: torch.Tensor, const: torch.Tensor, x_lo: torch.Tensor,
                x_hi: torch.Tensor, signs: list[torch.Tensor], lower: list[torch.Tensor],
-               t_lo: float, time_limit: float) -> tuple[float, np.ndarray | None]:
+               upper: list[torch.Tensor], t_lo: float, time_limit: float) -> tuple[float, np.ndarray | None]:
     """(safe lower bound on min over the domain of max_r rows_r h + const_r, LP minimiser).
 
-    `signs` are the domain's splits, `lower` its clamped pre-activation lower bounds: a
-    neuron with lower >= 0 is active, every other one inactive (the domain has no unstable
-    neuron left). t_lo is a known lower bound on the minimum (the domain's propagated bound),
-    which keeps the LP bounded. An infeasible domain gives +inf.
+    `signs` are the domain's splits, `lower`/`upper` its clamped pre-activation bounds: a
+    neuron with lower >= 0 is active, one with upper <= 0 inactive. Unsplit unstable neurons
+    may remain only in the last hidden layer where every row weighs them >= 0
+    (`branching.convex_last_layer`): they get a column y >= max(0, z), which is exact when
+    minimising. Any other unstable neuron means the domain is no leaf: no bound (-inf).
+    t_lo is a known lower bound on the minimum (the domain's propagated bound), which keeps
+    the LP bounded. An infeasible domain gives +inf.
     """
     n0 = x_lo.numel()
+    r, c = rows.numpy(), const.numpy()
     m_mat, v = np.eye(n0), np.zeros(n0)  # current layer = m_mat @ x + v
     cons, cons_lo, cons_hi = [], [], []
+    relaxed = np.zeros(0, dtype=int)
     for k in range(net.depth):
         w, b = net.weights[k].numpy(), net.biases[k].numpy()
         z_mat, z_v = w @ m_mat, w @ v + b
@@ -46,25 +52,34 @@ def leaf_bound(net: Layered, rows: torch.Tensor, const: torch.Tensor, x_lo: torc
                 bound = -z_v[picked]  # z_mat x + z_v >= -LOOSEN  <=>  z_mat x >= -z_v - LOOSEN
                 cons_lo.append(bound - LOOSEN if side < 0 else np.full(bound.size, -np.inf))
                 cons_hi.append(np.full(bound.size, np.inf) if side < 0 else bound + LOOSEN)
-        active = (lower[k].numpy() >= 0).astype(float)
+        lo_k, hi_k = lower[k].numpy(), upper[k].numpy()
+        unstable = np.flatnonzero((lo_k < 0) & (hi_k > 0))
+        if unstable.size and (k < net.depth - 1 or (r[:, unstable] < 0).any()):
+            return -np.inf, None
+        relaxed, y_hi = unstable, hi_k[unstable]
+        z_relaxed, zv_relaxed = z_mat[relaxed], z_v[relaxed]
+        active = (lo_k >= 0).astype(float)
         m_mat, v = active[:, None] * z_mat, active * z_v
-    r, c = rows.numpy(), const.numpy()
-    obj_mat, obj_v = r @ m_mat, r @ v + c  # (m, n0), (m,)
-    m = obj_mat.shape[0]
+    obj_mat, obj_v = r @ m_mat, r @ v + c  # (m, n0), (m,): the active neurons' part
+    m, nr = obj_mat.shape[0], relaxed.size
     lo, hi = x_lo.numpy(), x_hi.numpy()
     centre, radius = (lo + hi) / 2, (hi - lo) / 2
-    t_hi = float((obj_mat @ centre + np.abs(obj_mat) @ radius + obj_v).max()) + 1.0  # t never needs more
-    # variables (x, t): min t  s.t.  obj_mat x - t <= -obj_v  (t is the max of the rows)
-    a = np.vstack([np.hstack([mat, np.zeros((mat.shape[0], 1))]) for mat in cons]
-                  + [np.hstack([obj_mat, -np.ones((m, 1))])])
-    row_lo = np.concatenate(cons_lo + [np.full(m, -np.inf)])
-    row_hi = np.concatenate(cons_hi + [-obj_v])
-    problem = MilpProblem(np.r_[np.zeros(n0), 1.0], sp.csc_matrix(a), row_lo, row_hi,
-                          np.r_[lo, t_lo], np.r_[hi, t_hi], np.zeros(n0 + 1, bool))
+    r_relaxed = r[:, relaxed]
+    t_hi = float((obj_mat @ centre + np.abs(obj_mat) @ radius + r_relaxed @ y_hi + obj_v).max()) + 1.0
+    # variables (x, y, t): min t  s.t.  splits on x;  y - z(x) >= 0;  obj_mat x + R y - t <= -obj_v
+    zeros = lambda rows_: np.zeros((rows_, nr + 1))  # noqa: E731
+    blocks = [np.hstack([mat, zeros(mat.shape[0])]) for mat in cons]
+    blocks.append(np.hstack([-z_relaxed, np.eye(nr), np.zeros((nr, 1))]))
+    blocks.append(np.hstack([obj_mat, r_relaxed, -np.ones((m, 1))]))
+    row_lo = np.concatenate(cons_lo + [zv_relaxed, np.full(m, -np.inf)])
+    row_hi = np.concatenate(cons_hi + [np.full(nr, np.inf), -obj_v])
+    problem = MilpProblem(np.r_[np.zeros(n0 + nr), 1.0], sp.csc_matrix(np.vstack(blocks)), row_lo, row_hi,
+                          np.r_[lo, np.zeros(nr), t_lo], np.r_[hi, y_hi, t_hi], np.zeros(n0 + nr + 1, bool))
     res = HighsSolver(problem, relax=True).solve(SolveOptions(time_limit=time_limit, relax=True))
     if res.status == SolveStatus.INFEASIBLE:
         return np.inf, None
     if res.status != SolveStatus.OPTIMAL or res.row_dual is None:
         return -np.inf, None
-    magnitude = np.abs(obj_v).max() + np.abs(obj_mat).sum(1).max() * np.maximum(np.abs(lo), np.abs(hi)).max()
+    magnitude = (np.abs(obj_v).max() + np.abs(obj_mat).sum(1).max() * np.maximum(np.abs(lo), np.abs(hi)).max()
+                 + (np.abs(r_relaxed) @ y_hi).max(initial=0.0))
     return safe_lower_bound(problem, problem.c, res.row_dual) - 1e-9 * magnitude, res.x[:n0]
