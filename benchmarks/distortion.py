@@ -40,7 +40,20 @@ def _run(task) -> dict:
             "example": None if r.example is None else r.example.ravel()}
 
 
-def _figure(rows: list[dict], images: np.ndarray, path: str) -> None:
+def _caption(row: dict | None) -> str:
+    if row is None:
+        return "not run"
+    if row["status"] == "infeasible":
+        return f"{row['norm']}: none in set"
+    if row["example"] is None:
+        return f"{row['norm']}: > {row['lower']:.3g}"
+    exact = "=" if row["status"] == "optimal" else "<="
+    return f"{row['norm']} {exact} {row['upper']:.4g} -> {row['adversarial_label']}"
+
+
+def _figure(rows: list[dict], images: np.ndarray, path: str, per_line: int = 2) -> None:
+    """Each image next to its minimal adversarial example per norm (the best one found when the
+    search timed out, marked <=), several images per line of the grid."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -48,19 +61,22 @@ def _figure(rows: list[dict], images: np.ndarray, path: str) -> None:
 
     norms = sorted({r["norm"] for r in rows})
     indices = sorted({r["index"] for r in rows})
-    fig, axes = plt.subplots(len(indices), 1 + len(norms), figsize=(1.6 * (1 + len(norms)), 1.7 * len(indices)),
-                             squeeze=False)
-    for a, i in enumerate(indices):
-        axes[a][0].imshow(images[i].reshape(28, 28), cmap="gray", vmin=0, vmax=1)
-        axes[a][0].set_title(f"#{i}", fontsize=7)
-        for b, norm in enumerate(norms, start=1):
-            best = [r for r in rows if r["index"] == i and r["norm"] == norm and r["example"] is not None]
-            if best:
-                r = min(best, key=lambda r: r["upper"])
-                axes[a][b].imshow(r["example"].reshape(28, 28), cmap="gray", vmin=0, vmax=1)
-                axes[a][b].set_title(f"{norm} {r['upper']:.3g} -> {r['adversarial_label']}", fontsize=7)
+    group = 1 + len(norms)
+    lines = (len(indices) + per_line - 1) // per_line
+    fig, axes = plt.subplots(lines, per_line * group, figsize=(1.5 * per_line * group, 1.75 * lines), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
+    for n, i in enumerate(indices):
+        line, first = divmod(n, per_line)
+        cells = axes[line][first * group:(first + 1) * group]
+        cells[0].imshow(images[i].reshape(28, 28), cmap="gray", vmin=0, vmax=1)
+        cells[0].set_title(f"#{i + 1} (label {int(next(r['label'] for r in rows if r['index'] == i))})", fontsize=7)
+        for cell, norm in zip(cells[1:], norms):
+            mine = [r for r in rows if r["index"] == i and r["norm"] == norm]
+            best = min(mine, key=lambda r: r["upper"]) if mine else None
+            if best is not None and best["example"] is not None:
+                cell.imshow(best["example"].reshape(28, 28), cmap="gray", vmin=0, vmax=1)
+            cell.set_title(_caption(best), fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

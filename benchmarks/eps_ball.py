@@ -5,7 +5,8 @@
 
 Writes a CSV (one row per sample) with --csv. --workers N runs N samples at a time, one core
 each (HiGHS and torch threads=1); the wall time includes starting the workers and loading the
-model in each.
+model in each. --indices 7,9,11 picks samples instead of a range; --option name=value (repeatable)
+sets a VerifyOptions field, e.g. --option bab=off --option disjunctions=split.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 import verifier
+from verifier.options import VerifyOptions
 
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist" / "mnist_test.npz"
 
@@ -34,12 +36,22 @@ def _load(model: str) -> None:
 
 def _verify(task: tuple[int, np.ndarray, int, float, float]) -> dict:
     """One sample in a worker process (the model is loaded once per worker)."""
-    i, image, label, eps, timeout = task
-    r = verifier.verify(_NET, image.reshape(_NET.input_shape), eps, label=label, timeout=timeout)
+    i, image, label, eps, timeout, settings = task
+    options = VerifyOptions(timeout=timeout, **settings)
+    r = verifier.verify(_NET, image.reshape(_NET.input_shape), eps, label=label, options=options)
     return {"index": i, "label": r.label, "prediction": r.prediction, "status": r.status.value,
             "decided_by": r.decided_by, "margin_lower": r.margin_lower, "margin_upper": r.margin_upper,
             "time": r.time, "unstable": r.stats.get("unstable_alpha", r.stats.get("unstable_symbolic")),
             "bab_domains": r.stats.get("bab_domains", 0), "mip_nodes": r.stats.get("mip_nodes", 0)}
+
+
+def _setting(text: str) -> tuple[str, object]:
+    """name=value -> (name, value typed like the VerifyOptions default)."""
+    name, _, value = text.partition("=")
+    default = getattr(VerifyOptions(), name)
+    if isinstance(default, bool):
+        return name, value.lower() in ("1", "true", "yes", "on")
+    return name, type(default)(value) if default is not None else value
 
 
 def main() -> None:
@@ -52,10 +64,14 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1, help="processes, one core each")
     p.add_argument("--data", default=str(MNIST))
     p.add_argument("--csv")
+    p.add_argument("--indices", help="comma-separated sample indices (instead of --start/--count)")
+    p.add_argument("--option", action="append", default=[], help="VerifyOptions field as name=value")
     args = p.parse_args()
     data = np.load(args.data)
     images, labels = data["images"].astype(np.float64) / 255.0, data["labels"]
-    tasks = [(i, images[i], int(labels[i]), args.eps, args.timeout) for i in range(args.start, args.start + args.count)]
+    settings = dict(_setting(o) for o in args.option)
+    indices = [int(i) for i in args.indices.split(",")] if args.indices else range(args.start, args.start + args.count)
+    tasks = [(i, images[i], int(labels[i]), args.eps, args.timeout, settings) for i in indices]
     rows = []
     wall = time.perf_counter()
     with ProcessPoolExecutor(max_workers=max(args.workers, 1), initializer=_load, initargs=(args.model,)) as pool:
