@@ -4,8 +4,7 @@
     python benchmarks/distortion.py <model> --norms linf --strategies direct,bisection,hybrid --count 10 --timeout 60
 
 --workers N runs N (image, norm, strategy) tasks at a time, one core each. --figure out.png
-draws each image next to its minimal adversarial examples (needs matplotlib:
-`pip install -e .[bench]`).
+draws each image next to its minimal adversarial examples.
 """
 
 from __future__ import annotations

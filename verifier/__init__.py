@@ -8,6 +8,7 @@ counterexample, or `unknown` with the bounds reached.
 """
 
 from verifier.api import check, load, verify
+from verifier.batch import BatchResult, certify_dataset
 from verifier.distortion import DistortionResult, min_distortion
 from verifier.errors import InputError, ModelError, VerifierError
 from verifier.network.graph import Network
@@ -15,5 +16,5 @@ from verifier.options import VerifyOptions
 from verifier.result import Result, Status
 from verifier.spec.property import Conjunction, InputRegion, Property
 
-__all__ = ["load", "verify", "check", "min_distortion", "DistortionResult", "Property", "InputRegion", "Conjunction", "Network", "Result", "Status", "VerifyOptions",
+__all__ = ["load", "verify", "check", "min_distortion", "certify_dataset", "BatchResult", "DistortionResult", "Property", "InputRegion", "Conjunction", "Network", "Result", "Status", "VerifyOptions",
            "VerifierError", "ModelError", "InputError"]

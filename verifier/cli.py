@@ -3,6 +3,8 @@
     verify model.onnx --eps 0.1                      # the embedded MNIST slice, a table
     verify model.onnx --eps 0.1 --input x.npy --json # one sample, one JSON object
     verify model.onnx --distortion l1 --input x.npy  # minimum adversarial distortion
+    verify model.onnx --eps 0.1 --data test.npz --report out/ [--workers 8] [--executor ray]
+                                                     # a test set: resumable, parallel, a report
 
 User errors print one line on stderr and exit with code 2; an interrupted table run still
 prints the rows and the summary of what finished.
@@ -48,8 +50,8 @@ def run(
     input: Optional[Path] = typer.Option(None, "--input", help="One sample as .npy; default: the embedded MNIST slice."),
     label: Optional[int] = typer.Option(None, help="True label (default: the network's prediction)."),
     timeout: float = typer.Option(60.0, help="Seconds per sample."),
-    limit: int = typer.Option(10, help="Samples of the embedded data to verify."),
-    start: int = typer.Option(0, help="First sample of the embedded data."),
+    limit: Optional[int] = typer.Option(None, help="Samples to verify (default: 10 of the embedded data; with --report, all)."),
+    start: int = typer.Option(0, help="First sample of the data."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     save_example: Optional[Path] = typer.Option(None, help="Write the counterexample (.npy) if one is found."),
     vnnlib: Optional[Path] = typer.Option(None, help="A VNN-LIB property (.vnnlib or .vnnlib.gz) instead of an eps-ball."),
@@ -58,6 +60,11 @@ def run(
     target: Optional[List[int]] = typer.Option(None, help="With --distortion: a target class (repeat for a set); default any other class."),
     eps_max: Optional[float] = typer.Option(None, help="With --distortion: search only this L-infinity ball (default: the whole domain)."),
     strategy: str = typer.Option("auto", help="With --distortion: auto, direct (one MILP), bisection or hybrid (eps-ball verifications then the MILP; linf)."),
+    report: Optional[Path] = typer.Option(None, help="Batch run: certify the data set, keep results and the report (HTML, CSV, JSON) in this folder; rerun to resume."),
+    data: Optional[Path] = typer.Option(None, help="With --report: an .npz (images, labels) or a folder of .npy files with labels.npy (default: the embedded MNIST slice)."),
+    workers: Optional[int] = typer.Option(None, help="With --report: parallel samples (default: one per core)."),
+    executor: str = typer.Option("process", help="With --report: process (local pool), ray (a Ray cluster) or serial."),
+    address: Optional[str] = typer.Option(None, help="With --executor ray: the cluster address (default: start Ray locally)."),
 ) -> None:
     """Verify MODEL on one sample (--input), a VNN-LIB property (--vnnlib) or the embedded MNIST slice."""
     try:
@@ -67,17 +74,25 @@ def run(
             raise InputError(f"--timeout must be positive, got {timeout}")
         net = verifier.load(model)
         options = VerifyOptions(timeout=timeout)
+        if data is not None and report is None:
+            raise InputError("--data needs --report FOLDER (a batch run keeps its results there)")
+        if report is not None:
+            from verifier.cli_batch import batch_command
+
+            code = batch_command(net, eps, data, report, start, limit, timeout, workers, executor, address,
+                                 distortion, eps_max, as_json)
+            raise typer.Exit(code)
         if distortion is not None:
             from verifier.cli_distortion import distortion_command
 
             distortion_command(net, distortion, input and _load_input(input), label, target or None, eps_max,
-                               strategy, options, as_json, save_example, limit, start)
+                               strategy, options, as_json, save_example, limit or 10, start)
         elif vnnlib is not None:
             _property(net, vnnlib, options, result_file, as_json)
         elif input is not None:
             _single(net, _load_input(input), eps, label, options, as_json, save_example)
         else:
-            _table(net, eps, label, options, as_json, limit, start)
+            _table(net, eps, label, options, as_json, limit or 10, start)
     except VerifierError as e:
         _fail(str(e))
 

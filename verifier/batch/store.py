@@ -1,0 +1,96 @@
+"""The results store of a batch run: SQLite in WAL mode, one committed row per finished sample.
+
+Why SQLite rather than an append-only JSONL file: each sample is one transaction, so a process
+killed mid-write leaves the last complete row and never a torn one; the sample index is the
+primary key, so a rerun cannot duplicate a row; the settings live in the same file (a store
+from another model, data set or setting is refused instead of mixed); and the report reads it
+with plain queries. WAL with synchronous=FULL makes every commit durable (fsync) at a cost of
+milliseconds per sample, against seconds of verification.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+
+from verifier.errors import InputError
+
+#: Columns of a result row, in the order of results.csv (arrays are stored apart, as blobs).
+COLUMNS = ["index", "label", "prediction", "verdict", "margin_lower", "margin_upper", "adversarial_label",
+           "decided_by", "solver_status", "time", "distortion_norm", "distortion_status", "distortion_lower",
+           "distortion_upper", "distortion_label", "distortion_time"]
+ARRAYS = ["counterexample", "distortion_example"]
+_TYPES = {"index": "INTEGER PRIMARY KEY", "label": "INTEGER", "prediction": "INTEGER", "adversarial_label": "INTEGER",
+          "distortion_label": "INTEGER", "verdict": "TEXT", "decided_by": "TEXT", "solver_status": "TEXT",
+          "distortion_norm": "TEXT", "distortion_status": "TEXT"}
+
+
+class ResultStore:
+    """Open (or create) `folder/results.sqlite` for runs with these `settings`."""
+
+    def __init__(self, folder: str | Path, settings: dict) -> None:
+        self.folder = Path(folder)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"{self.folder}: cannot create the report folder: {e.strerror}") from None
+        self.path = self.folder / "results.sqlite"
+        self.db = sqlite3.connect(self.path)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        cols = ", ".join(f'"{c}" {_TYPES.get(c, "REAL")}' for c in COLUMNS)
+        blobs = ", ".join(f'"{a}" BLOB' for a in ARRAYS)
+        with self.db:
+            self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+            self.db.execute(f"CREATE TABLE IF NOT EXISTS results ({cols}, {blobs})")
+        self._claim(settings)
+
+    def _claim(self, settings: dict) -> None:
+        mine = json.dumps(settings, sort_keys=True)
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()
+        if row is None:
+            with self.db:
+                self.db.execute("INSERT INTO meta VALUES ('settings', ?)", (mine,))
+            return
+        theirs = json.loads(row[0])
+        differ = sorted(k for k in set(theirs) | set(settings) if theirs.get(k) != settings.get(k))
+        if differ:
+            detail = "; ".join(f"{k}: store has {theirs.get(k)!r}, this run {settings.get(k)!r}" for k in differ[:3])
+            raise InputError(f"{self.path} holds results of other settings ({detail}); "
+                             "use another --report folder or remove it")
+
+    @property
+    def settings(self) -> dict:
+        return json.loads(self.db.execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()[0])
+
+    def done(self) -> set[int]:
+        return {r[0] for r in self.db.execute('SELECT "index" FROM results')}
+
+    def add(self, row: dict, arrays: dict[str, np.ndarray | None]) -> None:
+        """Commit one sample's result (durable when this returns)."""
+        values = [row.get(c) for c in COLUMNS] + [
+            None if arrays.get(a) is None else np.asarray(arrays[a], dtype=np.float32).tobytes() for a in ARRAYS]
+        marks = ", ".join("?" * len(values))
+        with self.db:
+            self.db.execute(f"INSERT OR REPLACE INTO results VALUES ({marks})", values)
+
+    def rows(self, indices=None) -> list[dict]:
+        """Result rows (sorted by index; only `indices` if given), arrays decoded to float32."""
+        names = COLUMNS + ARRAYS
+        quoted = ", ".join(f'"{c}"' for c in names)
+        out = []
+        wanted = None if indices is None else set(int(i) for i in indices)
+        for values in self.db.execute(f'SELECT {quoted} FROM results ORDER BY "index"'):
+            row = dict(zip(names, values))
+            if wanted is not None and row["index"] not in wanted:
+                continue
+            for a in ARRAYS:
+                row[a] = None if row[a] is None else np.frombuffer(row[a], dtype=np.float32)
+            out.append(row)
+        return out
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,31 @@
+"""`verify --report FOLDER`: batch certification from the command line (see verifier/batch)."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from verifier.batch import certify_dataset
+
+
+def batch_command(net, eps, data, report, start, limit, timeout, workers, executor, address, distortion, eps_max,
+                  as_json) -> int:
+    """Runs the batch and prints the summary; returns the exit code (130 when interrupted: the
+    results so far are stored and reported, and the same command resumes)."""
+    result = certify_dataset(net, eps=eps, report=report, data=data, start=start, limit=limit, timeout=timeout,
+                             workers=workers, executor=executor, address=address, distortion=distortion,
+                             eps_max=eps_max)
+    s = result.summary
+    if as_json:
+        typer.echo(json.dumps(s))
+    else:
+        typer.echo(f"{s['samples']} of {s['requested']} samples, eps={s['eps']}: {s['robust']} robust, "
+                   f"{s['adversarial']} adversarial ({s['misclassified']} misclassified), {s['unknown']} unknown; "
+                   f"adversarial accuracy in [{s['certified_robust_accuracy']:.2%}, {s['adversarial_accuracy_upper']:.2%}], "
+                   f"clean {s['clean_accuracy']:.2%}; wall {s['wall_time']:.1f}s")
+        typer.echo(f"report: {result.report / 'report.html'}")
+    if result.interrupted:
+        typer.echo("interrupted: the finished samples are stored; run the same command to resume", err=True)
+        return 130
+    return 0
