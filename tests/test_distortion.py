@@ -1,6 +1,8 @@
 """Minimum adversarial distortion against independent oracles: closed forms for linear
 classifiers, enumeration of activation patterns (one LP or QP per pattern) on tiny networks."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -12,6 +14,7 @@ from verifier.check import reference_logits
 from verifier.distortion.goal import make_goal
 from verifier.distortion.norms import measure
 
+DATA = Path(__file__).parent / "data"
 DUAL = {"linf": 1, "l1": np.inf, "l2": 2}  # the dual norm of w in the closed form
 
 
@@ -164,3 +167,26 @@ def test_bad_arguments_are_clear_errors():
         verifier.min_distortion(net, x, strategy="fastest")
     with pytest.raises(InputError, match="bounded"):
         verifier.min_distortion(net, x, norm="l0", options=VerifyOptions(domain=None))
+
+
+# MIPVerify's own test of this network (test/integration/sequential/trained_weights/
+# MNIST.WK17a_linf0.1_authors.jl): the minimum L-inf distortion within the 0.1 ball, by 1-based
+# test image index; NaN = no adversarial example in the ball, 0 = already misclassified.
+MIPVERIFY_WK17A = [(1, np.nan), (9, 0.0940014207), (248, 0.0)]
+
+
+@pytest.mark.parametrize("index,expected", MIPVERIFY_WK17A)
+def test_wk17a_matches_mipverify_reference_values(index, expected):
+    from verifier.data import embedded_mnist
+
+    net = verifier.load(DATA / "wk17a_linf0.1.onnx")
+    images, labels = embedded_mnist()
+    x = images[index - 1].reshape(net.input_shape)
+    r = verifier.min_distortion(net, x, "linf", label=int(labels[index - 1]), eps_max=0.1, timeout=240)
+    if np.isnan(expected):
+        assert r.status == "infeasible"
+    else:
+        assert r.status == "optimal"
+        assert r.upper == pytest.approx(expected, rel=1e-4, abs=1e-7)
+        assert r.lower == pytest.approx(expected, rel=1e-4, abs=1e-7)
+        _assert_example(net, r, x, [j for j in range(10) if j != labels[index - 1]])
