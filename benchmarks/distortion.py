@@ -35,6 +35,7 @@ def _run(task) -> dict:
     return {"index": i, "label": label, "norm": norm, "strategy": r.strategy or strategy, "status": r.status,
             "lower": r.lower, "upper": r.upper, "adversarial_label": r.adversarial_label, "time": round(r.time, 3),
             "binaries": r.stats.get("binaries"), "mip_nodes": r.stats.get("mip_nodes"),
+            "mip_solves": r.stats.get("mip_solves"), "l2_cuts": r.stats.get("l2_cuts"),
             "verifications": r.stats.get("verifications"), "attack_upper": r.stats.get("attack_upper"),
             "example": None if r.example is None else r.example.ravel()}
 
@@ -43,7 +44,7 @@ def _caption(row: dict | None) -> str:
     if row is None:
         return "not run"
     if row["status"] == "infeasible":
-        return f"{row['norm']}: none in set"
+        return f"{row['norm']}: none in the ball"
     if row["example"] is None:
         return f"{row['norm']}: > {row['lower']:.3g}"
     exact = "=" if row["status"] == "optimal" else "<="
