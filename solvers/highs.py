@@ -71,6 +71,11 @@ class HighsSolver:
             self.highs.changeColsCost(changed.size, changed.astype(np.int32), c[changed])
             self._cost = c.copy()
 
+    @property
+    def is_mip(self) -> bool:
+        """Whether the next solve is a MIP (some column integer, not relaxed)."""
+        return not self.relax and bool(self._integer.any())
+
     def set_integer(self, integer: np.ndarray) -> None:
         """Change which columns are integer (bool mask over the columns), e.g. to relax binaries
         that cannot change this objective's minimum; only changed columns are sent."""
@@ -117,7 +122,7 @@ class HighsSolver:
         model_status = h.getModelStatus()
         status = _STATUS.get(model_status, SolveStatus.OTHER)
         info = h.getInfo()
-        is_mip = not self.relax and self._integer.any()
+        is_mip = self.is_mip
         x = None
         objective = np.inf
         if info.primal_solution_status == 2:  # feasible

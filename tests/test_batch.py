@@ -164,3 +164,15 @@ def test_data_sources_and_their_errors(tmp_path):
     out = subprocess.run(_cli(WK17A, "--data", tmp_path / "none.npz", "--report", tmp_path / "y"),
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "none.npz: no such file" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_sample_that_failed_is_tried_again_on_resume(tmp_path):
+    folder = tmp_path / "r"
+    verifier.certify_dataset(WK17A, eps=0.1, report=folder, limit=3, executor="serial")
+    good = _rows(folder)
+    with sqlite3.connect(folder / "results.sqlite") as db:
+        db.execute("""UPDATE results SET verdict = 'unknown', solver_status = 'error', decided_by = 'error: X'
+                      WHERE "index" = 1""")
+    assert _rows(folder) != good
+    again = verifier.certify_dataset(WK17A, eps=0.1, report=folder, limit=3, executor="serial")
+    assert _rows(folder) == good and again.summary["errors"] == 0

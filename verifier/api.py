@@ -37,7 +37,7 @@ def _options(options: VerifyOptions | None, timeout: float | None) -> VerifyOpti
     opts = options or VerifyOptions()
     opts = replace(opts, timeout=float(timeout if timeout is not None else opts.timeout))
     if not np.isfinite(opts.timeout) or opts.timeout <= 0:
-        raise InputError(f"timeout must be a positive number of seconds, got {timeout}")
+        raise InputError(f"timeout must be a positive number of seconds, got {opts.timeout}")
     return opts
 
 

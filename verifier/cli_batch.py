@@ -22,10 +22,16 @@ def batch_command(net, eps, data, report, start, limit, timeout, workers, execut
     else:
         typer.echo(f"{s['samples']} of {s['requested']} samples, eps={s['eps']}: {s['robust']} robust, "
                    f"{s['adversarial']} adversarial ({s['misclassified']} misclassified), {s['unknown']} unknown; "
-                   f"adversarial accuracy in [{s['certified_robust_accuracy']:.2%}, {s['adversarial_accuracy_upper']:.2%}], "
-                   f"clean {s['clean_accuracy']:.2%}; wall {s['wall_time']:.1f}s")
+                   f"adversarial accuracy in [{_share(s['certified_robust_accuracy'])}, "
+                   f"{_share(s['adversarial_accuracy_upper'])}], clean {_share(s['clean_accuracy'])}; "
+                   f"wall {s['wall_time']:.1f}s")
         typer.echo(f"report: {result.report / 'report.html'}")
     if result.interrupted:
-        typer.echo("interrupted: the finished samples are stored; run the same command to resume", err=True)
+        typer.echo(f"interrupted ({s['stopped_by']}): the finished samples are stored; run the same command to resume",
+                   err=True)
         return 130
     return 0
+
+
+def _share(value) -> str:
+    return "—" if value is None else f"{value:.2%}"

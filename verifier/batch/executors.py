@@ -94,18 +94,25 @@ def _ray(onnx_bytes: bytes, job: Job, tasks: Iterable[Task], workers: int, addre
     model = ray.put(onnx_bytes)
     tasks = iter(tasks)
     in_flight = 2 * (int(ray.cluster_resources().get("CPU", workers)) if address else workers)
-    pending = []
+    pending, owner = [], {}
     try:
         while True:
             while len(pending) < in_flight:
                 task = next(tasks, None)
                 if task is None:
                     break
-                pending.append(remote.remote(model, job, *task))
+                ref = remote.remote(model, job, *task)
+                pending.append(ref)
+                owner[ref] = task
             if not pending:
                 break
             done, pending = ray.wait(pending, num_returns=1)
-            yield ray.get(done[0])
+            index, _, label = owner.pop(done[0])
+            try:
+                yield ray.get(done[0])
+            except ray.exceptions.RayError as e:  # a crashed worker or node: that sample is unknown
+                yield ({"index": index, "label": label, "verdict": "unknown", "solver_status": "error",
+                        "decided_by": f"error: {type(e).__name__}: {e}"[:300]}, {})
     finally:
         for ref in pending:
             ray.cancel(ref, force=True)

@@ -20,7 +20,7 @@ import numpy as np
 
 from verifier.api import load
 from verifier.batch.dataset import Dataset, as_dataset, load_dataset
-from verifier.batch.executors import default_workers, run_tasks
+from verifier.batch.executors import EXECUTORS, default_workers, run_tasks
 from verifier.batch.report import summarise, write_report
 from verifier.batch.store import ResultStore
 from verifier.batch.tasks import Job
@@ -42,7 +42,7 @@ class BatchResult:
 
 def certify_dataset(net: Network | str | Path | bytes, images=None, labels=None, eps: float = 0.1,
                     report: str | Path | None = None, *, data: str | Path | None = None, start: int = 0,
-                    limit: int | None = None, timeout: float = 60.0, workers: int | None = None,
+                    limit: int | None = None, timeout: float | None = None, workers: int | None = None,
                     executor: str = "process", address: str | None = None, distortion: str | None = None,
                     eps_max: float | None = None, options: VerifyOptions | None = None,
                     progress: bool | None = None) -> BatchResult:
@@ -61,11 +61,14 @@ def certify_dataset(net: Network | str | Path | bytes, images=None, labels=None,
     dataset = as_dataset(images, labels) if images is not None else load_dataset(data, net.input_shape)
     dataset.check_fits(net.input_size)
     eps = _number("eps", eps, minimum=0.0)
-    timeout = _number("timeout", timeout, minimum=0.0, strict=True)
+    timeout = _number("timeout", timeout if timeout is not None else (options or VerifyOptions()).timeout,
+                      minimum=0.0, strict=True)
     if distortion is not None:
         check_norm(distortion)
     if eps_max is not None:
         eps_max = _number("eps_max", eps_max, minimum=0.0)
+    if executor not in EXECUTORS:
+        raise InputError(f"executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
     workers = default_workers() if workers is None else int(workers)
     if workers < 1:
         raise InputError(f"workers must be >= 1, got {workers}")
@@ -75,7 +78,7 @@ def certify_dataset(net: Network | str | Path | bytes, images=None, labels=None,
     settings = _settings(net, dataset, job)
 
     store = ResultStore(report if report is not None else _scratch(), settings)
-    interrupted = False
+    stopped_by = None
     wall = time.perf_counter()
     try:
         todo = sorted(set(indices) - store.done())
@@ -85,12 +88,15 @@ def certify_dataset(net: Network | str | Path | bytes, images=None, labels=None,
             for row, arrays in results:
                 store.add(row, arrays)
                 bar.advance(row)
-    except (KeyboardInterrupt, BrokenProcessPool):  # Ctrl-C, or a worker killed (e.g. out of memory)
-        interrupted = True
+    except KeyboardInterrupt:
+        stopped_by = "interrupted by the user"
+    except BrokenProcessPool as e:  # a worker killed (e.g. out of memory) or unable to start
+        stopped_by = f"a worker process died: {e}"
+    interrupted = stopped_by is not None
     wall = time.perf_counter() - wall
     rows = store.rows(indices)
     run_info = {"workers": workers, "executor": executor, "wall_time": round(wall, 3),
-                "requested": len(indices), "interrupted": interrupted}
+                "requested": len(indices), "interrupted": interrupted, "stopped_by": stopped_by}
     summary = summarise(rows, settings, dataset, run_info)
     folder = None
     if report is not None:
@@ -121,10 +127,19 @@ def _selection(size: int, start: int, limit: int | None) -> list[int]:
 def _settings(net: Network, dataset: Dataset, job: Job) -> dict:
     """Everything that changes a sample's result; a store only takes runs with equal settings."""
     options = {k: v for k, v in asdict(job.options).items() if k != "threads"}
-    return {"store_version": STORE_VERSION, "model_sha256": hashlib.sha256(net.onnx_bytes).hexdigest(),
-            "model": net.name, "data_sha256": dataset.fingerprint, "data": dataset.source, "eps": job.eps,
+    return {"store_version": STORE_VERSION, "verifier_version": _version(),
+            "model_sha256": hashlib.sha256(net.onnx_bytes).hexdigest(), "model": net.name, "data_sha256": dataset.fingerprint, "data": dataset.source, "eps": job.eps,
             "distortion": job.distortion, "eps_max": job.eps_max,
             "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("relu-verifier")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _scratch() -> str:

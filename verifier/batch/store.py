@@ -28,6 +28,10 @@ _TYPES = {"index": "INTEGER PRIMARY KEY", "label": "INTEGER", "prediction": "INT
           "distortion_norm": "TEXT", "distortion_status": "TEXT"}
 
 
+#: Settings that only describe (file names): a moved or renamed file with the same bytes resumes.
+DESCRIPTIVE = {"model", "data"}
+
+
 class ResultStore:
     """Open (or create) `folder/results.sqlite` for runs with these `settings`."""
 
@@ -38,15 +42,18 @@ class ResultStore:
         except OSError as e:
             raise InputError(f"{self.folder}: cannot create the report folder: {e.strerror}") from None
         self.path = self.folder / "results.sqlite"
-        self.db = sqlite3.connect(self.path)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
         cols = ", ".join(f'"{c}" {_TYPES.get(c, "REAL")}' for c in COLUMNS)
         blobs = ", ".join(f'"{a}" BLOB' for a in ARRAYS)
-        with self.db:
-            self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-            self.db.execute(f"CREATE TABLE IF NOT EXISTS results ({cols}, {blobs})")
-        self._claim(settings)
+        try:
+            self.db = sqlite3.connect(self.path)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            with self.db:
+                self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+                self.db.execute(f"CREATE TABLE IF NOT EXISTS results ({cols}, {blobs})")
+            self._claim(settings)
+        except sqlite3.Error as e:
+            raise InputError(f"{self.path}: cannot use it as a results store ({e})") from None
 
     def _claim(self, settings: dict) -> None:
         mine = json.dumps(settings, sort_keys=True)
@@ -56,7 +63,8 @@ class ResultStore:
                 self.db.execute("INSERT INTO meta VALUES ('settings', ?)", (mine,))
             return
         theirs = json.loads(row[0])
-        differ = sorted(k for k in set(theirs) | set(settings) if theirs.get(k) != settings.get(k))
+        differ = sorted(k for k in set(theirs) | set(settings)
+                        if k not in DESCRIPTIVE and theirs.get(k) != settings.get(k))
         if differ:
             detail = "; ".join(f"{k}: store has {theirs.get(k)!r}, this run {settings.get(k)!r}" for k in differ[:3])
             raise InputError(f"{self.path} holds results of other settings ({detail}); "
@@ -67,15 +75,19 @@ class ResultStore:
         return json.loads(self.db.execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()[0])
 
     def done(self) -> set[int]:
-        return {r[0] for r in self.db.execute('SELECT "index" FROM results')}
+        """Samples with a result (a sample whose run raised an error is tried again)."""
+        return {r[0] for r in self.db.execute('SELECT "index" FROM results WHERE solver_status IS NOT \'error\'')}
 
     def add(self, row: dict, arrays: dict[str, np.ndarray | None]) -> None:
         """Commit one sample's result (durable when this returns)."""
         values = [row.get(c) for c in COLUMNS] + [
             None if arrays.get(a) is None else np.asarray(arrays[a], dtype=np.float32).tobytes() for a in ARRAYS]
         marks = ", ".join("?" * len(values))
-        with self.db:
-            self.db.execute(f"INSERT OR REPLACE INTO results VALUES ({marks})", values)
+        try:
+            with self.db:
+                self.db.execute(f"INSERT OR REPLACE INTO results VALUES ({marks})", values)
+        except sqlite3.Error as e:  # e.g. disk full: what is committed stays, the run stops clearly
+            raise InputError(f"{self.path}: cannot store sample {row.get('index')} ({e})") from None
 
     def rows(self, indices=None) -> list[dict]:
         """Result rows (sorted by index; only `indices` if given), arrays decoded to float32."""

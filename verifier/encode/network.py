@@ -98,7 +98,11 @@ class EncodedNetwork:
         and cannot raise the objective. So the relaxed problem has the same minimum, its dual
         bound is a bound of the exact problem, and an incumbent's true objective is at most its
         relaxed one. On one-hidden-layer networks this removes a large share of the binaries."""
+        from verifier.ops.affine import Affine
+
         mask = np.zeros(self.problem.num_cols, dtype=bool)
+        if not isinstance(net.op(net.output_node), Affine):  # e.g. a ReLU output: y enters its rows
+            return mask
         rows = sp.csr_matrix(np.atleast_2d(rows) if not sp.issparse(rows) else rows)
         for relu, _, y, a in self.relu_binaries:
             if set(net.graph.successors(relu)) != {net.output_node} or any(net.graph.successors(net.output_node)):

@@ -20,7 +20,7 @@ import scipy.sparse as sp
 from solvers.base import SolveOptions, SolveStatus
 from solvers.highs import HighsSolver
 from verifier.bounds.interval import interval_bounds, output_rows_lower
-from verifier.bounds.lp import lp_min, tighten_with_lp
+from verifier.bounds.lp import lp_min, safe_lower_bound, tighten_with_lp
 from verifier.bounds.symbolic import backward_lower, symbolic_bounds
 from verifier.check import reference_logits
 from verifier.encode.network import EncodedNetwork, encode_network
@@ -307,8 +307,12 @@ def _split_mips(run: _Run, enc: EncodedNetwork, bounds: dict, disjuncts: list[in
             initial = seed if conj is None else np.append(seed, conj.slack(run.net.forward(seed_x))[0])
             res, finished = _solve(run, solver, problem, c, offset, initial,
                                    left / len(unresolved) if attempt == 0 else left)
+            bound = res.dual_bound
+            if not solver.is_mip:  # every binary relaxed: an LP, which proves only by its safe duals
+                finished = res.status == SolveStatus.OPTIMAL and res.row_dual is not None
+                bound = safe_lower_bound(problem, c, res.row_dual) if finished else -np.inf
             if finished:  # only a finished solve's dual bound counts as a proof (rule 1)
-                run.prove(d, res.dual_bound + offset)
+                run.prove(d, bound + offset)
             if (evidence := _incumbent(run, enc, res, d)) is not None:
                 return evidence
             if finished and (run.lower[d] > run.options.tolerance or run.options.exact):
