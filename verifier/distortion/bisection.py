@@ -27,7 +27,8 @@ _SLICES = (0.25, 0.5)  # shares of the time left for a radius's first and second
 
 
 def bisection_search(checker: Checker, upper: Example | None, deadline: float, options: VerifyOptions,
-                     rel_gap: float, abs_gap: float) -> SearchOutcome:
+                     rel_gap: float, abs_gap: float, slices: tuple[float, ...] = _SLICES) -> SearchOutcome:
+    """slices: shares of the time left that a radius gets, one per try (see `decide`)."""
     x0, goal = checker.x0, checker.goal
     stats: dict = {"strategy": "bisection", "verifications": 0}
     reach = checker.reach
@@ -38,7 +39,7 @@ def bisection_search(checker: Checker, upper: Example | None, deadline: float, o
         # that must not eat all the time; an unknown gets a second, longer try.
         region = InputRegion(ball(checker.box, x0, radius), goal.disjuncts)
         result = None  # no time left: undecided
-        for share in _SLICES:
+        for share in slices:
             left = deadline - time.perf_counter()
             if left <= 0:
                 break

@@ -98,7 +98,9 @@ def _hybrid(checker, upper, deadline, options, rel_gap, abs_gap) -> SearchOutcom
     propagation), then the MILP over the ball of the best example with the proven radius as
     its objective's lower bound."""
     now = time.perf_counter()
-    first = bisection_search(checker, upper, now + _HYBRID_BISECTION * (deadline - now), options, rel_gap, abs_gap)
+    # One short try per radius: a radius too close to call is left to the MILP that follows.
+    first = bisection_search(checker, upper, now + _HYBRID_BISECTION * (deadline - now), options, rel_gap, abs_gap,
+                             slices=(0.25,))
     gap_closed = first.best is not None and first.best.distance - first.lower <= abs_gap + rel_gap * first.best.distance
     if first.infeasible or gap_closed or first.best is None:
         first.stats["strategy"] = "hybrid"
