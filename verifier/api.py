@@ -35,7 +35,11 @@ def check_label(net: Network, label) -> int:
 def _options(options: VerifyOptions | None, timeout: float | None) -> VerifyOptions:
     """The run's options; `timeout` (if given) overrides the options' own."""
     opts = options or VerifyOptions()
-    opts = replace(opts, timeout=float(timeout if timeout is not None else opts.timeout))
+    value = timeout if timeout is not None else opts.timeout
+    try:
+        opts = replace(opts, timeout=float(value))
+    except (TypeError, ValueError):
+        raise InputError(f"timeout must be a positive number of seconds, got {value!r}") from None
     if not np.isfinite(opts.timeout) or opts.timeout <= 0:
         raise InputError(f"timeout must be a positive number of seconds, got {opts.timeout}")
     return opts

@@ -41,7 +41,6 @@ def leaf_bound(net: Layered, rows: torch.Tensor, const: torch.Tensor, x_lo: torc
     r, c = rows.numpy(), const.numpy()
     m_mat, v = np.eye(n0), np.zeros(n0)  # current layer = m_mat @ x + v
     cons, cons_lo, cons_hi = [], [], []
-    relaxed = np.zeros(0, dtype=int)
     for k in range(net.depth):
         w, b = net.weights[k].numpy(), net.biases[k].numpy()
         z_mat, z_v = w @ m_mat, w @ v + b

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from verifier.data import embedded_mnist, fits_mnist
+from verifier.data import embedded_for
 from verifier.errors import InputError
 
 
@@ -68,10 +68,7 @@ def load_dataset(path: str | Path | None, input_shape: tuple[int, ...]) -> Datas
     A .npz with arrays `images` and `labels`. A folder: one .npy per sample (sorted by file
     name) and `labels.npy` (or labels.txt, one integer per line) in the same order."""
     if path is None:
-        if not fits_mnist(input_shape):
-            raise InputError(f"no --data given, and the model's input shape {input_shape} does not fit the "
-                             "embedded MNIST data (one 28x28 image)")
-        images, labels = embedded_mnist()
+        images, labels = embedded_for(input_shape, "--data")
         return Dataset(images, labels, "embedded MNIST test slice")
     path = Path(path)
     if path.is_dir():

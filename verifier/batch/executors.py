@@ -26,11 +26,15 @@ def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
-def run_tasks(executor: str, onnx_bytes: bytes, job: Job, tasks: list[Task], workers: int,
-              address: str | None = None) -> Iterator[tuple[dict, dict]]:
+def check_executor(executor: str) -> str:
     if executor not in EXECUTORS:
         raise InputError(f"executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
-    if executor == "serial":
+    return executor
+
+
+def run_tasks(executor: str, onnx_bytes: bytes, job: Job, tasks: list[Task], workers: int,
+              address: str | None = None) -> Iterator[tuple[dict, dict]]:
+    if check_executor(executor) == "serial":
         return (certify_sample(onnx_bytes, job, *t) for t in tasks)
     if executor == "process":
         return _pool(onnx_bytes, job, tasks, workers)

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from verifier.api import load
+from verifier.api import _options, load
 from verifier.batch.dataset import Dataset, as_dataset, load_dataset
-from verifier.batch.executors import EXECUTORS, default_workers, run_tasks
+from verifier.batch.executors import check_executor, default_workers, run_tasks
 from verifier.batch.report import summarise, write_report
 from verifier.batch.store import ResultStore
 from verifier.batch.tasks import Job
@@ -61,19 +61,16 @@ def certify_dataset(net: Network | str | Path | bytes, images=None, labels=None,
     dataset = as_dataset(images, labels) if images is not None else load_dataset(data, net.input_shape)
     dataset.check_fits(net.input_size)
     eps = _number("eps", eps, minimum=0.0)
-    timeout = _number("timeout", timeout if timeout is not None else (options or VerifyOptions()).timeout,
-                      minimum=0.0, strict=True)
     if distortion is not None:
         check_norm(distortion)
     if eps_max is not None:
         eps_max = _number("eps_max", eps_max, minimum=0.0)
-    if executor not in EXECUTORS:
-        raise InputError(f"executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
+    check_executor(executor)  # before the store is created
     workers = default_workers() if workers is None else int(workers)
     if workers < 1:
         raise InputError(f"workers must be >= 1, got {workers}")
     indices = _selection(len(dataset), start, limit)
-    opts = replace(options or VerifyOptions(), timeout=timeout, threads=1)
+    opts = replace(_options(options, timeout), threads=1)
     job = Job(eps, opts, distortion, eps_max)
     settings = _settings(net, dataset, job)
 
@@ -105,13 +102,13 @@ def certify_dataset(net: Network | str | Path | bytes, images=None, labels=None,
     return BatchResult(summary, rows, folder, interrupted)
 
 
-def _number(name: str, value, minimum: float, strict: bool = False) -> float:
+def _number(name: str, value, minimum: float) -> float:
     try:
         value = float(value)
     except (TypeError, ValueError):
         raise InputError(f"{name} must be a number, got {value!r}") from None
-    if not np.isfinite(value) or value < minimum or (strict and value <= minimum):
-        raise InputError(f"{name} must be a finite number {'>' if strict else '>='} {minimum:g}, got {value}")
+    if not np.isfinite(value) or value < minimum:
+        raise InputError(f"{name} must be a finite number >= {minimum:g}, got {value}")
     return value
 
 

@@ -23,13 +23,19 @@ def fits_mnist(input_shape: tuple[int, ...]) -> bool:
     return int(np.prod(input_shape)) == 784
 
 
+def embedded_for(input_shape: tuple[int, ...], instead_of: str) -> tuple[np.ndarray, np.ndarray]:
+    """The embedded data, used because no `instead_of` option was given; a one-line error for a
+    model it does not fit."""
+    if not fits_mnist(input_shape):
+        raise InputError(f"no {instead_of} given, and the model's input shape {input_shape} does not "
+                         "fit the embedded MNIST data (one 28x28 image)")
+    return embedded_mnist()
+
+
 def embedded_slice(input_shape: tuple[int, ...], start: int, limit: int) -> tuple[range, np.ndarray, np.ndarray]:
     """(indices, images, labels) of the embedded data a CLI table run covers, with one-line
     errors for a model it does not fit or a range outside it."""
-    if not fits_mnist(input_shape):
-        raise InputError(f"no --input given, and the model's input shape {input_shape} does not "
-                         "fit the embedded MNIST data (one 28x28 image)")
-    images, labels = embedded_mnist()
+    images, labels = embedded_for(input_shape, "--input")
     if not 0 <= start < len(images) or limit < 1:
         raise InputError(f"--start must be in 0..{len(images) - 1} and --limit >= 1 (got {start}, {limit})")
     return range(start, min(start + limit, len(images))), images, labels

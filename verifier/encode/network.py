@@ -88,10 +88,10 @@ class EncodedNetwork:
             integer=np.concatenate([p.integer, np.ones(n, bool), [False]]))
 
     def convex_binaries(self, net: Network, rows) -> np.ndarray:
-        """Binaries that may be relaxed to [0, 1] without changing a minimum (bool mask over
-        the columns): those of ReLUs that feed only the output, where every row of `rows`
-        (the minimised cost vector, or the rows t >= row @ cols of a max objective, each
-        (k, num_cols)) gives the ReLU's output a coefficient >= 0.
+        """Binaries that may be relaxed to [0, 1] without changing a minimum: those of ReLUs
+        that feed only the output, where every row of `rows` (the minimised cost vector, or the
+        rows t >= row @ cols of a max objective; columns beyond the network's, such as t, are
+        allowed) gives the ReLU's output a coefficient >= 0. A bool mask as wide as `rows`.
 
         Why exact: with its binary relaxed the ReLU's output y may sit anywhere in the triangle
         above max(0, z); lowering y to max(0, z) keeps every constraint (y enters nothing else)
@@ -100,12 +100,13 @@ class EncodedNetwork:
         relaxed one. On one-hidden-layer networks this removes a large share of the binaries."""
         from verifier.ops.affine import Affine
 
-        mask = np.zeros(self.problem.num_cols, dtype=bool)
-        if not isinstance(net.op(net.output_node), Affine):  # e.g. a ReLU output: y enters its rows
-            return mask
-        rows = sp.csr_matrix(np.atleast_2d(rows) if not sp.issparse(rows) else rows)
+        rows = sp.csr_matrix(rows if sp.issparse(rows) else np.atleast_2d(rows))
+        mask = np.zeros(rows.shape[1], dtype=bool)
+        output = net.output_node
+        if not isinstance(net.op(output), Affine) or any(net.graph.successors(output)):
+            return mask  # e.g. a ReLU output: the last layer's y enter its rows
         for relu, _, y, a in self.relu_binaries:
-            if set(net.graph.successors(relu)) != {net.output_node} or any(net.graph.successors(net.output_node)):
+            if set(net.graph.successors(relu)) != {output}:
                 continue
             coef = rows[:, y].toarray()
             mask[a[(coef >= 0).all(axis=0)]] = True

@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.sparse as sp
 
 from solvers.base import SolveOptions, SolveStatus
 from solvers.highs import HighsSolver
@@ -302,8 +301,7 @@ def _split_mips(run: _Run, enc: EncodedNetwork, bounds: dict, disjuncts: list[in
             solver, problem, c, offset, conj = objectives.solver_for(d)
             if run.options.convex_relus:
                 rows = c if conj is None else problem.A.tocsr()[-conj.d.size:]
-                relaxed = enc.convex_binaries(run.net, _cols(rows, enc))
-                solver.set_integer(problem.integer & ~np.pad(relaxed, (0, problem.num_cols - relaxed.size)))
+                solver.set_integer(problem.integer & ~enc.convex_binaries(run.net, rows))
             initial = seed if conj is None else np.append(seed, conj.slack(run.net.forward(seed_x))[0])
             res, finished = _solve(run, solver, problem, c, offset, initial,
                                    left / len(unresolved) if attempt == 0 else left)
@@ -320,11 +318,6 @@ def _split_mips(run: _Run, enc: EncodedNetwork, bounds: dict, disjuncts: list[in
         if not unresolved:
             return None
     return None
-
-
-def _cols(rows, enc: EncodedNetwork):
-    """rows restricted to the network's columns (a max objective's t column dropped)."""
-    return sp.csr_matrix(np.atleast_2d(rows) if not sp.issparse(rows) else rows)[:, :enc.problem.num_cols]
 
 
 def _joint_mip(run: _Run, enc: EncodedNetwork, bounds: dict, disjuncts: list[int], seed_x: np.ndarray):
