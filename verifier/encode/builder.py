@@ -42,6 +42,8 @@ class MilpBuilder:
     num_cols: int = 0
     num_rows: int = 0
     relu_binaries: list = field(default_factory=list)  # (relu node, neuron indices, y cols, a cols)
+    # (max node, open outputs, their y cols, each binary's position in them, its candidate, a cols)
+    max_binaries: list = field(default_factory=list)
 
     def add_cols(self, lo: np.ndarray, hi: np.ndarray, integer: bool = False) -> np.ndarray:
         lo = np.asarray(lo, dtype=np.float64)

@@ -6,7 +6,7 @@ an affine expression of those columns (see `Handle`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -22,10 +22,11 @@ class EncodedNetwork:
     handles: dict[str, Handle]
     relu_binaries: list  # (relu node, neuron indices, y cols, a cols)
     input_node: str
+    max_binaries: list = field(default_factory=list)  # see MilpBuilder.max_binaries
 
     @property
     def num_binaries(self) -> int:
-        return int(sum(a.size for *_, a in self.relu_binaries))
+        return int(sum(a.size for *_, a in self.relu_binaries) + sum(a.size for *_, a in self.max_binaries))
 
     @property
     def input_cols(self) -> np.ndarray:
@@ -120,6 +121,14 @@ class EncodedNetwork:
         for relu, idx, y, a in self.relu_binaries:
             sol[y] = values[relu][0][idx]
             sol[a] = (values[net.op(relu).inputs[0]][0][idx] > 0).astype(float)
+        for node, groups, y, owner, cand, a in self.max_binaries:
+            sol[y] = values[node][0][groups]
+            source = values[net.op(node).inputs[0]][0]
+            # The first live candidate reaching its group's max takes the binary.
+            hit = np.flatnonzero(source[cand] >= sol[y][owner])
+            first = hit[np.unique(owner[hit], return_index=True)[1]]
+            sol[a] = 0.0
+            sol[a[first]] = 1.0
         return np.clip(sol, self.problem.col_lo, self.problem.col_hi)
 
 
@@ -135,4 +144,4 @@ def encode_network(net: Network, bounds: dict, nodes: list[str] | None = None) -
         op = net.op(node)
         handles[node] = op.encode(builder, [handles[i] for i in op.inputs], bounds[node],
                                   [bounds[i] for i in op.inputs], node=node)
-    return EncodedNetwork(builder.build(), handles, builder.relu_binaries, net.input_node)
+    return EncodedNetwork(builder.build(), handles, builder.relu_binaries, net.input_node, builder.max_binaries)

@@ -77,3 +77,55 @@ def conv2d(in_shape: tuple[int, int, int], weight: np.ndarray, strides, pads, di
         (np.concatenate(vals_all), (np.concatenate(rows_all), np.concatenate(cols_all))),
         shape=(out_channels * oh * ow, channels * height * width))
     return matrix, (out_channels, oh, ow)
+
+
+def pool_windows(in_shape: tuple[int, int, int], kernel, strides, pads, dilations,
+                 ceil_mode: bool) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
+    """The windows of a 2-D pooling on a (C, H, W) tensor.
+
+    Returns (windows, in_padded, (C, OH, OW)): windows[j, k] is the flat input index of the
+    k-th window position of output j, or -1 where that position lies in the padding;
+    in_padded[j, k] tells whether the position lies inside the padded input (ceil_mode windows
+    may hang past it, which no pooling counts). pads are ONNX-ordered (top, left, bottom, right).
+    """
+    channels, height, width = in_shape
+    kh, kw = kernel
+    sh, sw = strides
+    dh, dw = dilations
+
+    def out_size(size, k, s, begin, end, d):
+        span = size + begin + end - d * (k - 1) - 1
+        n = (-(-span // s) if ceil_mode else span // s) + 1
+        if ceil_mode and (n - 1) * s >= size + begin:  # the last window must start inside
+            n -= 1
+        return n
+
+    oh = out_size(height, kh, sh, pads[0], pads[2], dh)
+    ow = out_size(width, kw, sw, pads[1], pads[3], dw)
+    iy = np.arange(oh)[:, None] * sh - pads[0] + np.arange(kh)[None, :] * dh  # (OH, KH)
+    ix = np.arange(ow)[:, None] * sw - pads[1] + np.arange(kw)[None, :] * dw  # (OW, KW)
+    y_ok = (iy >= 0) & (iy < height)
+    x_ok = (ix >= 0) & (ix < width)
+    y_pad = iy < height + pads[2]
+    x_pad = ix < width + pads[3]
+    c = np.arange(channels)[:, None, None, None, None]
+    index = (c * height + iy[None, :, None, :, None]) * width + ix[None, None, :, None, :]
+    valid = y_ok[None, :, None, :, None] & x_ok[None, None, :, None, :]
+    padded = y_pad[None, :, None, :, None] & x_pad[None, None, :, None, :]
+    shape = (channels, oh, ow, kh, kw)
+    windows = np.where(np.broadcast_to(valid, shape), np.broadcast_to(index, shape), -1)
+    in_padded = np.broadcast_to(padded, shape)
+    return (windows.reshape(channels * oh * ow, kh * kw), in_padded.reshape(channels * oh * ow, kh * kw),
+            (channels, oh, ow))
+
+
+def average_of_windows(windows: np.ndarray, divisors: np.ndarray, n_in: int) -> sp.csr_matrix:
+    """Matrix of y_j = sum of the valid window entries of output j, divided by divisors[j]."""
+    rows, slots = np.nonzero(windows >= 0)
+    return sp.csr_matrix((1.0 / divisors[rows], (rows, windows[rows, slots])), shape=(windows.shape[0], n_in))
+
+
+def index_map(source: np.ndarray, n_in: int) -> sp.csr_matrix:
+    """Matrix copying input source[j] to output j (rows with source[j] < 0 stay zero)."""
+    rows = np.flatnonzero(source >= 0)
+    return sp.csr_matrix((np.ones(rows.size), (rows, source[rows])), shape=(source.size, n_in))

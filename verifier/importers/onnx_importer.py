@@ -10,9 +10,7 @@ the node, its op type and what is supported.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
-import networkx as nx
 import numpy as np
 import onnx
 import scipy.sparse as sp
@@ -20,68 +18,13 @@ from onnx import helper, numpy_helper
 
 from verifier.errors import ModelError
 from verifier.importers import linear_maps as lm
+from verifier.importers.nonlinear_ops import NONLINEAR_HANDLERS
+from verifier.importers.reference_ops import MOVEMENT_OPS, evaluate_constant, move_entries
+from verifier.importers.structure_ops import STRUCTURE_HANDLERS
+from verifier.importers.tracing import (INPUT_NODE, Sym, Tracer, attrs_of, const_arg, image_of,
+                                        window_pads)
 from verifier.network.graph import Network
 from verifier.network.simplify import fold_affine_chains
-from verifier.ops import Affine, Relu
-
-INPUT_NODE = "__input__"
-
-
-@dataclass(frozen=True)
-class Sym:
-    node: str
-    shape: tuple[int, ...]
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape))
-
-
-class _Tracer:
-    """Holds the graph being built and names new nodes after the ONNX tensors they compute."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.graph = nx.DiGraph()
-        self.graph.add_node(INPUT_NODE)
-        self.onnx_node = None
-
-    def where(self) -> str:
-        n = self.onnx_node
-        label = n.name or (n.output[0] if n.output else "?")
-        return f"{self.source}: node '{label}' ({n.op_type})"
-
-    def fail(self, message: str) -> ModelError:
-        return ModelError(f"{self.where()}: {message}")
-
-    def add(self, op, shape: tuple[int, ...]) -> Sym:
-        base = name = self.onnx_node.output[0]
-        k = 1
-        while name in self.graph:  # one ONNX node may lower to several (Gemm: product, then + C)
-            name, k = f"{base}#{k}", k + 1
-        self.graph.add_node(name, op=op)
-        for src in op.inputs:
-            self.graph.add_edge(src, name)
-        return Sym(name, tuple(int(d) for d in shape))
-
-    def affine(self, x: Sym | list[Sym], weights, bias, shape) -> Sym:
-        xs = x if isinstance(x, list) else [x]
-        ws = weights if isinstance(weights, list) else [weights]
-        size = int(np.prod(shape))
-        b = np.zeros(size) if bias is None else np.asarray(bias, dtype=np.float64).ravel()
-        origin = [self.onnx_node.name or self.onnx_node.output[0]]
-        return self.add(Affine([s.node for s in xs], ws, b, origin), shape)
-
-
-def _attrs(node) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
-def _const(t: _Tracer, value, what: str) -> np.ndarray:
-    if isinstance(value, Sym):
-        raise t.fail(f"{what} must be a constant, but it depends on the network input")
-    return value
-
 
 # ---- handlers: (tracer, args, attrs) -> list of outputs -------------------------------------
 
@@ -97,13 +40,6 @@ def _constant(t, args, attrs):
         if key in attrs:
             return [np.asarray(attrs[key])]
     raise t.fail(f"unsupported Constant attributes {sorted(attrs)}")
-
-
-def _relu(t, args, attrs):
-    x = args[0]
-    if isinstance(x, Sym):
-        return [t.add(Relu([x.node]), x.shape)]
-    return [np.maximum(x, 0)]
 
 
 def _reshape_to(t, x, shape):
@@ -124,7 +60,7 @@ def _flatten(t, args, attrs):
 
 def _reshape(t, args, attrs):
     x = args[0]
-    target = [int(d) for d in _const(t, args[1], "the target shape")]
+    target = [int(d) for d in const_arg(t, args[1], "the target shape")]
     shape = x.shape if isinstance(x, Sym) else np.shape(x)
     if not attrs.get("allowzero", 0):
         target = [shape[i] if d == 0 else d for i, d in enumerate(target)]
@@ -136,7 +72,7 @@ def _reshape(t, args, attrs):
 
 def _squeeze_axes(t, args, attrs):
     if len(args) > 1 and args[1] is not None:
-        return [int(a) for a in _const(t, args[1], "axes")]
+        return [int(a) for a in const_arg(t, args[1], "axes")]
     return list(attrs.get("axes", []))
 
 
@@ -177,7 +113,7 @@ def _gemm(t, args, attrs):
     out = _matmul(t, [a, b], {})[0]
     out = _scale_shift(t, out, alpha, None)
     if c is not None:
-        out = _binary(t, [out, beta * _const(t, c, "Gemm's C")], "Add")
+        out = _binary(t, [out, beta * const_arg(t, c, "Gemm's C")], "Add")
     return [out]
 
 
@@ -251,33 +187,18 @@ def _neg(t, args, attrs):
 
 def _conv(t, args, attrs):
     x = args[0]
-    weight = np.asarray(_const(t, args[1], "the Conv weight"), dtype=np.float64)
-    bias = _const(t, args[2], "the Conv bias") if len(args) > 2 and args[2] is not None else None
-    if not isinstance(x, Sym):
-        raise t.fail("Conv on a constant input is not supported")
-    if weight.ndim != 4 or len(x.shape) != 4 or x.shape[0] != 1:
-        raise t.fail(f"only 2-D convolutions of one image are supported (input {x.shape}, weight {weight.shape})")
-    _, channels, height, width = x.shape
+    weight = np.asarray(const_arg(t, args[1], "the Conv weight"), dtype=np.float64)
+    bias = const_arg(t, args[2], "the Conv bias") if len(args) > 2 and args[2] is not None else None
+    if weight.ndim != 4:
+        raise t.fail(f"only 2-D convolutions are supported (weight {weight.shape})")
+    channels, height, width = image_of(t, x, "Conv")
     kh, kw = weight.shape[2:]
     strides = tuple(attrs.get("strides", (1, 1)))
     dilations = tuple(attrs.get("dilations", (1, 1)))
     group = int(attrs.get("group", 1))
     if channels != weight.shape[1] * group or weight.shape[0] % group:
         raise t.fail(f"weight {weight.shape} does not fit input {x.shape} with group={group}")
-    auto_pad = attrs.get("auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    if auto_pad in ("NOTSET", ""):
-        pads = tuple(attrs.get("pads", (0, 0, 0, 0)))
-    elif auto_pad == "VALID":
-        pads = (0, 0, 0, 0)
-    elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        totals = [max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
-                  for size, k, s, d in ((height, kh, strides[0], dilations[0]), (width, kw, strides[1], dilations[1]))]
-        small = [tot // 2 for tot in totals]
-        big = [tot - s for tot, s in zip(totals, small)]
-        pads = (small[0], small[1], big[0], big[1]) if auto_pad == "SAME_UPPER" else (big[0], big[1], small[0], small[1])
-    else:
-        raise t.fail(f"auto_pad={auto_pad!r} is not supported")
+    pads = window_pads(t, attrs, (height, width), (kh, kw), strides, dilations)
     matrix, (m, oh, ow) = lm.conv2d((channels, height, width), weight, strides, pads, dilations, group)
     b = None if bias is None else np.repeat(np.asarray(bias, dtype=np.float64), oh * ow)
     return [t.affine(x, matrix, b, (1, m, oh, ow))]
@@ -285,7 +206,7 @@ def _conv(t, args, attrs):
 
 def _batchnorm(t, args, attrs):
     x = args[0]
-    scale, shift, mean, var = (np.asarray(_const(t, a, "BatchNormalization parameters"), dtype=np.float64)
+    scale, shift, mean, var = (np.asarray(const_arg(t, a, "BatchNormalization parameters"), dtype=np.float64)
                                for a in args[1:5])
     gain = scale / np.sqrt(var + attrs.get("epsilon", 1e-5))
     offset = shift - mean * gain
@@ -301,16 +222,6 @@ def _shape(t, args, attrs):
     return [np.asarray(x.shape if isinstance(x, Sym) else np.shape(x), dtype=np.int64)]
 
 
-def _gather(t, args, attrs):
-    data = _const(t, args[0], "Gather's data")
-    return [np.take(data, _const(t, args[1], "Gather's indices"), axis=attrs.get("axis", 0))]
-
-
-def _concat(t, args, attrs):
-    parts = [_const(t, a, "Concat's inputs") for a in args]
-    return [np.concatenate([np.atleast_1d(p) for p in parts], axis=attrs.get("axis", 0))]
-
-
 def _cast(t, args, attrs):
     x = args[0]
     if isinstance(x, Sym):
@@ -319,13 +230,13 @@ def _cast(t, args, attrs):
 
 
 HANDLERS = {
-    "Identity": _identity, "Dropout": _identity, "Constant": _constant, "Relu": _relu,
+    "Identity": _identity, "Dropout": _identity, "Constant": _constant,
     "Flatten": _flatten, "Reshape": _reshape, "Squeeze": _squeeze, "Unsqueeze": _unsqueeze,
     "Transpose": _transpose, "Gemm": _gemm, "MatMul": _matmul,
     "Add": lambda t, a, _: [_binary(t, a, "Add")], "Sub": lambda t, a, _: [_binary(t, a, "Sub")],
     "Mul": lambda t, a, _: [_binary(t, a, "Mul")], "Div": lambda t, a, _: [_binary(t, a, "Div")],
     "Neg": _neg, "Conv": _conv, "BatchNormalization": _batchnorm, "Shape": _shape,
-    "Gather": _gather, "Concat": _concat, "Cast": _cast,
+    "Cast": _cast, **NONLINEAR_HANDLERS, **STRUCTURE_HANDLERS,
 }
 
 
@@ -367,20 +278,30 @@ def load_onnx(source: str | bytes | os.PathLike) -> Network:
             raise ModelError(f"{label}: input '{inputs[0].name}' has a dynamic dimension {k} ({d.dim_param!r})")
     if not shape:
         raise ModelError(f"{label}: input '{inputs[0].name}' has no shape")
-    tracer = _Tracer(label)
+    tracer = Tracer(label)
     env: dict = {k: (v.astype(np.float64) if v.dtype.kind == "f" else v) for k, v in initializers.items()}
     env[inputs[0].name] = Sym(INPUT_NODE, tuple(shape))
     env[""] = None
     for node in g.node:
         tracer.onnx_node = node
         handler = HANDLERS.get(node.op_type)
-        if handler is None or node.domain not in ("", "ai.onnx"):
-            raise tracer.fail(f"op type '{node.op_type}' is not supported (supported: {', '.join(sorted(HANDLERS))})")
+        if node.domain not in ("", "ai.onnx"):
+            raise tracer.fail(f"op domain '{node.domain}' is not supported")
         try:
             args = [env[name] for name in node.input]
         except KeyError as e:
             raise tracer.fail(f"input tensor {e} is not defined before use") from None
-        outputs = handler(tracer, args, _attrs(node))
+        symbolic = any(isinstance(a, Sym) for a in args)
+        if not symbolic and (handler is None or node.op_type in MOVEMENT_OPS):
+            outputs = evaluate_constant(tracer, args)
+        elif node.op_type in MOVEMENT_OPS and isinstance(args[0], Sym):
+            outputs = move_entries(tracer, args)
+        elif handler is None:
+            supported = sorted(set(HANDLERS) | MOVEMENT_OPS)
+            raise tracer.fail(f"op type '{node.op_type}' is not supported on input-dependent tensors "
+                              f"(supported: {', '.join(supported)})")
+        else:
+            outputs = handler(tracer, args, attrs_of(node))
         for name, value in zip(node.output, outputs):
             env[name] = value
     out = env.get(g.output[0].name)

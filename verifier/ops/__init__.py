@@ -2,10 +2,13 @@
 
 Each op works on *flat* float64 vectors (the batch dimension first in forward passes) and carries
 everything the stages need: a forward pass, interval bounds, a vector-Jacobian product (for
-attacks) and its MILP encoding. Stages walk the graph and call these methods.
+attacks), a linear relaxation for back-substitution and its MILP encoding. Stages walk the graph
+and call these methods. Affine maps, ReLU and the maximum of groups are the whole vocabulary:
+every supported ONNX op lowers to them exactly (LeakyReLU and Clip through ReLUs).
 """
 
 from verifier.ops.affine import Affine
+from verifier.ops.maximum import Maximum
 from verifier.ops.relu import Relu
 
-__all__ = ["Affine", "Relu"]
+__all__ = ["Affine", "Maximum", "Relu"]

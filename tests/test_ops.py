@@ -1,0 +1,262 @@
+"""Every op beyond Gemm/Conv/ReLU, on tiny networks written once with torch ops:
+
+- the forward pass equals onnxruntime's on the exported ONNX (and torch's, in float64);
+- the exact minimum margin (every label's MILP to optimality) equals the enumeration oracle
+  of tests/pwl_oracle.py, which shares nothing with the verifier;
+- the torch module and its exported ONNX file give the same verdicts and margins.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import verifier
+from tests.pwl_oracle import TORCH_OPS, min_margin
+from verifier import VerifyOptions
+from verifier.ops import Maximum, Relu
+
+
+def _params(seed: int, *shapes) -> list[torch.Tensor]:
+    """Random float64 tensors whose values are float32-exact (ONNX stores float32)."""
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(s, generator=g, dtype=torch.float32) * 0.8).double() for s in shapes]
+
+
+def _cast(ps, x):
+    return [p.to(x.dtype) for p in ps]
+
+
+def maxpool_net(seed):
+    w, b, v, c = _params(seed, (2, 1, 2, 2), (2,), (3, 2), (3,))
+    def f(x, nl):
+        cw, cb, lw, lb = _cast((w, b, v, c), x)
+        h = nl.max_pool(F.conv2d(x, cw, cb), 2, 1)  # (2, 2, 2) -> (2, 1, 1), four candidates each
+        return F.linear(nl.relu(h).flatten(1), lw, lb)
+    return f, (1, 3, 3)
+
+
+def maxpool_padded_net(seed):
+    v, c = _params(seed, (3, 4), (3,))
+    def f(x, nl):
+        lw, lb = _cast((v, c), x)
+        return F.linear(nl.max_pool(x, 2, 2, padding=1).flatten(1), lw, lb)  # windows of 1, 2, 2, 4
+    return f, (1, 3, 3)
+
+
+def global_max_pool_net(seed):
+    w, b, v, c = _params(seed, (2, 1, 2, 2), (2,), (3, 2), (3,))
+    def f(x, nl):
+        cw, cb, lw, lb = _cast((w, b, v, c), x)
+        return F.linear(nl.global_max_pool(F.conv2d(x, cw, cb)).flatten(1), lw, lb)
+    f.global_pool = True
+    return f, (1, 3, 3)
+
+
+def average_pool_net(seed):
+    w, b, v, c = _params(seed, (1, 1, 2, 2), (1,), (3, 9), (3,))
+    def f(x, nl):
+        cw, cb, lw, lb = _cast((w, b, v, c), x)
+        h = nl.relu(F.conv2d(x, cw, cb))  # (1, 2, 2)
+        h = F.avg_pool2d(h, 2, stride=1, padding=1, count_include_pad=False)  # (1, 3, 3)
+        return F.linear(h.flatten(1), lw, lb)
+    return f, (1, 3, 3)
+
+
+def global_average_pool_net(seed):
+    w, b, v, c = _params(seed, (2, 1, 2, 2), (2,), (3, 2), (3,))
+    def f(x, nl):
+        cw, cb, lw, lb = _cast((w, b, v, c), x)
+        h = nl.relu(F.conv2d(x, cw, cb))  # (2, 1, 2)
+        return F.linear(F.adaptive_avg_pool2d(h, 1).flatten(1), lw, lb)
+    return f, (1, 2, 3)
+
+
+def residual_net(seed):
+    w1, w2, v, c = _params(seed, (1, 1, 3, 3), (1, 1, 3, 3), (3, 4), (3,))
+    def f(x, nl):
+        a, b_, lw, lb = _cast((w1, w2, v, c), x)
+        h = nl.relu(F.conv2d(x, a, padding=1))
+        h = nl.relu(x + F.conv2d(h, b_, padding=1))  # Add of two input-dependent tensors
+        return F.linear(h.flatten(1), lw, lb)
+    return f, (1, 2, 2)
+
+
+def subtract_concat_net(seed):
+    w1, v, c = _params(seed, (1, 1, 3, 3), (3, 12), (3,))
+    def f(x, nl):
+        a, lw, lb = _cast((w1, v, c), x)
+        h = nl.relu(F.conv2d(x, a, padding=1) - x)  # Sub of two input-dependent tensors
+        h = torch.cat([x, h, x - h], dim=1)  # Concat of input-dependent tensors
+        return F.linear(h.flatten(1), lw, lb)
+    return f, (1, 2, 2)
+
+
+def batchnorm_net(seed):
+    w, b, v, c, mean, var, gamma, beta = _params(seed, (3, 4), (3,), (3, 3), (3,), (3,), (3,), (3,), (3,))
+    def f(x, nl):
+        lw1, lb1, lw2, lb2, m, s, g, be = _cast((w, b, v, c, mean, var, gamma, beta), x)
+        h = nl.relu(F.linear(x, lw1, lb1))
+        h = F.batch_norm(h, m, s.abs() + 0.5, g, be, training=False)  # between two ReLUs: not foldable
+        return F.linear(nl.relu(h), lw2, lb2)
+    return f, (4,)
+
+
+def pad_net(seed, mode="constant"):
+    w, b, v, c = _params(seed, (1, 1, 2, 2), (1,), (3, 9), (3,))
+    def f(x, nl):
+        cw, cb, lw, lb = _cast((w, b, v, c), x)
+        padded = F.pad(x, (1, 0, 0, 1), mode=mode, **({"value": 0.5} if mode == "constant" else {}))
+        h = nl.relu(F.conv2d(padded, cw, cb))  # (1, 3, 3)... from a (1, 3, 3) input padded to 4x4
+        return F.linear(h.flatten(1), lw, lb)
+    return f, (1, 3, 3)
+
+
+def leaky_relu_net(seed):
+    w, b, v, c = _params(seed, (4, 3), (4,), (3, 4), (3,))
+    def f(x, nl):
+        lw1, lb1, lw2, lb2 = _cast((w, b, v, c), x)
+        return F.linear(nl.leaky_relu(F.linear(x, lw1, lb1), 0.2), lw2, lb2)
+    return f, (3,)
+
+
+def clip_net(seed, lo=-0.25, hi=0.375):
+    w, b, v, c = _params(seed, (3, 3), (3,), (3, 3), (3,))
+    def f(x, nl):
+        lw1, lb1, lw2, lb2 = _cast((w, b, v, c), x)
+        return F.linear(nl.clip(F.linear(x, lw1, lb1), lo, hi), lw2, lb2)
+    return f, (3,)
+
+
+NETS = {
+    "maxpool": maxpool_net, "maxpool_padded": maxpool_padded_net, "global_max_pool": global_max_pool_net,
+    "average_pool": average_pool_net, "global_average_pool": global_average_pool_net,
+    "residual_add": residual_net, "sub_concat": subtract_concat_net, "batchnorm": batchnorm_net,
+    "pad_constant": pad_net, "pad_reflect": lambda s: pad_net(s, "reflect"),
+    "pad_edge": lambda s: pad_net(s, "replicate"), "leaky_relu": leaky_relu_net, "clip": clip_net,
+    "clip_min_only": lambda s: clip_net(s, 0.125, None), "clip_max_only": lambda s: clip_net(s, None, 0.25),
+}
+
+#: The ONNX op each network is there to exercise (checked in the exported graph).
+EXERCISES = {
+    "maxpool": "MaxPool", "maxpool_padded": "MaxPool", "global_max_pool": "GlobalMaxPool",
+    "average_pool": "AveragePool", "global_average_pool": "GlobalAveragePool", "residual_add": "Add",
+    "sub_concat": "Concat", "batchnorm": "BatchNormalization", "pad_constant": "Pad", "pad_reflect": "Pad",
+    "pad_edge": "Pad", "leaky_relu": "LeakyRelu", "clip": "Clip", "clip_min_only": "Clip", "clip_max_only": "Clip",
+}
+
+
+class Wrapped(nn.Module):
+    def __init__(self, f) -> None:
+        super().__init__()
+        self.f = f
+
+    def forward(self, x):
+        return self.f(x, TORCH_OPS)
+
+
+def export(f, input_shape) -> bytes:
+    buffer = io.BytesIO()
+    torch.onnx.export(Wrapped(f), (torch.zeros((1, *input_shape)),), buffer, dynamo=False, opset_version=13,
+                      input_names=["x"], output_names=["y"], do_constant_folding=False)
+    model = onnx.load_from_string(buffer.getvalue())
+    if getattr(f, "global_pool", False):  # torch writes a global max pool as a MaxPool over the whole image
+        node = next(n for n in model.graph.node if n.op_type == "MaxPool")
+        node.op_type = "GlobalMaxPool"
+        del node.attribute[:]
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_forward_matches_onnxruntime_and_torch(name):
+    f, shape = NETS[name](1)
+    data = export(f, shape)
+    assert EXERCISES[name] in {n.op_type for n in onnx.load_from_string(data).graph.node}
+    net = verifier.load(data)
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        x = rng.uniform(-1, 2, (1, *shape)).astype(np.float32)
+        expected = session.run(None, {"x": x})[0].ravel()
+        ours = net.forward(x.astype(np.float64).ravel())
+        np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
+        exact = f(torch.as_tensor(x, dtype=torch.float64), TORCH_OPS).numpy().ravel()
+        np.testing.assert_allclose(ours, exact, rtol=1e-6, atol=1e-6)  # float32 constants of the export
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+@pytest.mark.parametrize("seed", range(3))
+def test_exact_margin_matches_enumeration(name, seed):
+    f, shape = NETS[name](10 + seed)
+    net = verifier.load(export(f, shape))
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0.2, 0.8, shape)
+    eps = float(rng.uniform(0.1, 0.3))
+    label = int(rng.integers(3))
+    flat = x.ravel()
+    lo, hi = np.clip(flat - eps, 0, 1), np.clip(flat + eps, 0, 1)
+    expected = min_margin(f, shape, lo, hi, label, 3)
+    r = verifier.verify(net, x, eps, label=label, options=VerifyOptions(exact=True), timeout=60)
+    assert r.margin_lower == pytest.approx(expected, abs=1e-6)
+    assert r.margin_upper == pytest.approx(expected, abs=1e-6)
+    quick = verifier.verify(net, x, eps, label=label, timeout=60)
+    if abs(expected) > 1e-4:
+        assert quick.status == (verifier.Status.ROBUST if expected > 0 else verifier.Status.ADVERSARIAL)
+
+
+def test_maxpool_binaries_follow_the_bounds():
+    """MaxPool gets one binary per candidate the bounds leave alive, and none for a window
+    whose leader dominates (MIPVerify's `maximum`)."""
+    from verifier.bounds.interval import interval_bounds
+    from verifier.encode.network import encode_network
+
+    f, shape = maxpool_net(3)
+    net = verifier.load(export(f, shape))
+    node = next(n for n in net.order if isinstance(net.op(n), Maximum))
+    x = np.random.default_rng(0).uniform(0, 1, net.input_size)
+    tight = encode_network(net, interval_bounds(net, x, x))  # a point: every window decided
+    assert tight.max_binaries == []
+    wide = encode_network(net, interval_bounds(net, np.zeros_like(x), np.ones_like(x)))
+    bounds = interval_bounds(net, np.zeros_like(x), np.ones_like(x))
+    _, alive = net.op(node).candidates(*bounds[net.op(node).inputs[0]])
+    binaries = sum(a.size for *_, a in wide.max_binaries)
+    assert binaries == int(alive[alive.sum(axis=1) > 1].sum())
+
+
+@pytest.mark.parametrize("name", ["maxpool", "residual_add", "leaky_relu"])
+def test_torch_module_and_its_onnx_agree(name):
+    f, shape = NETS[name](5)
+    module = Wrapped(f).float()
+    via_module = verifier.load(module, input_shape=shape)
+    via_onnx = verifier.load(export(f, shape))
+    rng = np.random.default_rng(1)
+    for k in range(3):
+        x = rng.uniform(0.2, 0.8, shape)
+        eps = 0.05 * (k + 1)
+        a = verifier.verify(module, x, eps, options=VerifyOptions(exact=True), timeout=60)
+        b = verifier.verify(via_onnx, x, eps, options=VerifyOptions(exact=True), timeout=60)
+        assert a.status == b.status
+        assert a.margin_lower == pytest.approx(b.margin_lower, abs=1e-6)
+        np.testing.assert_allclose(via_module.forward(x.ravel()), via_onnx.forward(x.ravel()), atol=1e-9)
+    kinds = {type(via_module.op(n)) for n in via_module.order}
+    assert Relu in kinds or Maximum in kinds
+
+
+def test_torch_module_errors_are_one_line():
+    from verifier.errors import ModelError
+
+    with pytest.raises(ModelError, match="needs input_shape"):
+        verifier.load(nn.Linear(3, 2))
+    with pytest.raises(ModelError) as err:
+        verifier.load(nn.Sequential(nn.Linear(3, 2), nn.Tanh()), input_shape=(3,))
+    assert "Tanh" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ModelError) as err:
+        verifier.load(nn.Linear(3, 2), input_shape=(4,))
+    assert "\n" not in str(err.value)
