@@ -135,7 +135,19 @@ def clip_net(seed, lo=-0.25, hi=0.375):
     return f, (3,)
 
 
+def movement_net(seed):
+    v, c = _params(seed, (3, 6), (3,))
+    def f(x, nl):
+        lw, lb = _cast((v, c), x)
+        h = nl.relu(x[:, :, :2, :] - x[:, :, 1:, :])  # Slice; (1, 2, 2)
+        top, bottom = torch.split(h, 1, dim=2)  # Split
+        h = torch.cat([bottom, top, x[:, :, 0:1, :] * 0.5], dim=3)  # (1, 1, 6)
+        return F.linear(h.flatten(1), lw, lb)
+    return f, (1, 3, 2)
+
+
 NETS = {
+    "movement": movement_net,
     "maxpool": maxpool_net, "maxpool_padded": maxpool_padded_net, "global_max_pool": global_max_pool_net,
     "average_pool": average_pool_net, "global_average_pool": global_average_pool_net,
     "residual_add": residual_net, "sub_concat": subtract_concat_net, "batchnorm": batchnorm_net,
@@ -146,6 +158,7 @@ NETS = {
 
 #: The ONNX op each network is there to exercise (checked in the exported graph).
 EXERCISES = {
+    "movement": "Split",
     "maxpool": "MaxPool", "maxpool_padded": "MaxPool", "global_max_pool": "GlobalMaxPool",
     "average_pool": "AveragePool", "global_average_pool": "GlobalAveragePool", "residual_add": "Add",
     "sub_concat": "Concat", "batchnorm": "BatchNormalization", "pad_constant": "Pad", "pad_reflect": "Pad",
@@ -260,3 +273,44 @@ def test_torch_module_errors_are_one_line():
     with pytest.raises(ModelError) as err:
         verifier.load(nn.Linear(3, 2), input_shape=(4,))
     assert "\n" not in str(err.value)
+
+
+def _single_op_model(op_type: str, x_shape, out_shape, inputs=(), **attrs) -> bytes:
+    from onnx import TensorProto, helper
+    extra = [helper.make_tensor(f"c{k}", TensorProto.INT64 if v.dtype.kind == "i" else TensorProto.FLOAT, v.shape, v.ravel())
+             for k, v in enumerate(inputs)]
+    node = helper.make_node(op_type, ["x"] + [f"c{k}" for k in range(len(inputs))], ["y"], name="the_node", **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(out_shape))], extra)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8).SerializeToString()
+
+
+@pytest.mark.parametrize("case, expected", [
+    (lambda: _single_op_model("Pad", (1, 1, 2, 2), (1, 1, 4, 4), [np.array([0, 0, 1, 1, 0, 0, 1, 1])], mode="bogus"),
+     "mode='bogus'"),
+    (lambda: _single_op_model("MaxPool", (1, 1, 4, 4), (1, 1, 2), kernel_shape=[2]), "2-D pooling"),
+    (lambda: _single_op_model("MaxPool", (1, 8), (1, 4), kernel_shape=[2, 2]), "(1, C, H, W)"),
+    (lambda: _single_op_model("Sigmoid", (1, 4), (1, 4)), "'Sigmoid' is not supported"),
+    (lambda: _single_op_model("Clip", (1, 4), (1, 4), [np.zeros(2, np.float32)]), "must be a scalar"),
+    (lambda: _single_op_model("AveragePool", (1, 1, 4, 4), (1, 1, 2, 2), kernel_shape=[2, 2], auto_pad="WRONG"),
+     "auto_pad"),
+])
+def test_unsupported_inputs_fail_early_naming_the_node(case, expected):
+    from verifier.errors import ModelError
+
+    with pytest.raises(ModelError) as err:
+        verifier.load(case())
+    message = str(err.value)
+    assert expected in message and "the_node" in message and "\n" not in message
+
+
+def test_dynamic_input_dimension_is_named():
+    from onnx import TensorProto, helper
+
+    from verifier.errors import ModelError
+    node = helper.make_node("Relu", ["x"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "width"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "width"])])
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8).SerializeToString()
+    with pytest.raises(ModelError, match="dynamic dimension 1 .'width'."):
+        verifier.load(data)

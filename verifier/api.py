@@ -9,6 +9,7 @@ import numpy as np
 
 from verifier.errors import InputError
 from verifier.importers import load_onnx
+from verifier.importers.torch_importer import is_torch_module, load_torch
 from verifier.network.graph import Network
 from verifier.options import VerifyOptions
 from verifier.result import Result, Status
@@ -17,10 +18,14 @@ from verifier.spec.ball import linf_ball
 from verifier.spec.property import Property
 
 
-def load(model: str | os.PathLike | bytes | Network) -> Network:
-    """An ONNX file (path or bytes) as a Network; a Network is returned as is."""
+def load(model, input_shape: tuple[int, ...] | None = None) -> Network:
+    """An ONNX file (path or bytes) or a torch.nn.Module as a Network; a Network is returned as
+    is. A module needs `input_shape` (without the batch dimension, e.g. (1, 28, 28)): it is
+    exported to ONNX in memory and read by the same importer."""
     if isinstance(model, Network):
         return model
+    if is_torch_module(model):
+        return load_torch(model, input_shape)
     return load_onnx(model)
 
 
@@ -32,9 +37,12 @@ def check_label(net: Network, label) -> int:
     return int(label)
 
 
-def _options(options: VerifyOptions | None, timeout: float | None) -> VerifyOptions:
-    """The run's options; `timeout` (if given) overrides the options' own."""
+def _options(options: VerifyOptions | None, timeout: float | None, solver: str | None = None) -> VerifyOptions:
+    """The run's options; `timeout` and `solver` (if given) override the options' own (an
+    unknown or missing solver is an InputError, raised by VerifyOptions)."""
     opts = options or VerifyOptions()
+    if solver is not None:
+        opts = replace(opts, solver=solver)
     value = timeout if timeout is not None else opts.timeout
     try:
         opts = replace(opts, timeout=float(value))
@@ -46,15 +54,17 @@ def _options(options: VerifyOptions | None, timeout: float | None) -> VerifyOpti
 
 
 def verify(net: Network | str | os.PathLike, x: np.ndarray, eps: float, label: int | None = None,
-           timeout: float | None = None, options: VerifyOptions | None = None) -> Result:
+           timeout: float | None = None, options: VerifyOptions | None = None, solver: str | None = None) -> Result:
     """Is the decision on x the same for every input within L-infinity distance eps (inside the
     input domain, [0, 1] by default)? label None means the network's own prediction on x.
+    solver: the MIP solver ("highs", "cbc", ...; solvers.SOLVERS), overriding options.solver.
 
     Returns a Result: `robust` (proven), `adversarial` (with a counterexample shaped like x,
     re-checked by onnxruntime) or `unknown` (with the margin bounds reached in the time).
+    A torch module is read for inputs shaped like x.
     """
-    net = load(net)
-    opts = _options(options, timeout)
+    net = load(net, np.shape(x))
+    opts = _options(options, timeout, solver)
     try:
         eps = float(eps)
     except (TypeError, ValueError):
@@ -72,12 +82,12 @@ def verify(net: Network | str | os.PathLike, x: np.ndarray, eps: float, label: i
 
 
 def check(net: Network | str | os.PathLike, prop: Property, timeout: float | None = None,
-          options: VerifyOptions | None = None) -> Result:
+          options: VerifyOptions | None = None, solver: str | None = None) -> Result:
     """Decide a property (e.g. from VNN-LIB): `adversarial` (VNN-COMP `sat`) with an input that
     onnxruntime confirms violates it, `robust` (`unsat`), or `unknown`. Regions are tried in
-    order within one time budget."""
+    order within one time budget. solver: the MIP solver, overriding options.solver."""
     net = load(net)
-    opts = _options(options, timeout)
+    opts = _options(options, timeout, solver)
     if prop.num_inputs != net.input_size or prop.num_outputs != net.output_size:
         raise InputError(f"{prop.name}: the property has {prop.num_inputs} inputs and {prop.num_outputs} "
                          f"outputs, the model {net.input_size} and {net.output_size}")

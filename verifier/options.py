@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from solvers import check_solver
 from verifier.errors import InputError
 
 #: The options that take one of a few words, and those words.
@@ -44,8 +45,15 @@ class VerifyOptions:
     exact: bool = False  # compute the exact minimum margin (every label's MIP to optimality)
     seed: int = 0
     threads: int = 1  # HiGHS threads (fixed per process at its first solve)
+    # The MIP solver: "highs" (native, the default) or a PuLP one ("cbc", "gurobi", ...; see
+    # solvers.SOLVERS). Only the MIPs use it: LP bounds and QPs always run on native HiGHS.
+    solver: str = "highs"
 
     def __post_init__(self) -> None:
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise InputError(f"option {name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
+        try:
+            check_solver(self.solver)
+        except ValueError as e:
+            raise InputError(str(e)) from None

@@ -45,7 +45,7 @@ def certify_dataset(net: Network | str | Path | bytes, images=None, labels=None,
                     limit: int | None = None, timeout: float | None = None, workers: int | None = None,
                     executor: str = "process", address: str | None = None, distortion: str | None = None,
                     eps_max: float | None = None, options: VerifyOptions | None = None,
-                    progress: bool | None = None) -> BatchResult:
+                    progress: bool | None = None, solver: str | None = None) -> BatchResult:
     """Verify samples start .. start+limit of a test set at L-infinity radius eps.
 
     The set is `images`/`labels` (arrays; uint8 is scaled to [0, 1]), else `data` (an .npz with
@@ -54,8 +54,10 @@ def certify_dataset(net: Network | str | Path | bytes, images=None, labels=None,
     folder resumes. `distortion` (linf, l1, l2, l0) also computes each sample's minimum
     distortion (within `eps_max` if given). `executor`: "process" (a pool of `workers`
     processes, default one per core), "ray" (a Ray cluster at `address`, or a local one),
-    "serial" (this process)."""
-    net = load(net)
+    "serial" (this process). A torch module is read for inputs shaped like one of `images`.
+    `solver` (the MIP solver, e.g. "cbc") overrides options.solver and, like every option, is
+    part of the settings a results folder is kept for."""
+    net = load(net, None if images is None else np.shape(images)[1:])
     if net.onnx_bytes is None:
         raise InputError("batch runs need the network's ONNX bytes (load it from an ONNX file)")
     dataset = as_dataset(images, labels) if images is not None else load_dataset(data, net.input_shape)
@@ -70,7 +72,7 @@ def certify_dataset(net: Network | str | Path | bytes, images=None, labels=None,
     if workers < 1:
         raise InputError(f"workers must be >= 1, got {workers}")
     indices = _selection(len(dataset), start, limit)
-    opts = replace(_options(options, timeout), threads=1)
+    opts = replace(_options(options, timeout, solver), threads=1)
     job = Job(eps, opts, distortion, eps_max)
     settings = _settings(net, dataset, job)
 

@@ -25,6 +25,14 @@ def _abs(m):
     return abs(m) if sp.issparse(m) else np.abs(m)
 
 
+def _add(a, b):
+    """Sum of two coefficient blocks (a node feeding several ops, as in residual graphs); a
+    sparse block plus a dense one is a plain array, never a numpy.matrix."""
+    if sp.issparse(a) and sp.issparse(b):
+        return sp.csr_matrix(a + b)
+    return np.asarray(a + b)
+
+
 def backward_lower(net: Network, bounds: Bounds, node: str, coeffs, offset: np.ndarray) -> np.ndarray:
     """Lower bounds on coeffs @ value(node) + offset over the input box (one per row)."""
     pending = {node: coeffs}
@@ -40,7 +48,7 @@ def backward_lower(net: Network, bounds: Bounds, node: str, coeffs, offset: np.n
         const += add
         magnitude += np.abs(add)
         for src, part in zip(op.inputs, parts):
-            pending[src] = pending[src] + part if src in pending else part
+            pending[src] = _add(pending[src], part) if src in pending else part
     lam = pending.get(net.input_node)
     if lam is None:  # the node does not depend on the input
         return const

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from solvers import make_solver
 from solvers.base import SolveOptions, SolveStatus
-from solvers.highs import HighsSolver
 from verifier.bounds.interval import interval_bounds, output_rows_lower
 from verifier.bounds.lp import tighten_with_lp
 from verifier.bounds.symbolic import backward_lower, symbolic_bounds
@@ -149,7 +149,8 @@ def direct_search(checker: Checker, upper: Example | None, deadline: float, opti
 
 def _solve(coded: NormEncoding, enc, net, choice, start_x, time_limit: float, options: VerifyOptions,
            rel_gap: float, abs_gap: float):
-    solver = HighsSolver(coded.problem, threads=options.threads, presolve=options.mip_presolve)
+    # options.solver runs this MILP; the L2 projection QP (norms.py) and LP tightening stay on HiGHS.
+    solver = make_solver(options.solver, coded.problem, threads=options.threads, presolve=options.mip_presolve)
     solver.set_objective(coded.objective)
     # The MIP may stop at a fraction of the requested gap (the example re-check then adds a little).
     solve = SolveOptions(time_limit=time_limit, rel_gap=rel_gap / 4, abs_gap=abs_gap / 4)

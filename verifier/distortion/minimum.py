@@ -47,17 +47,18 @@ def _input_set(flat: np.ndarray, eps_max, domain) -> InputBox:
 def min_distortion(net: Network | str | os.PathLike, x: np.ndarray, norm: str = "linf", label: int | None = None,
                    targets=None, eps_max: float | None = None, timeout: float | None = None, strategy: str = "auto",
                    rel_gap: float = 1e-5, abs_gap: float = 1e-7,
-                   options: VerifyOptions | None = None) -> DistortionResult:
+                   options: VerifyOptions | None = None, solver: str | None = None) -> DistortionResult:
     """The minimum distortion of x (in `norm`: linf, l1, l2, l0) that makes the network decide
     for one of `targets` (default: any class but `label`; ties count), within eps_max (an
     L-infinity ball; None: the whole domain) and the domain.
 
     status "optimal": lower and upper agree to rel_gap (and abs_gap; l0: exactly);
     "infeasible": no adversarial example in the input set; "unknown": time ran out, with lower
-    certified and upper the distance of `example` (re-checked by onnxruntime)."""
+    certified and upper the distance of `example` (re-checked by onnxruntime). solver: the MIP
+    solver ("highs", "cbc", ...), overriding options.solver."""
     start = time.perf_counter()
-    net = load(net)
-    opts = _options(options, timeout)
+    net = load(net, np.shape(x))
+    opts = _options(options, timeout, solver)
     check_norm(norm)
     if strategy not in STRATEGIES:
         raise InputError(f"strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from solvers import make_solver
 from solvers.base import SolveOptions, SolveStatus
 from solvers.highs import HighsSolver
 from verifier.bounds.interval import interval_bounds, output_rows_lower
@@ -233,10 +234,11 @@ class _Objectives:
         c[-1] = 1.0
         return self._solver(problem), problem, c, 0.0, conj
 
-    def _solver(self, problem) -> HighsSolver:
+    def _solver(self, problem):
         opts = self.run.options
-        return HighsSolver(problem, relax=self.relax, threads=opts.threads, primal_simplex=self.relax,
-                           presolve=opts.mip_presolve or self.relax)
+        if self.relax:  # LP bounds stay on native HiGHS (warm-started, safe duals): only MIPs use options.solver
+            return HighsSolver(problem, relax=True, threads=opts.threads, primal_simplex=True, presolve=True)
+        return make_solver(opts.solver, problem, threads=opts.threads, presolve=opts.mip_presolve)
 
 
 def _lp_bounds(run: _Run, enc: EncodedNetwork, bounds: dict, disjuncts: list[int]) -> None:
@@ -327,7 +329,7 @@ def _joint_mip(run: _Run, enc: EncodedNetwork, bounds: dict, disjuncts: list[int
     problem = enc.with_disjunction(net.output_node, conjs, row_bounds)
     c = np.zeros(problem.num_cols)
     c[-1] = 1.0
-    solver = HighsSolver(problem, threads=run.options.threads, presolve=run.options.mip_presolve)
+    solver = make_solver(run.options.solver, problem, threads=run.options.threads, presolve=run.options.mip_presolve)
     slacks = np.array([conj.slack(net.forward(seed_x))[0] for conj in conjs])
     choice = np.eye(len(conjs))[int(np.argmin(slacks))]
     initial = np.concatenate([enc.assignment(net, seed_x), choice, [slacks.min()]])
