@@ -146,7 +146,19 @@ def movement_net(seed):
     return f, (1, 3, 2)
 
 
+def gather_tile_expand_net(seed):
+    v, c = _params(seed, (3, 8), (3,))
+    def f(x, nl):
+        lw, lb = _cast((v, c), x)
+        row = x[:, 0, 1]  # Gather: (1, 2)
+        tiled = nl.relu(row.repeat(1, 2) - 0.5)  # Tile: (1, 4)
+        wide = x[:, :, 2:3, :].expand(-1, 1, 2, 2).flatten(1)  # Expand: (1, 4)
+        return F.linear(torch.cat([tiled, wide], dim=1), lw, lb)
+    return f, (1, 3, 2)
+
+
 NETS = {
+    "gather_tile_expand": gather_tile_expand_net,
     "movement": movement_net,
     "maxpool": maxpool_net, "maxpool_padded": maxpool_padded_net, "global_max_pool": global_max_pool_net,
     "average_pool": average_pool_net, "global_average_pool": global_average_pool_net,
@@ -158,6 +170,7 @@ NETS = {
 
 #: The ONNX op each network is there to exercise (checked in the exported graph).
 EXERCISES = {
+    "gather_tile_expand": "Tile",
     "movement": "Split",
     "maxpool": "MaxPool", "maxpool_padded": "MaxPool", "global_max_pool": "GlobalMaxPool",
     "average_pool": "AveragePool", "global_average_pool": "GlobalAveragePool", "residual_add": "Add",
