@@ -140,5 +140,9 @@ class HighsSolver:
                 row_dual = np.asarray(h.getSolution().row_dual, dtype=np.float64)
         if status == SolveStatus.INFEASIBLE:
             dual_bound = np.inf if not np.isfinite(options.cutoff) else max(dual_bound, options.cutoff)
+        elif np.isfinite(options.cutoff):
+            # With a cutoff HiGHS may finish "optimal" at an incumbent above it, reporting that
+            # incumbent as the bound: the search only proved that nothing lies below the cutoff.
+            dual_bound = min(dual_bound, float(options.cutoff))
         return SolveResult(status, x, objective, dual_bound, row_dual, nodes, elapsed,
                            {"highs_status": h.modelStatusToString(model_status)})

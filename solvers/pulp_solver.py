@@ -56,6 +56,11 @@ BACKENDS: dict[str, tuple[str, ...]] = {
     "pulp-highs": ("HiGHS", "HiGHS_CMD"),
 }
 _CBC = ("PULP_CBC_CMD", "COIN_CMD")
+#: PuLP interfaces whose "optimal" really means a finished solve: their status mapping keeps a
+#: stop at a limit apart. Others (GLPK, SCIP_CMD, GUROBI_CMD, COPT, MOSEK) report a time-limited
+#: incumbent as optimal, so from them an incumbent is only an incumbent, never a proof.
+_TRUSTS_OPTIMAL = frozenset({"PULP_CBC_CMD", "COIN_CMD", "CPLEX_CMD", "CPLEX_PY", "SCIP_PY", "XPRESS",
+                             "XPRESS_PY", "HiGHS", "GUROBI"})
 _READ_DIGITS = 1e-7  # CBC's solution file has 8 significant digits: values err by <= 5e-8 relative
 _TIME_LIMIT_SHARE = 0.9  # a non-optimal finish after this share of the limit counts as the time limit
 
@@ -191,6 +196,9 @@ class PulpSolver:
             wanted["presolve"] = False
         params = inspect.signature(cls.__init__).parameters
         kwargs = {k: v for k, v in wanted.items() if k in params and v is not None}
+        # "Optimal" hides at most the gaps we set: a solver that cannot take both keeps its own
+        # (e.g. 1e-4 relative), which the bound below would not subtract.
+        self._gaps_set = "gapRel" in kwargs and "gapAbs" in kwargs
         cutoff_used = False
         if self.pulp_name in _CBC and mip:
             # CBC only looks for solutions this much better than its incumbent (default 1e-5,
@@ -261,9 +269,10 @@ class PulpSolver:
             # A column in no row and with no cost may be left out of the model: any value is fine.
             x = np.clip(np.where(np.isnan(x), 0.0, x), p.col_lo, p.col_hi)
             objective = float(self._cost @ x)
-        if status_code == pulp.LpStatusOptimal and sol_code == pulp.LpSolutionOptimal and x is not None:
+        trusted = self.pulp_name in _TRUSTS_OPTIMAL and (self._gaps_set or not mip)
+        if status_code == pulp.LpStatusOptimal and sol_code == pulp.LpSolutionOptimal and x is not None and trusted:
             status = SolveStatus.OPTIMAL
-        elif status_code == pulp.LpStatusInfeasible and self._bounded:
+        elif status_code == pulp.LpStatusInfeasible and self._bounded and trusted:
             status = SolveStatus.INFEASIBLE
         elif elapsed >= _TIME_LIMIT_SHARE * options.time_limit:
             status = SolveStatus.TIME_LIMIT
@@ -278,6 +287,8 @@ class PulpSolver:
             extra["native_bound"] = True
         if status == SolveStatus.INFEASIBLE:
             dual_bound = float(options.cutoff) if cutoff_used else np.inf  # "none below the cutoff"
+        elif cutoff_used:  # with a cutoff, a finished search proves only "nothing below it"
+            dual_bound = min(dual_bound, float(options.cutoff))
         row_dual = None
         if not mip and status == SolveStatus.OPTIMAL and all(c.pi is not None for c in self._constraints):
             row_dual = np.zeros(p.num_rows)

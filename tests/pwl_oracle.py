@@ -110,6 +110,9 @@ class _EnumOps:
         return self._elementwise(t, lambda a, c, v: ([[(-a, c)], [(a, -c)]], [v, alpha * v]))
 
     def clip(self, t, lo, hi):
+        if lo is not None and hi is not None and lo > hi:  # torch: hi everywhere
+            return self._elementwise(t, lambda a, c, v: ([[]], [torch.full_like(v, hi)]))
+
         def pieces(a, c, v):
             options, values = [], []
             if lo is not None:  # below: a x + c <= lo
@@ -125,19 +128,20 @@ class _EnumOps:
         return self._elementwise(t, pieces)
 
     def global_max_pool(self, t):
-        return self.max_pool(t, t.shape[2], t.shape[2])
+        return self.max_pool(t, (t.shape[2], t.shape[3]), 1)
 
     def max_pool(self, t, kernel, stride, padding=0):
         """Windows by explicit loops (padding positions are never candidates)."""
         _, channels, height, width = t.shape
-        oh = (height + 2 * padding - kernel) // stride + 1
-        ow = (width + 2 * padding - kernel) // stride + 1
+        kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+        oh = (height + 2 * padding - kh) // stride + 1
+        ow = (width + 2 * padding - kw) // stride + 1
         out = torch.zeros((t.shape[0], channels, oh, ow), dtype=t.dtype)
         for ch in range(channels):
             for i in range(oh):
                 for j in range(ow):
-                    cells = [(ch, y, x) for y in range(i * stride - padding, i * stride - padding + kernel)
-                             for x in range(j * stride - padding, j * stride - padding + kernel)
+                    cells = [(ch, y, x) for y in range(i * stride - padding, i * stride - padding + kh)
+                             for x in range(j * stride - padding, j * stride - padding + kw)
                              if 0 <= y < height and 0 <= x < width]
                     forms = [_affine(t, cell) for cell in cells]
                     pieces = [[(ak - aw, cw - ck) for (ak, ck) in forms] for (aw, cw) in forms]

@@ -119,11 +119,11 @@ def pad_net(seed, mode="constant"):
     return f, (1, 3, 3)
 
 
-def leaky_relu_net(seed):
+def leaky_relu_net(seed, alpha=0.2):
     w, b, v, c = _params(seed, (4, 3), (4,), (3, 4), (3,))
     def f(x, nl):
         lw1, lb1, lw2, lb2 = _cast((w, b, v, c), x)
-        return F.linear(nl.leaky_relu(F.linear(x, lw1, lb1), 0.2), lw2, lb2)
+        return F.linear(nl.leaky_relu(F.linear(x, lw1, lb1), alpha), lw2, lb2)
     return f, (3,)
 
 
@@ -175,7 +175,8 @@ EXERCISES = {
     "maxpool": "MaxPool", "maxpool_padded": "MaxPool", "global_max_pool": "GlobalMaxPool",
     "average_pool": "AveragePool", "global_average_pool": "GlobalAveragePool", "residual_add": "Add",
     "sub_concat": "Concat", "batchnorm": "BatchNormalization", "pad_constant": "Pad", "pad_reflect": "Pad",
-    "pad_edge": "Pad", "leaky_relu": "LeakyRelu", "clip": "Clip", "clip_min_only": "Clip", "clip_max_only": "Clip",
+    "pad_edge": "Pad", "leaky_relu": "LeakyRelu", "leaky_relu_negative": "LeakyRelu", "leaky_relu_steep": "LeakyRelu",
+    "clip_crossed": "Clip", "clip": "Clip", "clip_min_only": "Clip", "clip_max_only": "Clip",
 }
 
 
@@ -326,4 +327,87 @@ def test_dynamic_input_dimension_is_named():
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "width"])])
     data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8).SerializeToString()
     with pytest.raises(ModelError, match="dynamic dimension 1 .'width'."):
+        verifier.load(data)
+
+
+def _window_model(op: str, x_shape, **attrs) -> bytes:
+    from onnx import TensorProto, helper
+    node = helper.make_node(op, ["x"], ["y"], **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=9).SerializeToString()
+
+
+def _pooling_cases():
+    """A spread of window settings: ceil_mode, dilations, asymmetric pads, count_include_pad, SAME."""
+    rng = np.random.default_rng(7)
+    cases = []
+    for op in ("MaxPool", "AveragePool"):
+        for _ in range(14):
+            k = tuple(int(v) for v in rng.integers(1, 4, 2))
+            attrs = dict(kernel_shape=list(k), strides=[int(v) for v in rng.integers(1, 4, 2)],
+                         pads=[int(rng.integers(0, kk)) for kk in k + k], ceil_mode=int(rng.integers(2)))
+            if rng.random() < 0.4:
+                attrs["dilations"] = [int(v) for v in rng.integers(1, 3, 2)]
+            if op == "AveragePool":
+                attrs["count_include_pad"] = int(rng.integers(2))
+            cases.append((op, attrs))
+        cases.append((op, dict(kernel_shape=[3, 2], strides=[2, 2], auto_pad="SAME_UPPER")))
+        cases.append((op, dict(kernel_shape=[3, 3], strides=[2, 1], auto_pad="SAME_LOWER")))
+    return cases
+
+
+@pytest.mark.parametrize("op, attrs", _pooling_cases())
+def test_pooling_windows_match_onnxruntime(op, attrs):
+    data = _window_model(op, (1, 2, 7, 6), **attrs)
+    x = np.random.default_rng(0).normal(size=(1, 2, 7, 6)).astype(np.float32)
+    expected = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    net = verifier.load(data)
+    np.testing.assert_allclose(net.forward(x.astype(np.float64).ravel()), expected.ravel(), rtol=1e-5, atol=1e-6)
+    assert tuple(net.sizes.values())[-1] == expected.size
+
+
+@pytest.mark.parametrize("pads, mode, axes", [
+    ([0, 0, -1, 2, 0, 0, 1, -2], "constant", None), ([0, 0, 2, 1, 0, 0, 1, 2], "wrap", None),
+    ([0, 0, 1, 1, 0, 0, 2, 0], "reflect", None), ([1, 2, 0, 1], "edge", [2, 3]), ([2, -1], "constant", [-1]),
+])
+def test_pad_variants_match_onnxruntime(pads, mode, axes):
+    from onnx import TensorProto, helper
+    inputs = [helper.make_tensor("pads", TensorProto.INT64, [len(pads)], pads),
+              helper.make_tensor("value", TensorProto.FLOAT, [], [0.75])]
+    names = ["x", "pads", "value"]
+    if axes is not None:
+        inputs.append(helper.make_tensor("axes", TensorProto.INT64, [len(axes)], axes))
+        names.append("axes")
+    node = helper.make_node("Pad", names, ["y"], mode=mode)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inputs)
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=9).SerializeToString()
+    x = np.random.default_rng(1).normal(size=(1, 1, 4, 5)).astype(np.float32)
+    expected = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(verifier.load(data).forward(x.astype(np.float64).ravel()), expected.ravel(), atol=1e-7)
+
+
+@pytest.mark.parametrize("model, expected", [
+    (lambda: _window_model("MaxPool", (1, 1, 5, 5), kernel_shape=[2, 2], dilations=[2, 2], auto_pad="SAME_UPPER"),
+     "not supported for pooling"),
+    (lambda: _window_model("MaxPool", (1, 1, 3, 3), kernel_shape=[2, 2], dilations=[3, 3]), "does not fit"),
+    (lambda: _window_model("Pad", (1, 1, 2, 2), mode="reflect", pads=[0, 0, 2, 0, 0, 0, 0, 0]), "reflect pads"),
+])
+def test_window_and_pad_misfits_are_refused(model, expected):
+    from verifier.errors import ModelError
+    with pytest.raises(ModelError, match=expected):
+        verifier.load(model())
+
+
+def test_cast_to_integer_of_an_input_dependent_tensor_is_refused():
+    from onnx import TensorProto, helper
+
+    from verifier.errors import ModelError
+    nodes = [helper.make_node("Cast", ["x"], ["i"], to=TensorProto.INT32, name="to_int"),
+             helper.make_node("Cast", ["i"], ["y"], to=TensorProto.FLOAT)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8).SerializeToString()
+    with pytest.raises(ModelError, match="to_int.*int32"):
         verifier.load(data)

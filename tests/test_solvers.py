@@ -276,3 +276,37 @@ def test_batch_results_are_kept_per_solver(tmp_path):
     assert r.summary["samples"] == 2
     with pytest.raises(InputError, match="solver"):
         verifier.certify_dataset(model, images, labels, eps=0.05, report=folder, executor="serial", progress=False)
+
+
+@pytest.mark.parametrize("name", ["highs"] + PULP_SOLVERS)
+def test_a_cutoff_never_lifts_the_dual_bound_above_the_optimum(name):
+    """With a cutoff below the optimum a solver may still finish "optimal" at an incumbent above
+    it (HiGHS does, seeded with a feasible point): the proven bound is then only the cutoff."""
+    for seed in range(4):
+        for kind in ("margin", "max"):
+            problem, c = _milp(seed, kind)
+            reference = _solve("highs", problem, c)
+            worst = make_solver("highs", problem)
+            worst.set_objective(-c)
+            starts = [reference.x, worst.solve(SolveOptions(time_limit=10)).x]
+            for start in starts:
+                solver = make_solver(name, problem)
+                solver.set_objective(c)
+                res = solver.solve(SolveOptions(time_limit=20, cutoff=reference.objective - 1e-3, initial=start))
+                assert res.dual_bound <= reference.objective + 1e-9
+
+
+def test_solvers_whose_optimal_may_be_a_time_limit_never_prove():
+    """GLPK_CMD, SCIP_CMD, GUROBI_CMD, ... report a time-limited incumbent as "Optimal": from
+    them an incumbent stays an incumbent (status not OPTIMAL, no bound)."""
+    import pulp
+
+    problem, c = _milp(2, "margin")
+    solver = make_solver("cbc", problem)
+    solver.set_objective(c)
+    options = SolveOptions(time_limit=20)
+    assert solver.solve(options).status == SolveStatus.OPTIMAL  # CBC's "optimal" is trusted
+    solver.prob.assignStatus(pulp.LpStatusOptimal)  # what GLPK_CMD sets after a time limit
+    solver.pulp_name = "GLPK_CMD"
+    res = solver._result(options, True, 1.0, None, False)
+    assert res.status != SolveStatus.OPTIMAL and res.dual_bound == -np.inf and res.x is not None

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 
 from verifier.importers import linear_maps as lm
 from verifier.importers.tracing import Sym, Tracer, const_arg, image_of, window_pads
-from verifier.ops import Affine, Maximum, Relu
+from verifier.ops import Maximum, Relu
 
 
 def _relu(t: Tracer, args, attrs):
@@ -51,9 +51,12 @@ def _clip_bound(t: Tracer, args, attrs, position: int, key: str):
         return None
     if value.size != 1:
         raise t.fail(f"Clip's {key} must be a scalar, got shape {value.shape}")
+    value = float(value.ravel()[0])
+    if value == (-np.inf if key == "min" else np.inf):
+        return None  # e.g. torch's clamp(min=0) may export max = +inf: no bound
     if not np.isfinite(value):
-        return None  # e.g. torch's clamp(min=0) may export max = +inf
-    return float(value.ravel()[0])
+        raise t.fail(f"Clip's {key}={value} is not supported")
+    return value
 
 
 def _clip(t: Tracer, args, attrs):
@@ -78,9 +81,11 @@ def _max_pool(t: Tracer, args, attrs):
         raise t.fail(f"only 2-D pooling is supported (kernel_shape={list(kernel)})")
     strides = tuple(int(s) for s in attrs.get("strides", (1, 1)))
     dilations = tuple(int(d) for d in attrs.get("dilations", (1, 1)))
-    pads = window_pads(t, attrs, (height, width), kernel, strides, dilations)
+    pads = window_pads(t, attrs, (height, width), kernel, strides, dilations, pooling=True)
     windows, _, (c, oh, ow) = lm.pool_windows((channels, height, width), kernel, strides, pads, dilations,
                                               bool(attrs.get("ceil_mode", 0)))
+    if windows.shape[0] == 0:
+        raise t.fail(f"the pooling window {list(kernel)} (dilations {list(dilations)}) does not fit input {x.shape}")
     if (windows < 0).all(axis=1).any():
         raise t.fail(f"a pooling window lies entirely in the padding (pads={list(pads)})")
     groups = -np.sort(-windows, axis=1)  # valid indices first, padding (-1) last

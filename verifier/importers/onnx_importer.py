@@ -224,9 +224,14 @@ def _shape(t, args, attrs):
 
 def _cast(t, args, attrs):
     x = args[0]
+    target = helper.tensor_dtype_to_np_dtype(attrs["to"])
     if isinstance(x, Sym):
+        # Values are float64 here; a cast to float32/64 keeps them (up to float32 rounding, as
+        # everywhere). Integer, bool or half casts change values: not piecewise linear.
+        if target not in (np.float32, np.float64):
+            raise t.fail(f"a cast of an input-dependent tensor to {np.dtype(target).name} is not supported")
         return [x]
-    return [x.astype(helper.tensor_dtype_to_np_dtype(attrs["to"]))]
+    return [x.astype(target)]
 
 
 HANDLERS = {

@@ -26,8 +26,9 @@ def _run(t: Tracer, args: list) -> list[np.ndarray]:
     from onnx.reference import ReferenceEvaluator
 
     node = t.onnx_node
-    feeds = {name: (np.asarray(v, dtype=np.float32) if np.asarray(v).dtype == np.float64 else np.asarray(v))
-             for name, v in zip(node.input, args) if name}
+    # Float tensors are float64 throughout the importer, so the op sees one float type (and
+    # double-typed models keep their values).
+    feeds = {name: np.asarray(v) for name, v in zip(node.input, args) if name}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -18,9 +18,11 @@ def _average_pool(t: Tracer, args, attrs):
         raise t.fail(f"only 2-D pooling is supported (kernel_shape={list(kernel)})")
     strides = tuple(int(s) for s in attrs.get("strides", (1, 1)))
     dilations = tuple(int(d) for d in attrs.get("dilations", (1, 1)))
-    pads = window_pads(t, attrs, (height, width), kernel, strides, dilations)
+    pads = window_pads(t, attrs, (height, width), kernel, strides, dilations, pooling=True)
     windows, in_padded, (c, oh, ow) = lm.pool_windows((channels, height, width), kernel, strides, pads,
                                                       dilations, bool(attrs.get("ceil_mode", 0)))
+    if windows.shape[0] == 0:
+        raise t.fail(f"the pooling window {list(kernel)} (dilations {list(dilations)}) does not fit input {x.shape}")
     counted = in_padded if attrs.get("count_include_pad", 0) else windows >= 0
     divisors = counted.sum(axis=1).astype(np.float64)
     if (divisors == 0).any():
@@ -60,11 +62,14 @@ def _pad(t: Tracer, args, attrs):
     source = np.arange(int(np.prod(shape))).reshape(shape)
     crop = tuple(slice(max(-b, 0), shape[i] - max(-e, 0)) for i, (b, e) in enumerate(width))
     grow = [(max(b, 0), max(e, 0)) for b, e in width]
+    cropped = source[crop]
+    if mode == "reflect" and any(max(b, e) >= max(d, 1) for (b, e), d in zip(grow, cropped.shape)):
+        raise t.fail(f"reflect pads {pads} must be smaller than the dimensions {cropped.shape}")
     try:
         if mode == "constant":
-            source = np.pad(source[crop], grow, mode="constant", constant_values=-1)
+            source = np.pad(cropped, grow, mode="constant", constant_values=-1)
         else:
-            source = np.pad(source[crop], grow, mode=mode)
+            source = np.pad(cropped, grow, mode=mode)
     except ValueError as e:
         raise t.fail(f"cannot pad shape {shape} by {pads} in mode {mode!r}: {e}") from None
     if not isinstance(x, Sym):

@@ -10,8 +10,6 @@ from __future__ import annotations
 import io
 import warnings
 
-import numpy as np
-
 from verifier.errors import ModelError
 from verifier.network.graph import Network
 
@@ -60,8 +58,3 @@ def load_torch(module, input_shape) -> Network:
     net = load_onnx(buffer.getvalue())
     net.name = type(module).__name__
     return net
-
-
-def input_shape_of(x) -> tuple[int, ...]:
-    """The model input shape implied by one sample x (its shape as given)."""
-    return tuple(np.shape(x))

@@ -65,16 +65,6 @@ class Tracer:
         return self.add(Affine([s.node for s in xs], ws, b, origin), shape)
 
 
-def _attrs(node) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
-def _const(t: _Tracer, value, what: str) -> np.ndarray:
-    if isinstance(value, Sym):
-        raise t.fail(f"{what} must be a constant, but it depends on the network input")
-    return value
-
-
 def attrs_of(node) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
@@ -98,7 +88,8 @@ def image_of(t: Tracer, x, what: str) -> tuple[int, int, int]:
     return x.shape[1], x.shape[2], x.shape[3]
 
 
-def window_pads(t: Tracer, attrs: dict, spatial: tuple[int, int], kernel, strides, dilations) -> tuple:
+def window_pads(t: Tracer, attrs: dict, spatial: tuple[int, int], kernel, strides, dilations,
+                pooling: bool = False) -> tuple:
     """ONNX pads (top, left, bottom, right) of a 2-D window op, from `pads` or `auto_pad`."""
     auto_pad = attrs.get("auto_pad", b"NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
@@ -110,6 +101,9 @@ def window_pads(t: Tracer, attrs: dict, spatial: tuple[int, int], kernel, stride
     if auto_pad == "VALID":
         return (0, 0, 0, 0)
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        if pooling and any(d != 1 for d in dilations):
+            # onnxruntime sizes these windows without the dilation, unlike the ONNX spec
+            raise t.fail(f"auto_pad={auto_pad} with dilations={list(dilations)} is not supported for pooling")
         totals = [max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
                   for size, k, s, d in zip(spatial, kernel, strides, dilations)]
         small = [tot // 2 for tot in totals]
