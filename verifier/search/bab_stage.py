@@ -92,6 +92,14 @@ def refine(run, layered: Layered, bounds: Bounds, budget: float) -> Bounds:
     return _write_back(run, layered, bounds, lo, hi)
 
 
+def bab_settings(options, layered: Layered) -> BabSettings:
+    """The search's settings; "auto" branching and unset steps depend on the depth (see options)."""
+    shallow = layered.depth == 1
+    branching = options.bab_branching if options.bab_branching != "auto" else ("gap" if shallow else "trial")
+    steps = options.bab_steps if options.bab_steps is not None else (4 if shallow else 12)
+    return BabSettings(batch=options.bab_batch, steps=steps, branching=branching)
+
+
 def bab_search(run, layered: Layered, bounds: Bounds, disjuncts: list[int], deadline: float):
     """One branch and bound over all open disjuncts (their domains share the rounds). Returns
     the evidence of a violation or None; proven lower bounds go to the run either way."""
@@ -107,8 +115,7 @@ def bab_search(run, layered: Layered, bounds: Bounds, disjuncts: list[int], dead
 
     start = time.perf_counter()
     specs = [layered.spec_rows(run.disjuncts[d].C, run.disjuncts[d].d) for d in disjuncts]
-    settings = BabSettings(batch=run.options.bab_batch, steps=run.options.bab_steps,
-                           branching=run.options.bab_branching)
+    settings = bab_settings(run.options, layered)
     out = branch_and_bound(layered, specs, x_lo, x_hi, lo, hi, run.options.tolerance, min(deadline, run.deadline),
                            confirm, settings=settings)
     for key, value in out.stats.items():
