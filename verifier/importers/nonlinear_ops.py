@@ -14,8 +14,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from verifier.importers import linear_maps as lm
-from verifier.importers.tracing import Sym, Tracer, const_arg, image_of, window_pads
+from verifier.importers.tracing import Sym, Tracer, const_arg, image_of, pooling_windows
 from verifier.ops import Maximum, Relu
 
 
@@ -75,21 +74,9 @@ def _max_pool(t: Tracer, args, attrs):
     x = args[0]
     if len(t.onnx_node.output) > 1 and t.onnx_node.output[1]:
         raise t.fail("MaxPool's Indices output is not supported")
-    channels, height, width = image_of(t, x, "MaxPool")
-    kernel = tuple(int(k) for k in attrs.get("kernel_shape", ()))
-    if len(kernel) != 2:
-        raise t.fail(f"only 2-D pooling is supported (kernel_shape={list(kernel)})")
-    strides = tuple(int(s) for s in attrs.get("strides", (1, 1)))
-    dilations = tuple(int(d) for d in attrs.get("dilations", (1, 1)))
-    pads = window_pads(t, attrs, (height, width), kernel, strides, dilations, pooling=True)
-    windows, _, (c, oh, ow) = lm.pool_windows((channels, height, width), kernel, strides, pads, dilations,
-                                              bool(attrs.get("ceil_mode", 0)))
-    if windows.shape[0] == 0:
-        raise t.fail(f"the pooling window {list(kernel)} (dilations {list(dilations)}) does not fit input {x.shape}")
-    if (windows < 0).all(axis=1).any():
-        raise t.fail(f"a pooling window lies entirely in the padding (pads={list(pads)})")
+    windows, _, shape = pooling_windows(t, x, attrs, "MaxPool")
     groups = -np.sort(-windows, axis=1)  # valid indices first, padding (-1) last
-    return [t.add(Maximum([x.node], groups), (1, c, oh, ow))]
+    return [t.add(Maximum([x.node], groups), shape)]
 
 
 def _global_max_pool(t: Tracer, args, attrs):

@@ -7,28 +7,16 @@ from __future__ import annotations
 import numpy as np
 
 from verifier.importers import linear_maps as lm
-from verifier.importers.tracing import Sym, Tracer, const_arg, image_of, shape_of, window_pads
+from verifier.importers.tracing import Sym, Tracer, const_arg, image_of, pooling_windows, shape_of
 
 
 def _average_pool(t: Tracer, args, attrs):
     x = args[0]
-    channels, height, width = image_of(t, x, "AveragePool")
-    kernel = tuple(int(k) for k in attrs.get("kernel_shape", ()))
-    if len(kernel) != 2:
-        raise t.fail(f"only 2-D pooling is supported (kernel_shape={list(kernel)})")
-    strides = tuple(int(s) for s in attrs.get("strides", (1, 1)))
-    dilations = tuple(int(d) for d in attrs.get("dilations", (1, 1)))
-    pads = window_pads(t, attrs, (height, width), kernel, strides, dilations, pooling=True)
-    windows, in_padded, (c, oh, ow) = lm.pool_windows((channels, height, width), kernel, strides, pads,
-                                                      dilations, bool(attrs.get("ceil_mode", 0)))
-    if windows.shape[0] == 0:
-        raise t.fail(f"the pooling window {list(kernel)} (dilations {list(dilations)}) does not fit input {x.shape}")
+    windows, in_padded, shape = pooling_windows(t, x, attrs, "AveragePool")
     counted = in_padded if attrs.get("count_include_pad", 0) else windows >= 0
     divisors = counted.sum(axis=1).astype(np.float64)
-    if (divisors == 0).any():
-        raise t.fail(f"a pooling window lies entirely in the padding (pads={list(pads)})")
     matrix = lm.average_of_windows(windows, divisors, x.size)
-    return [t.affine(x, matrix, None, (1, c, oh, ow))]
+    return [t.affine(x, matrix, None, shape)]
 
 
 def _global_average_pool(t: Tracer, args, attrs):

@@ -110,3 +110,24 @@ def window_pads(t: Tracer, attrs: dict, spatial: tuple[int, int], kernel, stride
         big = [tot - s for tot, s in zip(totals, small)]
         return (small[0], small[1], big[0], big[1]) if auto_pad == "SAME_UPPER" else (big[0], big[1], small[0], small[1])
     raise t.fail(f"auto_pad={auto_pad!r} is not supported")
+
+
+def pooling_windows(t: Tracer, x, attrs: dict, what: str):
+    """(windows, in_padded, output shape) of a 2-D pooling node (see linear_maps.pool_windows),
+    with its attributes checked; shared by MaxPool and AveragePool."""
+    from verifier.importers.linear_maps import pool_windows
+
+    channels, height, width = image_of(t, x, what)
+    kernel = tuple(int(k) for k in attrs.get("kernel_shape", ()))
+    if len(kernel) != 2:
+        raise t.fail(f"only 2-D pooling is supported (kernel_shape={list(kernel)})")
+    strides = tuple(int(s) for s in attrs.get("strides", (1, 1)))
+    dilations = tuple(int(d) for d in attrs.get("dilations", (1, 1)))
+    pads = window_pads(t, attrs, (height, width), kernel, strides, dilations, pooling=True)
+    windows, in_padded, (c, oh, ow) = pool_windows((channels, height, width), kernel, strides, pads, dilations,
+                                                   bool(attrs.get("ceil_mode", 0)))
+    if windows.shape[0] == 0:
+        raise t.fail(f"the pooling window {list(kernel)} (dilations {list(dilations)}) does not fit input {x.shape}")
+    if (windows < 0).all(axis=1).any():
+        raise t.fail(f"a pooling window lies entirely in the padding (pads={list(pads)})")
+    return windows, in_padded, (1, c, oh, ow)
