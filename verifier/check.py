@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from verifier.errors import ModelError
+from verifier.errors import ModelError, first_line
 from verifier.network.graph import Network
 
 
@@ -23,9 +23,8 @@ def _session(net: Network):
         try:
             session = ort.InferenceSession(net.onnx_bytes, opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ModelError(f"{net.name}: onnxruntime cannot run this model, so counterexamples "
-                             f"cannot be re-checked ({first})") from None
+                             f"cannot be re-checked ({first_line(e)})") from None
         net.info["_ort_session"] = session
     return session
 

@@ -16,3 +16,10 @@ class ModelError(VerifierError):
 
 class InputError(VerifierError):
     """A sample, label, eps or option is out of range or malformed."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of a third-party exception's message (its type if it has none), for the
+    one-line errors above."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

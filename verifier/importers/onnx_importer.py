@@ -19,10 +19,10 @@ from onnx import helper, numpy_helper
 from verifier.errors import ModelError
 from verifier.importers import linear_maps as lm
 from verifier.importers.nonlinear_ops import NONLINEAR_HANDLERS
-from verifier.importers.reference_ops import MOVEMENT_OPS, evaluate_constant, move_entries
+from verifier.importers.reference_ops import MOVEMENT_OPS, evaluate, move_entries
 from verifier.importers.structure_ops import STRUCTURE_HANDLERS
 from verifier.importers.tracing import (INPUT_NODE, Sym, Tracer, attrs_of, const_arg, image_of,
-                                        window_pads)
+                                        shape_of, window_pads)
 from verifier.network.graph import Network
 from verifier.network.simplify import fold_affine_chains
 
@@ -53,7 +53,7 @@ def _reshape_to(t, x, shape):
 
 def _flatten(t, args, attrs):
     x = args[0]
-    shape = x.shape if isinstance(x, Sym) else np.shape(x)
+    shape = shape_of(x)
     axis = attrs.get("axis", 1) % (len(shape) + 1) if shape else 0
     return [_reshape_to(t, x, (int(np.prod(shape[:axis])), int(np.prod(shape[axis:]))))]
 
@@ -61,7 +61,7 @@ def _flatten(t, args, attrs):
 def _reshape(t, args, attrs):
     x = args[0]
     target = [int(d) for d in const_arg(t, args[1], "the target shape")]
-    shape = x.shape if isinstance(x, Sym) else np.shape(x)
+    shape = shape_of(x)
     if not attrs.get("allowzero", 0):
         target = [shape[i] if d == 0 else d for i, d in enumerate(target)]
     if -1 in target:
@@ -78,14 +78,14 @@ def _squeeze_axes(t, args, attrs):
 
 def _squeeze(t, args, attrs):
     x = args[0]
-    shape = list(x.shape if isinstance(x, Sym) else np.shape(x))
+    shape = list(shape_of(x))
     axes = [a % len(shape) for a in _squeeze_axes(t, args, attrs)] or [i for i, d in enumerate(shape) if d == 1]
     return [_reshape_to(t, x, [d for i, d in enumerate(shape) if i not in axes])]
 
 
 def _unsqueeze(t, args, attrs):
     x = args[0]
-    shape = list(x.shape if isinstance(x, Sym) else np.shape(x))
+    shape = list(shape_of(x))
     axes = _squeeze_axes(t, args, attrs)
     rank = len(shape) + len(axes)
     for a in sorted(a % rank for a in axes):
@@ -95,7 +95,7 @@ def _unsqueeze(t, args, attrs):
 
 def _transpose(t, args, attrs):
     x = args[0]
-    shape = x.shape if isinstance(x, Sym) else np.shape(x)
+    shape = shape_of(x)
     perm = tuple(attrs.get("perm", range(len(shape) - 1, -1, -1)))
     if not isinstance(x, Sym):
         return [np.transpose(x, perm)]
@@ -219,7 +219,7 @@ def _batchnorm(t, args, attrs):
 
 def _shape(t, args, attrs):
     x = args[0]
-    return [np.asarray(x.shape if isinstance(x, Sym) else np.shape(x), dtype=np.int64)]
+    return [np.asarray(shape_of(x), dtype=np.int64)]
 
 
 def _cast(t, args, attrs):
@@ -298,7 +298,7 @@ def load_onnx(source: str | bytes | os.PathLike) -> Network:
             raise tracer.fail(f"input tensor {e} is not defined before use") from None
         symbolic = any(isinstance(a, Sym) for a in args)
         if not symbolic and (handler is None or node.op_type in MOVEMENT_OPS):
-            outputs = evaluate_constant(tracer, args)
+            outputs = evaluate(tracer, args)
         elif node.op_type in MOVEMENT_OPS and isinstance(args[0], Sym):
             outputs = move_entries(tracer, args)
         elif handler is None:

@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 
 from verifier.importers import linear_maps as lm
+from verifier.errors import first_line
 from verifier.importers.tracing import Sym, Tracer
 
 #: Ops that only copy entries of their first input (the other inputs are constants).
@@ -22,7 +23,8 @@ MOVEMENT_OPS = frozenset({"Slice", "Gather", "GatherElements", "GatherND", "Spli
                           "DepthToSpace", "SpaceToDepth", "ReverseSequence"})
 
 
-def _run(t: Tracer, args: list) -> list[np.ndarray]:
+def evaluate(t: Tracer, args: list) -> list[np.ndarray]:
+    """Outputs of the tracer's current node on these inputs (constants, or entry numbers)."""
     from onnx.reference import ReferenceEvaluator
 
     node = t.onnx_node
@@ -34,14 +36,8 @@ def _run(t: Tracer, args: list) -> list[np.ndarray]:
             warnings.simplefilter("ignore")
             outputs = ReferenceEvaluator(node).run(None, feeds)
     except Exception as e:  # the reference raises many types; one line for the user
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise t.fail(f"cannot evaluate this op: {first}") from None
+        raise t.fail(f"cannot evaluate this op: {first_line(e)}") from None
     return [np.asarray(o, dtype=np.float64) if np.asarray(o).dtype.kind == "f" else np.asarray(o) for o in outputs]
-
-
-def evaluate_constant(t: Tracer, args: list) -> list[np.ndarray]:
-    """Outputs of a node whose inputs are all constants."""
-    return _run(t, args)
 
 
 def move_entries(t: Tracer, args: list) -> list[Sym]:
@@ -53,7 +49,7 @@ def move_entries(t: Tracer, args: list) -> list[Sym]:
     if x.size >= 2 ** 24:
         raise t.fail(f"tensor of {x.size} entries is too large to trace")
     outs = []
-    for moved in _run(t, [numbers] + list(args[1:])):
+    for moved in evaluate(t, [numbers] + list(args[1:])):
         source = np.rint(moved).astype(np.int64) - 1
         if not np.array_equal(source + 1, moved) or source.min(initial=0) < 0 or source.max(initial=0) >= x.size:
             raise t.fail("the op does not only copy entries of its input")

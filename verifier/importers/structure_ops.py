@@ -86,7 +86,8 @@ def _concat(t: Tracer, args, attrs):
         else:
             sources.append(np.full(s, -1))
             values.append(np.asarray(a, dtype=np.float64))
-    source = np.concatenate(sources, axis=axis).ravel()
+    joined = np.concatenate(sources, axis=axis)
+    source = joined.ravel()
     bias = np.concatenate(values, axis=axis).ravel()
     syms, weights, start = [], [], 0
     for a in args:
@@ -95,8 +96,7 @@ def _concat(t: Tracer, args, attrs):
             syms.append(a)
             weights.append(lm.index_map(local, a.size))
             start += a.size
-    out_shape = shapes[0][:axis] + (sum(s[axis] for s in shapes),) + shapes[0][axis + 1:]
-    return [t.affine(syms, weights, bias, out_shape)]
+    return [t.affine(syms, weights, bias, joined.shape)]
 
 
 STRUCTURE_HANDLERS = {

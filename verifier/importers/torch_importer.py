@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import warnings
 
-from verifier.errors import ModelError
+from verifier.errors import ModelError, first_line
 from verifier.network.graph import Network
 
 #: Opset of the export: 13 has every op the importer reads, in its input-taking form.
@@ -51,8 +51,8 @@ def load_torch(module, input_shape) -> Network:
             torch.onnx.export(module, (dummy,), buffer, dynamo=False, opset_version=EXPORT_OPSET,
                               input_names=["input"], output_names=["output"])
     except Exception as e:  # the exporter raises many types; one line for the user
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"cannot export torch module {type(module).__name__} with input shape {shape}: {first}") from None
+        raise ModelError(f"cannot export torch module {type(module).__name__} with input shape {shape}: "
+                         f"{first_line(e)}") from None
     finally:
         module.train(was_training)
     net = load_onnx(buffer.getvalue())

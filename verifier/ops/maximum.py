@@ -23,7 +23,7 @@ from verifier.encode.builder import Handle, MilpBuilder
 
 @dataclass
 class Maximum:
-    """y_j = max of x[groups[j, :counts[j]]]; `groups` is padded with -1 past each count."""
+    """y_j = max of x over the entries of groups[j] that are >= 0 (rows padded with -1)."""
 
     inputs: list[str]
     groups: np.ndarray  # (outputs, widest group) input indices, -1 for padding
