@@ -65,8 +65,7 @@ def choose_by_trial(problem, spec_ids, out, lower, upper, alphas, betas, signs,
     values, picks = flat.topk(top, dim=1)  # (B, K)
     batch = flat.shape[0]
     reps = 2 * top  # per domain: K candidates x 2 sides, in that order
-    lo = [l.repeat_interleave(reps, 0).clone() for l in lower]
-    hi = [u.repeat_interleave(reps, 0).clone() for u in upper]
+    relax = Relaxation.of(lower, upper, FAST).repeated(reps)
     rows_of = torch.arange(batch * reps).reshape(batch, top, 2)
     flat_picks = picks.reshape(-1)
     for k in range(len(lower)):
@@ -74,16 +73,14 @@ def choose_by_trial(problem, spec_ids, out, lower, upper, alphas, betas, signs,
         if not in_layer.any():
             continue
         neurons = flat_picks[in_layer] - int(offsets[k])
-        active_rows = rows_of[..., 0].reshape(-1)[in_layer]
-        inactive_rows = rows_of[..., 1].reshape(-1)[in_layer]
-        lo[k][active_rows, neurons] = 0.0  # z >= 0: lower bound 0 (a split active neuron)
-        hi[k][inactive_rows, neurons] = 0.0
+        relax.fix(k, rows_of[..., 0].reshape(-1)[in_layer], neurons, active=True)
+        relax.fix(k, rows_of[..., 1].reshape(-1)[in_layer], neurons, active=False)
     net = problem.net.to(FAST)
     with torch.no_grad():
         trial = backward_bound(
             net, net.depth, problem.rows[spec_ids].to(FAST).repeat_interleave(reps, 0),
             problem.const[spec_ids].to(FAST).repeat_interleave(reps, 0),
-            problem.x_lo.to(FAST), problem.x_hi.to(FAST), Relaxation.of(lo, hi, FAST),
+            problem.x_lo.to(FAST), problem.x_hi.to(FAST), relax,
             [a.to(FAST).repeat_interleave(reps, 0) for a in alphas],
             [b.to(FAST).repeat_interleave(reps, 0) for b in betas],
             [s.to(FAST).unsqueeze(1).repeat_interleave(reps, 0) for s in signs], rigorous=False)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from verifier.bab.branching import choose_by_gap, choose_by_trial
-from verifier.bab.crown import EXACT, FAST, Bound, Relaxation, backward_bound, default_alpha, minimiser
+from verifier.bab.crown import EXACT, FAST, Bound, Relaxation, adam, backward_bound, default_alpha, minimiser
 from verifier.bab.layered import Layered
 from verifier.bab.leaf import leaf_bound
 
@@ -102,8 +102,7 @@ class _Problem:
             f_rows, f_const = rows.to(FAST), const.to(FAST)
             f_lo, f_hi = self.x_lo.to(FAST), self.x_hi.to(FAST)
             f_signs = [s.to(FAST).unsqueeze(1) for s in signs]
-            opt = torch.optim.Adam([{"params": alphas, "lr": settings.lr_alpha},
-                                    {"params": betas, "lr": settings.lr_beta}], foreach=True)
+            opt = adam([{"params": alphas, "lr": settings.lr_alpha}, {"params": betas, "lr": settings.lr_beta}])
             for _ in range(settings.steps):
                 out = backward_bound(fast_net, depth, f_rows, f_const, f_lo, f_hi, fast, alphas, betas,
                                      f_signs, rigorous=False)
