@@ -178,3 +178,23 @@ def test_one_hidden_layer_bab_matches_enumeration(seed):
         assert out.status == "proved" and out.lower[0] <= expected + 1e-9
     elif expected < -1e-4:
         assert out.status == "counterexample" and conj.slack(net.forward(out.x))[0] <= 0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_chain_without_dead_neurons_computes_the_same_outputs(seed):
+    """Branch and bound drops neurons inactive over the whole box (upper bound <= 0): the pruned
+    chain must give the network's outputs at every input of the box (onnx forward pass)."""
+    rng = np.random.default_rng(500 + seed)
+    ws, bs = random_mlp(rng, [6, 12, 12, 3])
+    bs = [b - 1.0 if k < 2 else b for k, b in enumerate(bs)]  # push neurons towards dead
+    net = verifier.load(mlp_onnx(ws, bs))
+    layered = as_layered(net)
+    lo, hi = np.full(6, 0.2), np.full(6, 0.6)
+    bounds = interval_bounds(net, lo, hi)
+    keep = [torch.nonzero(torch.as_tensor(bounds[p][1]).reshape(-1) > 0).flatten() for p in layered.pre_nodes]
+    assert sum(k.numel() for k in keep) < 24  # some neurons are dead
+    keep = [k if k.numel() else torch.zeros(1, dtype=torch.long) for k in keep]
+    pruned = layered.without(keep)
+    xs = rng.uniform(lo, hi, size=(200, 6))
+    expected = np.stack([net.forward(x) for x in xs])
+    assert np.allclose(pruned.forward(torch.as_tensor(xs)).numpy(), expected, atol=1e-9)

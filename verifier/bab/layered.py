@@ -66,6 +66,20 @@ class Layered:
             h = torch.relu(h @ w.T + b)
         return h
 
+    def without(self, keep: list[torch.Tensor]) -> "Layered":
+        """The chain with only neurons `keep[k]` of each ReLU layer k. Exact for dropping neurons
+        that are inactive over the whole input set (their output is 0, so their column of the
+        next layer's weights never counts)."""
+        weights, biases = [], []
+        for k, (w, b) in enumerate(zip(self.weights, self.biases)):
+            if k > 0:
+                w = w[:, keep[k - 1]]
+            if k < self.depth:
+                w, b = w[keep[k]], b[keep[k]]
+            weights.append(w.contiguous())
+            biases.append(b.contiguous())
+        return Layered(weights, biases, self.pre_nodes)
+
     def spec_rows(self, rows: np.ndarray, offsets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """rows @ y - offsets as (weights on the last hidden layer, constants)."""
         c = torch.as_tensor(np.asarray(rows, dtype=np.float64))
