@@ -198,3 +198,63 @@ def test_chain_without_dead_neurons_computes_the_same_outputs(seed):
     xs = rng.uniform(lo, hi, size=(200, 6))
     expected = np.stack([net.forward(x) for x in xs])
     assert np.allclose(pruned.forward(torch.as_tensor(xs)).numpy(), expected, atol=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_bab_with_dead_neurons_matches_enumeration(seed):
+    """Negative biases leave neurons inactive over the whole box, which the search drops from
+    its chain: its proven bound must stay below the enumerated minimum and close on it."""
+    ws, bs, box, conj = _case(600 + seed)
+    bs = [b - 0.8 if k < len(bs) - 1 else b for k, b in enumerate(bs)]
+    expected = enumerate_min_slack(ws, bs, box.lo, box.hi, [(conj.C, conj.d)])
+    net = verifier.load(mlp_onnx(ws, bs))
+    layered = as_layered(net)
+    bounds = interval_bounds(net, box.lo, box.hi)
+    lo = [torch.as_tensor(bounds[p][0])[None] for p in layered.pre_nodes]
+    hi = [torch.as_tensor(bounds[p][1])[None] for p in layered.pre_nodes]
+    assert any(bool((h <= 0).any()) for h in hi)  # the case has dead neurons
+    rows, const = layered.spec_rows(conj.C, conj.d)
+    found = []
+    out = branch_and_bound(layered, [(rows, const - expected)], torch.as_tensor(box.lo), torch.as_tensor(box.hi),
+                           lo, hi, 1e-6, deadline=time.perf_counter() + 30,
+                           is_counterexample=lambda x: found.append(x) or True)
+    # The slack shifted by the true minimum has minimum 0: never proved above the tolerance,
+    # and any point found must really reach it.
+    assert out.status != "proved" and out.lower[0] <= 1e-9
+    for x in found:
+        assert conj.slack(net.forward(x))[0] - expected <= 1e-6
+    shifted = branch_and_bound(layered, [(rows, const - expected + 1e-3)], torch.as_tensor(box.lo),
+                               torch.as_tensor(box.hi), lo, hi, 1e-6, deadline=time.perf_counter() + 30,
+                               is_counterexample=lambda x: False)
+    assert shifted.status == "proved"  # 1e-3 above the minimum: provable, and proved
+
+
+def test_fixed_split_in_a_repeated_relaxation_equals_clamped_bounds():
+    """Trial branching patches a split into a repeated relaxation; it must equal the relaxation
+    of the clamped bounds (lower 0 for the active side, upper 0 for the inactive one)."""
+    lower = [torch.tensor([[-1.0, -2.0, 0.5]], dtype=torch.float64)]
+    upper = [torch.tensor([[2.0, 1.0, 3.0]], dtype=torch.float64)]
+    relax = Relaxation.of(lower, upper, torch.float32).repeated(2)
+    relax.fix(0, torch.tensor([0]), torch.tensor([1]), active=True)
+    relax.fix(0, torch.tensor([1]), torch.tensor([1]), active=False)
+    act_lo, inact_hi = lower[0].clone(), upper[0].clone()
+    act_lo[0, 1], inact_hi[0, 1] = 0.0, 0.0
+    want = Relaxation.of([torch.cat([act_lo, lower[0]])], [torch.cat([upper[0], inact_hi])], torch.float32)
+    for got, exp in [(relax.up_slope, want.up_slope), (relax.up_offset, want.up_offset),
+                     (relax.fixed_slope, want.fixed_slope), (relax.unstable, want.unstable)]:
+        assert torch.equal(got[0], exp[0])
+
+
+def test_rigorous_bound_refuses_a_float32_relaxation():
+    """Only float64 relaxations carry the data for the rounding slack; a bound that counts must
+    never be computed from a float32 one."""
+    ws, bs, box, conj = _case(700)
+    layered = as_layered(verifier.load(mlp_onnx(ws, bs)))
+    bounds = interval_bounds(verifier.load(mlp_onnx(ws, bs)), box.lo, box.hi)
+    lo = [torch.as_tensor(bounds[p][0])[None] for p in layered.pre_nodes]
+    hi = [torch.as_tensor(bounds[p][1])[None] for p in layered.pre_nodes]
+    rows, const = layered.spec_rows(conj.C, conj.d)
+    alphas = [torch.zeros((1, rows.shape[0], l.shape[1]), dtype=torch.float64) for l in lo]
+    with pytest.raises(ValueError, match="float64 relaxation"):
+        backward_bound(layered, layered.depth, rows[None], const[None], torch.as_tensor(box.lo),
+                       torch.as_tensor(box.hi), Relaxation.of(lo, hi, torch.float32), alphas)

@@ -27,6 +27,7 @@ from verifier.bab.layered import Layered
 REL_SLACK = 1e-9
 ABS_SLACK = 1e-9
 FAST = torch.float32  # precision of the optimisation steps
+FAST_LIMIT = 1e30  # bounds clamped to this in float32 relaxations (no inf, no inf * 0)
 EXACT = torch.float64  # precision of the bounds that count
 
 
@@ -48,6 +49,8 @@ class Relaxation:
         only float64 ones (with `extent`, for the rounding slack) enter bounds that count."""
         up_slope, up_offset, fixed, unstable_masks, extent = [], [], [], [], []
         for l, u in zip(lower, upper):
+            if dtype != EXACT:  # keep float32 finite: its relaxation only steers steps
+                l, u = l.clamp(-FAST_LIMIT, FAST_LIMIT), u.clamp(-FAST_LIMIT, FAST_LIMIT)
             l, u = l.to(dtype), u.to(dtype)
             unstable = (l < 0) & (u > 0)
             active = (l >= 0).to(dtype)

@@ -73,7 +73,7 @@ class _Problem:
     def __init__(self, net: Layered, specs, x_lo, x_hi, lower, upper) -> None:
         # Neurons inactive over the whole box are dropped from the chain: on mnistfc 256x4 at
         # eps 0.03 that leaves 45, 82, 6 and 63 of 256 per layer, and every matrix shrinks.
-        keep = [torch.nonzero(u.reshape(-1) > 0).flatten() for u in upper]
+        keep = [torch.nonzero(~(u.reshape(-1) <= 0)).flatten() for u in upper]  # a NaN bound stays
         keep = [k if k.numel() else torch.zeros(1, dtype=torch.long) for k in keep]  # never empty
         self.net, self.x_lo, self.x_hi = net.without(keep), x_lo, x_hi
         self.lower = [l.reshape(-1)[k] for l, k in zip(lower, keep)]
