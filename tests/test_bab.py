@@ -31,6 +31,13 @@ def _case(seed: int):
     return ws, bs, box, conj
 
 
+def _root_bounds(net, layered, box) -> tuple[list, list]:
+    """Interval bounds of every ReLU layer's pre-activation, as the (1, n_k) tensors the search takes."""
+    bounds = interval_bounds(net, box.lo, box.hi)
+    return ([torch.as_tensor(bounds[p][0])[None] for p in layered.pre_nodes],
+            [torch.as_tensor(bounds[p][1])[None] for p in layered.pre_nodes])
+
+
 @pytest.mark.parametrize("seed", range(16))
 def test_bab_verdicts_match_enumeration(seed):
     ws, bs, box, conj = _case(seed)
@@ -56,9 +63,7 @@ def test_cut_short_bab_bound_is_below_the_minimum(seed):
     expected = enumerate_min_slack(ws, bs, box.lo, box.hi, [(conj.C, conj.d)])
     net = verifier.load(mlp_onnx(ws, bs))
     layered = as_layered(net)
-    bounds = interval_bounds(net, box.lo, box.hi)
-    lo = [torch.as_tensor(bounds[p][0])[None] for p in layered.pre_nodes]
-    hi = [torch.as_tensor(bounds[p][1])[None] for p in layered.pre_nodes]
+    lo, hi = _root_bounds(net, layered, box)
     out = branch_and_bound(layered, [layered.spec_rows(conj.C, conj.d)], torch.as_tensor(box.lo),
                            torch.as_tensor(box.hi), lo, hi, 1e-5, deadline=0.0,
                            is_counterexample=lambda x: False)
@@ -74,9 +79,7 @@ def test_any_slopes_and_multipliers_give_valid_bounds(seed):
     net = verifier.load(mlp_onnx(ws, bs))
     layered = as_layered(net)
     x_lo, x_hi = torch.as_tensor(box.lo), torch.as_tensor(box.hi)
-    bounds = interval_bounds(net, box.lo, box.hi)
-    lo = [torch.as_tensor(bounds[p][0])[None] for p in layered.pre_nodes]
-    hi = [torch.as_tensor(bounds[p][1])[None] for p in layered.pre_nodes]
+    lo, hi = _root_bounds(net, layered, box)
     lo, hi = intermediate_bounds(layered, x_lo, x_hi, lo, hi, steps=5)
     rows, const = layered.spec_rows(conj.C, conj.d)
     xs = torch.as_tensor(rng.uniform(box.lo, box.hi, size=(20000, box.lo.size)))
@@ -108,9 +111,7 @@ def test_nan_slopes_prove_nothing():
     ws, bs, box, conj = _case(300)
     net = verifier.load(mlp_onnx(ws, bs))
     layered = as_layered(net)
-    bounds = interval_bounds(net, box.lo, box.hi)
-    lo = [torch.as_tensor(bounds[p][0])[None] for p in layered.pre_nodes]
-    hi = [torch.as_tensor(bounds[p][1])[None] for p in layered.pre_nodes]
+    lo, hi = _root_bounds(net, layered, box)
     rows, const = layered.spec_rows(conj.C, conj.d)
     alphas = [torch.full((1, rows.shape[0], l.shape[1]), float("nan"), dtype=torch.float64) for l in lo]
     out = backward_bound(layered, layered.depth, rows[None], const[None], torch.as_tensor(box.lo),
@@ -209,9 +210,7 @@ def test_bab_with_dead_neurons_matches_enumeration(seed):
     expected = enumerate_min_slack(ws, bs, box.lo, box.hi, [(conj.C, conj.d)])
     net = verifier.load(mlp_onnx(ws, bs))
     layered = as_layered(net)
-    bounds = interval_bounds(net, box.lo, box.hi)
-    lo = [torch.as_tensor(bounds[p][0])[None] for p in layered.pre_nodes]
-    hi = [torch.as_tensor(bounds[p][1])[None] for p in layered.pre_nodes]
+    lo, hi = _root_bounds(net, layered, box)
     assert any(bool((h <= 0).any()) for h in hi)  # the case has dead neurons
     rows, const = layered.spec_rows(conj.C, conj.d)
     found = []
@@ -250,9 +249,7 @@ def test_rigorous_bound_refuses_a_float32_relaxation():
     never be computed from a float32 one."""
     ws, bs, box, conj = _case(700)
     layered = as_layered(verifier.load(mlp_onnx(ws, bs)))
-    bounds = interval_bounds(verifier.load(mlp_onnx(ws, bs)), box.lo, box.hi)
-    lo = [torch.as_tensor(bounds[p][0])[None] for p in layered.pre_nodes]
-    hi = [torch.as_tensor(bounds[p][1])[None] for p in layered.pre_nodes]
+    lo, hi = _root_bounds(verifier.load(mlp_onnx(ws, bs)), layered, box)
     rows, const = layered.spec_rows(conj.C, conj.d)
     alphas = [torch.zeros((1, rows.shape[0], l.shape[1]), dtype=torch.float64) for l in lo]
     with pytest.raises(ValueError, match="float64 relaxation"):
