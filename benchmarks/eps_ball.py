@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 import verifier
-from verifier.options import VerifyOptions
+from verifier.options import VerifyOptions, parse_setting
 
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist" / "mnist_test.npz"
 
@@ -45,15 +45,6 @@ def _verify(task: tuple[int, np.ndarray, int, float, float]) -> dict:
             "bab_domains": r.stats.get("bab_domains", 0), "mip_nodes": r.stats.get("mip_nodes", 0)}
 
 
-def _setting(text: str) -> tuple[str, object]:
-    """name=value -> (name, value typed like the VerifyOptions default)."""
-    name, _, value = text.partition("=")
-    default = getattr(VerifyOptions(), name)
-    if isinstance(default, bool):
-        return name, value.lower() in ("1", "true", "yes", "on")
-    return name, type(default)(value) if default is not None else value
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model")
@@ -69,7 +60,7 @@ def main() -> None:
     args = p.parse_args()
     data = np.load(args.data)
     images, labels = data["images"].astype(np.float64) / 255.0, data["labels"]
-    settings = dict(_setting(o) for o in args.option)
+    settings = dict(parse_setting(o) for o in args.option)
     indices = [int(i) for i in args.indices.split(",")] if args.indices else range(args.start, args.start + args.count)
     tasks = [(i, images[i], int(labels[i]), args.eps, args.timeout, settings) for i in indices]
     rows = []

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import inspect
 import io
 import platform
 import statistics
@@ -48,7 +47,6 @@ import sys
 import time
 import traceback
 import warnings
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import small_nets  # noqa: E402
 
 import verifier  # noqa: E402
-from verifier.options import VerifyOptions  # noqa: E402
+from verifier.options import VerifyOptions, parse_setting  # noqa: E402
 
 #: No attack and no branch and bound: what bounds and LPs leave open goes to the MIP solver.
 #: Symbolic bounds stay on: without them (interval bounds only) the ResNet's MIPs have ~1,000
@@ -142,31 +140,9 @@ def load_form(name: str, form: str, module: torch.nn.Module, folder: Path):
             buffer = io.BytesIO()
             small_nets.export_onnx(small_nets.relu_rewrite(module), buffer)
             return verifier.load(buffer.getvalue())
-        if "input_shape" not in inspect.signature(verifier.load).parameters:
-            raise Unavailable("verifier.load does not take a torch module (no input_shape= argument) yet")
         return verifier.load(module, input_shape=small_nets.INPUT_SHAPE)
     except verifier.VerifierError as e:
         raise Unavailable(f"{name} ({form}): {e}") from None
-
-
-def solver_arguments(solver: str) -> tuple[dict, dict]:
-    """(keyword arguments of verifier.verify, VerifyOptions fields) that pick the solver."""
-    if "solver" in inspect.signature(verifier.verify).parameters:
-        return {"solver": solver}, {}
-    if "solver" in {f.name for f in fields(VerifyOptions)}:
-        return {}, {"solver": solver}
-    if solver == "highs":  # the only backend so far, and the default
-        return {}, {}
-    raise Unavailable(f"verifier.verify has no solver= argument (nor VerifyOptions.solver) yet: cannot use {solver!r}")
-
-
-def setting(text: str) -> tuple[str, object]:
-    """name=value -> (name, value typed like the VerifyOptions default) (as eps_ball.py)."""
-    name, _, value = text.partition("=")
-    default = getattr(VerifyOptions(), name)
-    if isinstance(default, bool):
-        return name, value.lower() in ("1", "true", "yes", "on")
-    return name, type(default)(value) if default is not None else value
 
 
 def verify_row(net, module: torch.nn.Module, image: np.ndarray, label: int, eps: float, opts: VerifyOptions,
@@ -272,7 +248,7 @@ def main() -> int:
     for what, chosen, allowed in (("model", models, small_nets.MODELS), ("form", forms, FORMS), ("mode", modes, MODES)):
         if bad := [c for c in chosen if c not in allowed]:
             p.error(f"unknown {what} {', '.join(bad)} (expected one of {', '.join(allowed)})")
-    settings = dict(setting(o) for o in args.option)
+    settings = dict(parse_setting(o) for o in args.option)
 
     # Everything that can fail for want of a feature fails here, before any long run.
     problems: list[str] = []
@@ -289,12 +265,6 @@ def main() -> int:
                 nets[name, form] = load_form(name, form, modules[name], folder)
             except Unavailable as e:
                 problems.append(str(e))
-    solver_args = {}
-    for solver in solvers:
-        try:
-            solver_args[solver] = solver_arguments(solver)
-        except Unavailable as e:
-            problems.append(str(e))
     for text in problems:
         print(f"cannot run: {text}", file=sys.stderr)
     if problems and not args.skip_unavailable:
@@ -318,10 +288,10 @@ def main() -> int:
     errors: list[str] = []  # VerifierError: not supported (yet)
     crashes: list[str] = []  # any other exception: a bug
     runs = [(mode, name, form, solver) for mode in modes for name in models for form in forms for solver in solvers
-            if (name, form) in nets and solver in solver_args]
+            if (name, form) in nets]
     for mode, name, form, solver in runs:
-        kwargs, solver_fields = solver_args[solver]
-        opts = VerifyOptions(timeout=args.timeout, **{**MODES[mode], **settings, **solver_fields})
+        kwargs = {"solver": solver}
+        opts = VerifyOptions(timeout=args.timeout, **{**MODES[mode], **settings})
         print(f"== {mode} {name} {form} {solver}", flush=True)
         for i in indices:
             row = {"mode": mode, "model": name, "form": form, "solver": solver, "index": i, "label": int(test_y[i]),

@@ -111,16 +111,9 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
                    help="a VerifyOptions field, e.g. --set disjunctions=joint (repeatable)")
     args = p.parse_args()
-    settings = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        for cast in (int, float):
-            try:
-                value = cast(value)
-                break
-            except ValueError:
-                pass
-        settings[key] = {"true": True, "false": False}.get(value, value) if isinstance(value, str) else value
+    from verifier.options import parse_setting
+
+    settings = dict(parse_setting(item) for item in args.set)
     out = args.out or Path(__file__).parent / "out" / f"{args.bench.name}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     instances = read_instances(args.bench, args.filter)

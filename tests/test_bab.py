@@ -125,6 +125,20 @@ def test_unknown_option_word_is_a_clear_error(field):
         VerifyOptions(**{field: "sometimes"})
 
 
+def test_option_settings_from_text_take_the_field_type():
+    """Benchmark scripts' name=value overrides: typed like the field, unknown names refused."""
+    from verifier.errors import InputError
+    from verifier.options import parse_setting
+
+    assert parse_setting("bab_steps=4") == ("bab_steps", 4)  # unset default: an int
+    assert parse_setting("symbolic=false") == ("symbolic", False)
+    assert parse_setting("tolerance=1e-4") == ("tolerance", 1e-4)
+    assert parse_setting("bab=off") == ("bab", "off")
+    assert VerifyOptions(**dict([parse_setting("threads=2")])).threads == 2
+    with pytest.raises(InputError, match="bab_stepz"):
+        parse_setting("bab_stepz=4")
+
+
 def _one_layer_case(seed: int, nonnegative: bool):
     rng = np.random.default_rng(500 + seed)
     ws, bs = random_mlp(rng, [3, 8, 2])

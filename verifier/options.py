@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from solvers import check_solver
 from verifier.errors import InputError
@@ -62,3 +62,26 @@ class VerifyOptions:
             check_solver(self.solver)
         except ValueError as e:
             raise InputError(str(e)) from None
+
+
+def parse_setting(text: str) -> tuple[str, object]:
+    """"name=value" -> (name, value typed like that VerifyOptions field's default), for scripts
+    that take option overrides on the command line. An unset (None) default takes an int,
+    a float or else the word itself."""
+    name, _, value = text.partition("=")
+    known = {f.name: f.default for f in fields(VerifyOptions)}
+    if name not in known:
+        raise InputError(f"option {name!r}: not a VerifyOptions field")
+    default = known[name]
+    if isinstance(default, bool):
+        return name, value.lower() in ("1", "true", "yes", "on")
+    if default is None:
+        for cast in (int, float):
+            try:
+                return name, cast(value)
+            except ValueError:
+                pass
+        return name, value
+    if isinstance(default, (int, float, str)):
+        return name, type(default)(value)
+    raise InputError(f"option {name!r}: cannot be set from text")
