@@ -13,7 +13,7 @@ from tests.oracles import enumerate_min_slack
 from verifier import Conjunction, InputRegion, Property, Status, VerifyOptions
 from verifier.bab.crown import Relaxation, backward_bound, intermediate_bounds
 from verifier.bab.layered import as_layered
-from verifier.bab.search import branch_and_bound
+from verifier.bab.search import BabSettings, branch_and_bound, domain_bytes
 from verifier.bounds.interval import interval_bounds
 from verifier.spec.ball import InputBox
 
@@ -68,6 +68,27 @@ def test_cut_short_bab_bound_is_below_the_minimum(seed):
                            torch.as_tensor(box.hi), lo, hi, 1e-5, deadline=0.0,
                            is_counterexample=lambda x: False)
     assert out.lower[0] <= expected + 1e-9
+
+
+def test_search_stops_soundly_when_its_memory_is_full():
+    """A memory budget of two domains: every search that needs more stops, unproven, with a
+    bound still below the enumerated minimum."""
+    stopped = 0
+    for seed in range(200, 212):
+        ws, bs, box, conj = _case(seed)
+        expected = enumerate_min_slack(ws, bs, box.lo, box.hi, [(conj.C, conj.d)])
+        net = verifier.load(mlp_onnx(ws, bs))
+        layered = as_layered(net)
+        lo, hi = _root_bounds(net, layered, box)
+        tiny = BabSettings(batch=1, max_memory=2 * domain_bytes(sum(l.numel() for l in lo), conj.C.shape[0]))
+        out = branch_and_bound(layered, [layered.spec_rows(conj.C, conj.d)], torch.as_tensor(box.lo),
+                               torch.as_tensor(box.hi), lo, hi, 1e-5, deadline=time.perf_counter() + 30,
+                               is_counterexample=lambda x: False, settings=tiny)
+        assert out.lower[0] <= expected + 1e-9
+        if out.stats.get("bab_memory_full"):
+            stopped += 1
+            assert out.status == "unknown"
+    assert stopped > 0  # the cap was reached at least once, so the check above ran
 
 
 @pytest.mark.parametrize("seed", range(8))

@@ -68,6 +68,13 @@ def alpha_crown(run, layered: Layered, bounds: Bounds, budget: float) -> Bounds:
     return _write_back(run, layered, bounds, lo, hi)
 
 
+def refine_share(options, layered: Layered) -> float:
+    """The share of the remaining time for refining layer bounds (see `refine_budget`)."""
+    if options.refine_budget is not None:
+        return options.refine_budget
+    return 0.1 if layered.depth <= 2 else 0.5
+
+
 def refine(run, layered: Layered, bounds: Bounds, budget: float) -> Bounds:
     """Refine the layer bounds by branch and bound over the earlier layers' splits (up to
     `refine_layers` layers) and bound the open disjuncts again, in passes of doubling length

@@ -28,7 +28,7 @@ from verifier.network.graph import Network
 from verifier.options import VerifyOptions
 from verifier.result import Result, Status
 from verifier.search.attack import pgd_attack
-from verifier.search.bab_stage import alpha_crown, bab_search, chain_of, refine, use_bab
+from verifier.search.bab_stage import alpha_crown, bab_search, chain_of, refine, refine_share, use_bab
 from verifier.spec.property import Conjunction, InputRegion
 
 
@@ -199,7 +199,7 @@ def _bab_stages(run: _Run, layered, bounds: dict, order: list[int]) -> Result:
     # One hidden layer: no earlier layer to refine, so a probe would only restart the search.
     for stage in ("probe", "refined") if layered.depth > 1 else ("refined",):
         if stage == "refined":
-            bounds = refine(run, layered, bounds, options.refine_budget * run.remaining())
+            bounds = refine(run, layered, bounds, refine_share(options, layered) * run.remaining())
             if not run.open():
                 return run.result(Status.ROBUST, "bounds")
         share = options.bab_probe if stage == "probe" else 1.0
