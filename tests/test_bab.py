@@ -80,6 +80,8 @@ def test_search_stops_soundly_when_its_memory_is_full():
         net = verifier.load(mlp_onnx(ws, bs))
         layered = as_layered(net)
         lo, hi = _root_bounds(net, layered, box)
+        # Sized for the unpruned chain: dropped dead neurons only make a domain smaller, and
+        # the per-domain overhead dominates, so the cap stays at about two domains.
         tiny = BabSettings(batch=1, max_memory=2 * domain_bytes(sum(l.numel() for l in lo), conj.C.shape[0]))
         out = branch_and_bound(layered, [layered.spec_rows(conj.C, conj.d)], torch.as_tensor(box.lo),
                                torch.as_tensor(box.hi), lo, hi, 1e-5, deadline=time.perf_counter() + 30,
@@ -89,6 +91,24 @@ def test_search_stops_soundly_when_its_memory_is_full():
             stopped += 1
             assert out.status == "unknown"
     assert stopped > 0  # the cap was reached at least once, so the check above ran
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_search_bound_never_falls_below_the_root_bound(seed):
+    """However a search is cut short, its bound is at least the root's (the search with no time
+    at all) and at most the enumerated minimum."""
+    ws, bs, box, conj = _case(300 + seed)
+    expected = enumerate_min_slack(ws, bs, box.lo, box.hi, [(conj.C, conj.d)])
+    net = verifier.load(mlp_onnx(ws, bs))
+    layered = as_layered(net)
+    lo, hi = _root_bounds(net, layered, box)
+    args = ([layered.spec_rows(conj.C, conj.d)], torch.as_tensor(box.lo), torch.as_tensor(box.hi), lo, hi, 1e-5)
+    root = branch_and_bound(layered, *args, deadline=0.0, is_counterexample=lambda x: False)
+    for budget in (1, 3, 6):
+        settings = BabSettings(batch=1, max_memory=budget * domain_bytes(sum(l.numel() for l in lo), conj.C.shape[0]))
+        out = branch_and_bound(layered, *args, deadline=time.perf_counter() + 30,
+                               is_counterexample=lambda x: False, settings=settings)
+        assert root.lower[0] - 1e-12 <= out.lower[0] <= expected + 1e-9
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -158,6 +178,10 @@ def test_option_settings_from_text_take_the_field_type():
     assert VerifyOptions(**dict([parse_setting("threads=2")])).threads == 2
     with pytest.raises(InputError, match="bab_stepz"):
         parse_setting("bab_stepz=4")
+    with pytest.raises(InputError, match="refine_budget='O.5'"):  # a mistyped number: a clear error
+        VerifyOptions(**dict([parse_setting("refine_budget=O.5")]))
+    with pytest.raises(InputError, match="refine_budget=1.5"):
+        VerifyOptions(refine_budget=1.5)
 
 
 def _one_layer_case(seed: int, nonnegative: bool):

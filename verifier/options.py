@@ -41,6 +41,10 @@ class VerifyOptions:
     refine_budget: float | None = None
     refine_layers: int = 8  # ReLU layers (after the first) whose bounds branch and bound refines
     bab_batch: int = 256  # domains split per branch-and-bound round
+    # Memory (GB) the open domains of one branch and bound may take before it stops with the
+    # bounds it has; None: 3 GB, or an eighth of the machine's memory if that is less (one
+    # search per worker process, so parallel runs multiply it).
+    bab_memory: float | None = None
     # Branching rule: "gap" (BaBSR-style estimate), "trial" (filtered smart branching) or "auto":
     # gap on one hidden layer, trial on deeper chains. Adam steps on slopes and split multipliers
     # per round: None is 4 on one hidden layer, 12 on deeper chains. Measured: on one hidden
@@ -63,6 +67,11 @@ class VerifyOptions:
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise InputError(f"option {name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
+        for name, low, high in (("refine_budget", 0.0, 1.0), ("bab_memory", 0.0, float("inf")),
+                                ("bab_steps", 0, float("inf"))):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, (str, bool)) or not low <= value <= high):
+                raise InputError(f"option {name}={value!r}: expected a number in [{low}, {high}] or None")
         try:
             check_solver(self.solver)
         except ValueError as e:

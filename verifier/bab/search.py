@@ -37,7 +37,7 @@ class Domain:
     spec: int
     signs: torch.Tensor  # (N,) int8 over all ReLU layers' neurons: -1 active, +1 inactive, 0 free
     params: torch.Tensor  # (2, m, N) float32: alphas, then betas
-    branch: int  # flat index of the neuron to split next
+    branch: tuple[int, int]  # (layer, neuron) to split next
     bound: float  # its proven lower bound
 
 
@@ -262,7 +262,12 @@ def branch_and_bound(net: Layered, specs: list[tuple[torch.Tensor, torch.Tensor]
         signs = list(flat_signs.split(sizes, dim=-1))
         alphas = list(params[:, 0].split(sizes, dim=-1))
         betas = list(params[:, 1].split(sizes, dim=-1))
-        found = absorb(spec_ids, *problem.bound(spec_ids, signs, alphas, betas, settings), signs)
+        value, *rest = problem.bound(spec_ids, signs, alphas, betas, settings)
+        # A child lies inside its parent, so the parent's bound holds for it too: with the max,
+        # the reported bound never falls as the search goes on (a fresh child bound can come out
+        # below its parent's when the warm-started steps land worse).
+        parents = torch.tensor([d.bound for d in picked] * 2, dtype=value.dtype)
+        found = absorb(spec_ids, torch.maximum(value, parents), *rest, signs)
         stats["bab_rounds"] += 1
         stats["bab_domains"] += split.numel()
     stats["bab_leaves_open"] = len(leaves)

@@ -8,6 +8,7 @@ MIP stages that may follow profit from them too.
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -69,7 +70,8 @@ def alpha_crown(run, layered: Layered, bounds: Bounds, budget: float) -> Bounds:
 
 
 def refine_share(options, layered: Layered) -> float:
-    """The share of the remaining time for refining layer bounds (see `refine_budget`)."""
+    """The share of the remaining time for refining layer bounds (see `refine_budget`); with
+    one ReLU layer there is nothing to refine, and `refine` returns at once."""
     if options.refine_budget is not None:
         return options.refine_budget
     return 0.1 if layered.depth <= 2 else 0.5
@@ -104,7 +106,18 @@ def bab_settings(options, layered: Layered) -> BabSettings:
     shallow = layered.depth == 1
     branching = options.bab_branching if options.bab_branching != "auto" else ("gap" if shallow else "trial")
     steps = options.bab_steps if options.bab_steps is not None else (4 if shallow else 12)
-    return BabSettings(batch=options.bab_batch, steps=steps, branching=branching)
+    return BabSettings(batch=options.bab_batch, steps=steps, branching=branching, max_memory=memory_budget(options))
+
+
+def memory_budget(options) -> int:
+    """Bytes for one search's open domains (see `bab_memory`)."""
+    if options.bab_memory is not None:
+        return int(options.bab_memory * 1e9)
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: assume 8 GB
+        physical = 8 << 30
+    return min(3 << 30, physical // 8)
 
 
 def bab_search(run, layered: Layered, bounds: Bounds, disjuncts: list[int], deadline: float):
@@ -125,8 +138,9 @@ def bab_search(run, layered: Layered, bounds: Bounds, disjuncts: list[int], dead
     settings = bab_settings(run.options, layered)
     out = branch_and_bound(layered, specs, x_lo, x_hi, lo, hi, run.options.tolerance, min(deadline, run.deadline),
                            confirm, settings=settings)
-    for key, value in out.stats.items():
-        run.stats[key] = run.stats.get(key, 0) + value
+    for key, value in out.stats.items():  # counts add up over the stages; the cap and its flag do not
+        merge = max if key in ("bab_max_queue", "bab_memory_full") else (lambda a, b: a + b)
+        run.stats[key] = merge(run.stats.get(key, 0), value)
     run.stats["time_bab"] = round(run.stats.get("time_bab", 0) + time.perf_counter() - start, 4)
     if out.status == "counterexample":
         return evidence[0]
