@@ -57,7 +57,7 @@ class BabSettings:
     lr_beta: float = 0.05
     # Open domains are kept while they fit in this many bytes (~3 KB each on mnistfc 256x4:
     # about a million); past it the search stops with the bounds it has.
-    max_memory: int = 3 << 30
+    max_memory: int = 3_000_000_000
     # On a real point at or below 0: stop with it (verification), or only stop working on that
     # spec (bound refinement: the spec cannot be proven, but the others can).
     stop_on_witness: bool = True

@@ -116,8 +116,8 @@ def memory_budget(options) -> int:
     try:
         physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # not a POSIX system: assume 8 GB
-        physical = 8 << 30
-    return min(3 << 30, physical // 8)
+        physical = 8_000_000_000
+    return int(min(3e9, physical // 8))
 
 
 def bab_search(run, layered: Layered, bounds: Bounds, disjuncts: list[int], deadline: float):
