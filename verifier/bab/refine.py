@@ -42,10 +42,12 @@ def refine_layer(net: Layered, k: int, x_lo, x_hi, lower: list, upper: list, dea
 
 
 def refined_bounds(net: Layered, x_lo, x_hi, lower: list, upper: list, alpha_steps: int,
-                   layer_budget: float, layers: int, deadline: float, order: str = "relative") -> tuple[list, list, dict]:
+                   layer_budget: float, layers: int, deadline: float, order: str = "relative",
+                   max_memory: int = BabSettings.max_memory) -> tuple[list, list, dict]:
     """alpha-CROWN layer by layer, with the first `layers` layers after the first also refined
-    by branch and bound (`layer_budget` seconds each) before the next layer is bounded."""
-    settings = BabSettings(steps=8, stop_on_witness=False, order=order)
+    by branch and bound (`layer_budget` seconds each, its open domains within `max_memory`
+    bytes like the final search's) before the next layer is bounded."""
+    settings = BabSettings(steps=8, stop_on_witness=False, order=order, max_memory=max_memory)
     stats = {"refine_domains": 0, "refine_time": 0.0}
     for k in range(1, net.depth):
         lower, upper = intermediate_bounds(net, x_lo, x_hi, lower, upper, alpha_steps, deadline, only=k)

@@ -8,6 +8,7 @@ MIP stages that may follow profit from them too.
 
 from __future__ import annotations
 
+import operator
 import os
 import time
 
@@ -93,7 +94,7 @@ def refine(run, layered: Layered, bounds: Bounds, budget: float) -> Bounds:
     while run.open() and time.perf_counter() < end:
         per_layer = min(per_layer, (end - time.perf_counter()) / layers)
         lo, hi, stats = refined_bounds(layered, x_lo, x_hi, lo, hi, run.options.alpha_steps, per_layer,
-                                       layers, end)
+                                       layers, end, max_memory=memory_budget(run.options))
         for key, value in stats.items():
             run.stats[key] = round(run.stats.get(key, 0) + value, 4)
         _prove_disjuncts(run, layered, x_lo, x_hi, lo, hi)
@@ -139,7 +140,7 @@ def bab_search(run, layered: Layered, bounds: Bounds, disjuncts: list[int], dead
     out = branch_and_bound(layered, specs, x_lo, x_hi, lo, hi, run.options.tolerance, min(deadline, run.deadline),
                            confirm, settings=settings)
     for key, value in out.stats.items():  # counts add up over the stages; the cap and its flag do not
-        merge = max if key in ("bab_max_queue", "bab_memory_full") else (lambda a, b: a + b)
+        merge = max if key in ("bab_max_queue", "bab_memory_full") else operator.add
         run.stats[key] = merge(run.stats.get(key, 0), value)
     run.stats["time_bab"] = round(run.stats.get("time_bab", 0) + time.perf_counter() - start, 4)
     if out.status == "counterexample":
