@@ -63,6 +63,20 @@ class HighsSolver:
         self._cost = problem.c.astype(np.float64).copy()
         self._integer = problem.integer.copy()
 
+    def farkas_ray(self) -> np.ndarray | None:
+        """Row multipliers meant to prove the last (infeasible) LP infeasible: HiGHS' dual ray,
+        from a rerun without presolve so that it refers to the original rows. Callers must
+        check it (`bounds.lp.certifies_infeasible`): HiGHS' word "infeasible" alone has been
+        seen wrong on a feasible LP whose objective column was bounded within 1e-8 of the
+        optimum."""
+        h = self.highs
+        h.setOptionValue("presolve", "off")
+        h.run()
+        status, has_ray, values = h.getDualRay()
+        if status != highspy.HighsStatus.kOk or not has_ray:
+            return None
+        return np.asarray(values, dtype=np.float64)
+
     def set_objective(self, c: np.ndarray) -> None:
         """Replace the objective; only changed coefficients are sent to HiGHS."""
         c = np.asarray(c, dtype=np.float64)

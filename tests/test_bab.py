@@ -211,7 +211,7 @@ def test_leaf_lp_is_exact_with_convex_last_layer_neurons_left_relaxed(seed):
     rows, const = layered.spec_rows(conj.C, conj.d)
     value, x = leaf_bound(layered, rows, const, torch.as_tensor(box.lo), torch.as_tensor(box.hi),
                           [torch.zeros(lo.size, dtype=torch.int8)], [torch.as_tensor(lo)], [torch.as_tensor(hi)],
-                          -1e3, 10.0)
+                          10.0)
     assert expected - 1e-6 <= value <= expected + 1e-9
     assert conj.slack(net.forward(x))[0] <= expected + 1e-6
     # A row weighing an unsplit unstable neuron < 0: not a leaf, no bound.
@@ -220,7 +220,7 @@ def test_leaf_lp_is_exact_with_convex_last_layer_neurons_left_relaxed(seed):
     rows[0, unstable] = -1.0
     value, _ = leaf_bound(layered, rows, const, torch.as_tensor(box.lo), torch.as_tensor(box.hi),
                           [torch.zeros(lo.size, dtype=torch.int8)], [torch.as_tensor(lo)], [torch.as_tensor(hi)],
-                          -1e3, 10.0)
+                          10.0)
     assert value == -np.inf
 
 
@@ -314,3 +314,25 @@ def test_rigorous_bound_refuses_a_float32_relaxation():
     with pytest.raises(ValueError, match="float64 relaxation"):
         backward_bound(layered, layered.depth, rows[None], const[None], torch.as_tensor(box.lo),
                        torch.as_tensor(box.hi), Relaxation.of(lo, hi, torch.float32), alphas)
+
+
+def test_leaf_lp_infeasible_only_with_a_checked_certificate():
+    """An empty activation pattern closes its domain (+inf, from a verified Farkas ray); a
+    pattern that holds points does not, and its bound is the exact minimum."""
+    from verifier.bab.layered import Layered
+    from verifier.bab.leaf import leaf_bound
+
+    # z0 = x, z1 = -x - 0.5 over x in [-1, 1]: both active needs x >= 0 and x <= -0.5.
+    net = Layered([torch.tensor([[1.0], [-1.0]], dtype=torch.float64), torch.tensor([[1.0, 1.0]], dtype=torch.float64)],
+                  [torch.tensor([0.0, -0.5], dtype=torch.float64), torch.zeros(1, dtype=torch.float64)], ["z"])
+    x_lo, x_hi = torch.tensor([-1.0], dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64)
+    rows, const = torch.tensor([[1.0, 1.0]], dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    both_active = [torch.tensor([-1, -1], dtype=torch.int8)]
+    lower, upper = [torch.tensor([0.0, 0.0], dtype=torch.float64)], [torch.tensor([1.0, 0.5], dtype=torch.float64)]
+    value, x = leaf_bound(net, rows, const, x_lo, x_hi, both_active, lower, upper, 10.0)
+    assert value == np.inf and x is None
+    # z0 active, z1 inactive: x in [0, 1], output h0 + h1 = x, minimum 0 at x = 0.
+    mixed = [torch.tensor([-1, 1], dtype=torch.int8)]
+    lower, upper = [torch.tensor([0.0, -1.5], dtype=torch.float64)], [torch.tensor([1.0, 0.0], dtype=torch.float64)]
+    value, x = leaf_bound(net, rows, const, x_lo, x_hi, mixed, lower, upper, 10.0)
+    assert -1e-5 <= value <= 1e-9 and abs(x[0]) <= 1e-5

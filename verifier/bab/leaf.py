@@ -18,7 +18,7 @@ import torch
 from solvers.base import MilpProblem, SolveOptions, SolveStatus
 from solvers.highs import HighsSolver
 from verifier.bab.layered import Layered
-from verifier.bounds.lp import safe_lower_bound
+from verifier.bounds.lp import certifies_infeasible, safe_lower_bound
 
 #: Split constraints z >= 0 / z <= 0 are loosened to z >= -LOOSEN / z <= LOOSEN.
 LOOSEN = 1e-6
@@ -26,7 +26,7 @@ LOOSEN = 1e-6
 
 def leaf_bound(net: Layered, rows: torch.Tensor, const: torch.Tensor, x_lo: torch.Tensor,
                x_hi: torch.Tensor, signs: list[torch.Tensor], lower: list[torch.Tensor],
-               upper: list[torch.Tensor], t_lo: float, time_limit: float) -> tuple[float, np.ndarray | None]:
+               upper: list[torch.Tensor], time_limit: float) -> tuple[float, np.ndarray | None]:
     """(safe lower bound on min over the domain of max_r rows_r h + const_r, LP minimiser).
 
     `signs` are the domain's splits, `lower`/`upper` its clamped pre-activation bounds: a
@@ -34,8 +34,10 @@ def leaf_bound(net: Layered, rows: torch.Tensor, const: torch.Tensor, x_lo: torc
     may remain only in the last hidden layer where every row weighs them >= 0
     (`branching.convex_last_layer`): they get a column y >= max(0, z), which is exact when
     minimising. Any other unstable neuron means the domain is no leaf: no bound (-inf).
-    t_lo is a known lower bound on the minimum (the domain's propagated bound), which keeps
-    the LP bounded. An infeasible domain gives +inf.
+    An infeasible domain gives +inf, but only with a Farkas certificate checked here: HiGHS
+    once called such an LP infeasible although it held the real maximiser of a neuron, when
+    the objective column's lower bound (then the domain's propagated bound) sat 5e-9 below
+    the optimum. That column now gets a floor a unit below the box's interval bound instead.
     """
     n0 = x_lo.numel()
     r, c = rows.numpy(), const.numpy()
@@ -65,6 +67,9 @@ def leaf_bound(net: Layered, rows: torch.Tensor, const: torch.Tensor, x_lo: torc
     centre, radius = (lo + hi) / 2, (hi - lo) / 2
     r_relaxed = r[:, relaxed]
     t_hi = float((obj_mat @ centre + np.abs(obj_mat) @ radius + r_relaxed @ y_hi + obj_v).max()) + 1.0
+    # t >= every row's value, so >= row 0's interval minimum over the box: a floor far from the optimum.
+    t_lo = float(obj_mat[0] @ centre - np.abs(obj_mat[0]) @ radius + np.minimum(r_relaxed[0], 0) @ y_hi
+                 + obj_v[0]) - 1.0
     # variables (x, y, t): min t  s.t.  splits on x;  y - z(x) >= 0;  obj_mat x + R y - t <= -obj_v
     zeros = lambda rows_: np.zeros((rows_, nr + 1))  # noqa: E731
     blocks = [np.hstack([mat, zeros(mat.shape[0])]) for mat in cons]
@@ -74,9 +79,10 @@ def leaf_bound(net: Layered, rows: torch.Tensor, const: torch.Tensor, x_lo: torc
     row_hi = np.concatenate(cons_hi + [np.full(nr, np.inf), -obj_v])
     problem = MilpProblem(np.r_[np.zeros(n0 + nr), 1.0], sp.csc_matrix(np.vstack(blocks)), row_lo, row_hi,
                           np.r_[lo, np.zeros(nr), t_lo], np.r_[hi, y_hi, t_hi], np.zeros(n0 + nr + 1, bool))
-    res = HighsSolver(problem, relax=True).solve(SolveOptions(time_limit=time_limit, relax=True))
+    solver = HighsSolver(problem, relax=True)
+    res = solver.solve(SolveOptions(time_limit=time_limit, relax=True))
     if res.status == SolveStatus.INFEASIBLE:
-        return np.inf, None
+        return (np.inf, None) if certifies_infeasible(problem, solver.farkas_ray()) else (-np.inf, None)
     if res.status != SolveStatus.OPTIMAL or res.row_dual is None:
         return -np.inf, None
     magnitude = (np.abs(obj_v).max() + np.abs(obj_mat).sum(1).max() * np.maximum(np.abs(lo), np.abs(hi)).max()

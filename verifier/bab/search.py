@@ -209,7 +209,7 @@ def branch_and_bound(net: Layered, specs: list[tuple[torch.Tensor, torch.Tensor]
                 leaves.append((spec, value))  # no time left for its LP
             elif choices[i] is None:
                 exact, x = leaf_bound(net, problem.rows[spec], problem.const[spec], x_lo, x_hi,
-                                      [s[i] for s in signs], [l[i] for l in lower], [u[i] for u in upper], value,
+                                      [s[i] for s in signs], [l[i] for l in lower], [u[i] for u in upper],
                                       max(deadline - time.perf_counter(), 0.1))
                 stats["bab_leaf_lps"] += 1
                 if x is not None and problem.slack(torch.tensor([spec]), torch.as_tensor(x)[None])[0] <= 0:

@@ -48,6 +48,16 @@ def safe_lower_bound(problem: MilpProblem, c: np.ndarray, row_dual: np.ndarray) 
     return float(col.sum() + row.sum() - slack - 1e-12)
 
 
+def certifies_infeasible(problem: MilpProblem, ray: np.ndarray | None) -> bool:
+    """Whether row multipliers y (either sign) prove the LP infeasible: then the safe bound on
+    min 0 @ x from y is above 0, which no feasible x allows (Farkas, with rounding covered by
+    `safe_lower_bound`'s slack)."""
+    if ray is None or ray.shape != (problem.num_rows,) or not np.all(np.isfinite(ray)):
+        return False
+    zero = np.zeros(problem.num_cols)
+    return any(safe_lower_bound(problem, zero, sign * ray) > 0 for sign in (1.0, -1.0))
+
+
 def lp_min(solver: HighsSolver, problem: MilpProblem, c: np.ndarray, time_limit: float) -> float:
     """Safe lower bound on min c@x over the LP relaxation (-inf if the LP did not finish)."""
     solver.set_objective(c)
