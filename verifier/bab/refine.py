@@ -5,8 +5,16 @@ On deep networks the final bound is poor mainly because early layers' relaxation
 fixing a neuron of layer 2 needs only the few dozen unstable ReLUs of layer 1 split. MILP
 solvers do this per neuron (one MIP each, seconds apiece here); running it as one branch and
 bound over all of a layer's neurons at once (each bound direction a spec) reuses the batched
-engine, and every bound it reports is valid however early the budget stops it. A spec whose
-bound is refuted by a real point (the neuron really is unstable that way) is not split further.
+engine, and every bound it reports is valid however early the budget stops it.
+
+A spec refuted by a real point (the neuron really is unstable that way) is still split: its
+bound cannot reach 0, but a tighter one still narrows the neuron's relaxation. Which domain goes
+next is the one whose spec has the largest share of its gap still open, the gap ending at 0 or
+at the least real value seen, whichever is lower — so a spec near what real points reach yields
+to those that can still move or close. Measured on mnistfc 256x4 (300 s, whole pipeline):
+dropping refuted specs and sharing effort by relative bound left prop_3 eps 0.03 at -0.37 and
+prop_6 eps 0.05 at -0.51; splitting them with the same order, -0.22 and -1.94 (stuck specs took
+the effort); splitting them with the gap order, prop_3 robust in 282 s and prop_6 at -0.03.
 """
 
 from __future__ import annotations
@@ -42,12 +50,14 @@ def refine_layer(net: Layered, k: int, x_lo, x_hi, lower: list, upper: list, dea
 
 
 def refined_bounds(net: Layered, x_lo, x_hi, lower: list, upper: list, alpha_steps: int,
-                   layer_budget: float, layers: int, deadline: float, order: str = "relative",
+                   layer_budget: float, layers: int, deadline: float, order: str = "gap",
+                   on_witness: str = "continue",
                    max_memory: int = BabSettings.max_memory) -> tuple[list, list, dict]:
     """alpha-CROWN layer by layer, with the first `layers` layers after the first also refined
     by branch and bound (`layer_budget` seconds each, its open domains within `max_memory`
-    bytes like the final search's) before the next layer is bounded."""
-    settings = BabSettings(steps=8, stop_on_witness=False, order=order, max_memory=max_memory)
+    bytes like the final search's) before the next layer is bounded. `order` and `on_witness`
+    as in BabSettings; the defaults are the measured best (module docstring)."""
+    settings = BabSettings(steps=8, on_witness=on_witness, order=order, max_memory=max_memory)
     stats = {"refine_domains": 0, "refine_time": 0.0}
     for k in range(1, net.depth):
         lower, upper = intermediate_bounds(net, x_lo, x_hi, lower, upper, alpha_steps, deadline, only=k)

@@ -58,15 +58,32 @@ class BabSettings:
     # Open domains are kept while they fit in this many bytes (~3 KB each on mnistfc 256x4:
     # about a million); past it the search stops with the bounds it has.
     max_memory: int = 3_000_000_000
-    # On a real point at or below 0: stop with it (verification), or only stop working on that
-    # spec (bound refinement: the spec cannot be proven, but the others can).
-    stop_on_witness: bool = True
-    # Which open domains go first: "lowest" bound (verification: the worst spec decides), or
-    # "relative" — lowest bound as a share of its spec's root bound, so that all specs progress
-    # alike (bound refinement, where every spec closed is a gain).
+    # On a real point at or below 0: "stop" with it (verification). In bound refinement, "drop"
+    # the spec (it cannot be proven, but the others can) or "continue" splitting it: a tighter
+    # bound on a truly unstable neuron still narrows its relaxation (measured, see refine.py).
+    on_witness: str = "stop"
+    # Which open domains go first: "lowest" bound (verification: the worst spec decides);
+    # "relative": lowest bound as a share of its spec's root bound, so that all specs progress
+    # alike; "gap": the largest share of its spec's gap still open, where the gap ends at the
+    # tolerance or at the least real value seen if lower — so a spec whose bound nears what a
+    # real point reaches yields to the others (bound refinement, see refine.py).
     order: str = "lowest"
     branching: str = "trial"  # "gap" or "trial" (see branching.py)
     candidates: int = 4  # neurons tried per domain by "trial"
+
+
+def _order_key(order: str, value: float, spec: int, scale: list, best_real: torch.Tensor,
+               tolerance: float) -> float:
+    """Heap key of an open domain (lowest first), see BabSettings.order."""
+    if order == "relative":
+        return value / scale[spec]
+    if order == "gap":
+        # The share of the spec's gap still open: from its bound up to what can still be reached
+        # (the tolerance, or the least real value seen if lower), over the same at the root.
+        target = min(float(best_real[spec]), tolerance)
+        root = -scale[spec]
+        return -(target - value) / max(target - root, 1e-9)
+    return value
 
 
 def domain_bytes(neurons: int, rows: int) -> int:
@@ -168,6 +185,7 @@ def branch_and_bound(net: Layered, specs: list[tuple[torch.Tensor, torch.Tensor]
     closed = [np.inf] * n_specs  # least bound among each spec's closed domains
     dropped = [np.inf] * n_specs  # least bound among domains of refuted specs, no longer split
     refuted: set[int] = set()
+    best_real = torch.full((n_specs,), torch.inf, dtype=EXACT)  # least real slack seen per spec
 
     def choose(spec_ids, best, alphas, betas, out, lower, upper, signs) -> dict[int, tuple[int, int] | None]:
         """The branching choice of each domain that stays open (closed ones need none; the
@@ -192,11 +210,13 @@ def branch_and_bound(net: Layered, specs: list[tuple[torch.Tensor, torch.Tensor]
         flat = corners.reshape(-1, corners.shape[-1])
         row_specs = spec_ids.repeat_interleave(m)
         slack = problem.slack(row_specs, flat)
+        seen = torch.nan_to_num(slack.to(best_real.dtype), nan=torch.inf)  # only steers the order
+        best_real.scatter_reduce_(0, row_specs, seen, "amin")
         for i in torch.nonzero(slack <= 0).flatten().tolist():
             stats["bab_candidates"] += 1
-            if not settings.stop_on_witness:
+            if settings.on_witness == "drop":
                 refuted.add(int(row_specs[i]))
-            elif is_counterexample(flat[i].numpy()):
+            elif settings.on_witness == "stop" and is_counterexample(flat[i].numpy()):
                 return flat[i].numpy()
         choices = choose(spec_ids, best, alphas, betas, out, lower, upper, signs)
         packed = None  # the batch's signs and parameters as (B, N) and (B, 2, m, N), once needed
@@ -214,7 +234,7 @@ def branch_and_bound(net: Layered, specs: list[tuple[torch.Tensor, torch.Tensor]
                 stats["bab_leaf_lps"] += 1
                 if x is not None and problem.slack(torch.tensor([spec]), torch.as_tensor(x)[None])[0] <= 0:
                     stats["bab_candidates"] += 1
-                    if settings.stop_on_witness and is_counterexample(x):
+                    if settings.on_witness == "stop" and is_counterexample(x):
                         return x
                 if exact > tolerance:
                     closed[spec] = min(closed[spec], exact)
@@ -224,7 +244,7 @@ def branch_and_bound(net: Layered, specs: list[tuple[torch.Tensor, torch.Tensor]
                 if packed is None:
                     packed = (torch.cat(signs, dim=-1), torch.stack([torch.cat(alphas, -1), torch.cat(betas, -1)], 1))
                 dom = Domain(spec, packed[0][i].clone(), packed[1][i].clone(), choices[i], value)
-                key = value / scale[spec] if settings.order == "relative" else value
+                key = _order_key(settings.order, value, spec, scale, best_real, tolerance)
                 heapq.heappush(queue, (key, next(tie), dom))
         return None
 
