@@ -63,16 +63,16 @@ class HighsSolver:
         self._cost = problem.c.astype(np.float64).copy()
         self._integer = problem.integer.copy()
 
-    def farkas_ray(self) -> np.ndarray | None:
-        """Row multipliers meant to prove the last (infeasible) LP infeasible: HiGHS' dual ray,
-        from a rerun without presolve so that it refers to the original rows. Callers must
-        check it (`bounds.lp.certifies_infeasible`): HiGHS' word "infeasible" alone has been
-        seen wrong on a feasible LP whose objective column was bounded within 1e-8 of the
-        optimum."""
-        h = self.highs
-        h.setOptionValue("presolve", "off")
-        h.run()
-        status, has_ray, values = h.getDualRay()
+    def set_presolve(self, on: bool) -> None:
+        """Presolve on or off for the next solves (a dual ray refers to the original rows only
+        when the LP was solved without presolve)."""
+        self.highs.setOptionValue("presolve", "on" if on else "off")
+
+    def dual_ray(self) -> np.ndarray | None:
+        """Row multipliers meant to prove the last LP infeasible (HiGHS' dual ray), or None.
+        Callers must check them (`bounds.lp.certifies_infeasible`): HiGHS' word "infeasible"
+        alone has been seen wrong (bab/leaf.py)."""
+        status, has_ray, values = self.highs.getDualRay()
         if status != highspy.HighsStatus.kOk or not has_ray:
             return None
         return np.asarray(values, dtype=np.float64)

@@ -336,3 +336,42 @@ def test_leaf_lp_infeasible_only_with_a_checked_certificate():
     lower, upper = [torch.tensor([0.0, -1.5], dtype=torch.float64)], [torch.tensor([1.0, 0.0], dtype=torch.float64)]
     value, x = leaf_bound(net, rows, const, x_lo, x_hi, mixed, lower, upper, 10.0)
     assert -1e-5 <= value <= 1e-9 and abs(x[0]) <= 1e-5
+
+
+def test_infeasibility_certificate_is_checked_not_trusted():
+    """A Farkas ray closes a problem only if it really proves it empty, whatever its sign and
+    scale; random rays never prove a feasible problem empty."""
+    import scipy.sparse as sp
+
+    from solvers.base import MilpProblem
+    from verifier.bounds.lp import certifies_infeasible
+
+    def problem(row_lo: float) -> MilpProblem:  # x in [0, 1] and x + 0 y >= row_lo, y in [-1, 1]
+        return MilpProblem(np.zeros(2), sp.csc_matrix([[1.0, 0.0]]), np.array([row_lo]), np.array([np.inf]),
+                           np.array([0.0, -1.0]), np.array([1.0, 1.0]), np.zeros(2, bool))
+
+    empty, holding = problem(2.0), problem(0.5)
+    assert certifies_infeasible(empty, np.array([1.0]))
+    assert certifies_infeasible(empty, np.array([-1e-14]))  # HiGHS' sign convention, tiny scale
+    rng = np.random.default_rng(0)
+    assert not any(certifies_infeasible(holding, rng.normal(size=1)) for _ in range(50))
+    for bad in (None, np.zeros(1), np.array([np.nan]), np.ones(2)):
+        assert not certifies_infeasible(empty, bad)
+
+
+def test_leaf_lp_called_infeasible_without_a_certificate_proves_nothing(monkeypatch):
+    """If the solver says "infeasible" on a domain that holds points, the leaf stays open."""
+    from solvers.base import SolveResult, SolveStatus
+    from solvers.highs import HighsSolver
+    from verifier.bab.layered import Layered
+    from verifier.bab.leaf import leaf_bound
+
+    monkeypatch.setattr(HighsSolver, "solve", lambda self, options: SolveResult(SolveStatus.INFEASIBLE, None, np.inf, np.inf))
+    monkeypatch.setattr(HighsSolver, "dual_ray", lambda self: np.random.default_rng(1).normal(size=self.problem.num_rows))
+    net = Layered([torch.tensor([[1.0], [-1.0]], dtype=torch.float64), torch.tensor([[1.0, 1.0]], dtype=torch.float64)],
+                  [torch.tensor([0.0, -0.5], dtype=torch.float64), torch.zeros(1, dtype=torch.float64)], ["z"])
+    value, x = leaf_bound(net, torch.tensor([[1.0, 1.0]], dtype=torch.float64), torch.zeros(1, dtype=torch.float64),
+                          torch.tensor([-1.0], dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64),
+                          [torch.tensor([-1, 1], dtype=torch.int8)], [torch.tensor([0.0, -1.5], dtype=torch.float64)],
+                          [torch.tensor([1.0, 0.0], dtype=torch.float64)], 10.0)
+    assert value == -np.inf and x is None

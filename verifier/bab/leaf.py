@@ -68,8 +68,8 @@ def leaf_bound(net: Layered, rows: torch.Tensor, const: torch.Tensor, x_lo: torc
     r_relaxed = r[:, relaxed]
     t_hi = float((obj_mat @ centre + np.abs(obj_mat) @ radius + r_relaxed @ y_hi + obj_v).max()) + 1.0
     # t >= every row's value, so >= row 0's interval minimum over the box: a floor far from the optimum.
-    t_lo = float(obj_mat[0] @ centre - np.abs(obj_mat[0]) @ radius + np.minimum(r_relaxed[0], 0) @ y_hi
-                 + obj_v[0]) - 1.0
+    row0_lo = float(obj_mat[0] @ centre - np.abs(obj_mat[0]) @ radius + np.minimum(r_relaxed[0], 0) @ y_hi + obj_v[0])
+    t_lo = row0_lo - 1.0 - 1e-6 * abs(row0_lo)
     # variables (x, y, t): min t  s.t.  splits on x;  y - z(x) >= 0;  obj_mat x + R y - t <= -obj_v
     zeros = lambda rows_: np.zeros((rows_, nr + 1))  # noqa: E731
     blocks = [np.hstack([mat, zeros(mat.shape[0])]) for mat in cons]
@@ -80,9 +80,13 @@ def leaf_bound(net: Layered, rows: torch.Tensor, const: torch.Tensor, x_lo: torc
     problem = MilpProblem(np.r_[np.zeros(n0 + nr), 1.0], sp.csc_matrix(np.vstack(blocks)), row_lo, row_hi,
                           np.r_[lo, np.zeros(nr), t_lo], np.r_[hi, y_hi, t_hi], np.zeros(n0 + nr + 1, bool))
     solver = HighsSolver(problem, relax=True)
-    res = solver.solve(SolveOptions(time_limit=time_limit, relax=True))
-    if res.status == SolveStatus.INFEASIBLE:
-        return (np.inf, None) if certifies_infeasible(problem, solver.farkas_ray()) else (-np.inf, None)
+    options = SolveOptions(time_limit=time_limit, relax=True)
+    res = solver.solve(options)
+    if res.status == SolveStatus.INFEASIBLE:  # checked, not trusted: again without presolve, for a ray
+        solver.set_presolve(False)
+        res = solver.solve(options)
+        if res.status == SolveStatus.INFEASIBLE:
+            return (np.inf, None) if certifies_infeasible(problem, solver.dual_ray()) else (-np.inf, None)
     if res.status != SolveStatus.OPTIMAL or res.row_dual is None:
         return -np.inf, None
     magnitude = (np.abs(obj_v).max() + np.abs(obj_mat).sum(1).max() * np.maximum(np.abs(lo), np.abs(hi)).max()

@@ -3,8 +3,9 @@
 A subproblem ("domain") belongs to one disjunct (spec) and fixes some unstable ReLUs to a side.
 Its lower bound comes from `crown.backward_bound` with slopes and split multipliers optimised
 by a few Adam steps, warm-started from the parent; domains whose bound exceeds the tolerance
-are closed. Each round splits the open domains with the lowest bounds — of all disjuncts at
-once, since on a CPU a round costs little more for many domains than for a few — on the neuron
+are closed. Each round splits the first open domains in the queue's order (for verification the
+lowest bounds; see BabSettings.order) — of all disjuncts at once, since on a CPU a round costs
+little more for many domains than for a few — on the neuron
 chosen by `branching.py` (by default: the best few by relaxation gap, each tried for real). Each bound also yields the box corner where its
 linear lower bound is least; it is run through the real network as a cheap attack.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -66,15 +68,27 @@ class BabSettings:
     # "relative": lowest bound as a share of its spec's root bound, so that all specs progress
     # alike; "gap": the largest share of its spec's gap still open, where the gap ends at the
     # tolerance or at the least real value seen if lower — so a spec whose bound nears what a
-    # real point reaches yields to the others (bound refinement, see refine.py).
+    # real point reaches yields to the others (bound refinement, see refine.py). Keys are fixed
+    # when a domain is queued: a better real value counts for the domains queued after it.
     order: str = "lowest"
     branching: str = "trial"  # "gap" or "trial" (see branching.py)
     candidates: int = 4  # neurons tried per domain by "trial"
 
+    def __post_init__(self) -> None:
+        # A mistyped word would silently change what the search does (e.g. never return a
+        # counterexample), so refuse it.
+        for name, allowed in (("on_witness", ("stop", "drop", "continue")),
+                              ("order", ("lowest", "relative", "gap")), ("branching", ("gap", "trial"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"BabSettings.{name}={getattr(self, name)!r}: expected one of {allowed}")
+
 
 def _order_key(order: str, value: float, spec: int, scale: list, best_real: torch.Tensor,
                tolerance: float) -> float:
-    """Heap key of an open domain (lowest first), see BabSettings.order."""
+    """Heap key of an open domain (lowest first), see BabSettings.order. A spec whose bound
+    is not finite goes first under the ratio orders (its share cannot be computed)."""
+    if order != "lowest" and not (math.isfinite(value) and math.isfinite(scale[spec])):
+        return -math.inf
     if order == "relative":
         return value / scale[spec]
     if order == "gap":
@@ -167,7 +181,8 @@ def branch_and_bound(net: Layered, specs: list[tuple[torch.Tensor, torch.Tensor]
                      is_counterexample: Callable[[np.ndarray], bool],
                      settings: BabSettings | None = None) -> BabOutcome:
     """Prove, for every spec (rows R on the last hidden layer, constants c), that
-    min over the box of max_r (R h(x) + c)_r > tolerance — or find x with it <= 0 for one.
+    min over the box of max_r (R h(x) + c)_r > tolerance — or (on_witness="stop") find x with it
+    <= 0 for one.
 
     lower/upper are root bounds of every ReLU layer's pre-activation; `is_counterexample`
     confirms a candidate independently (e.g. with onnxruntime on the original model).
@@ -183,8 +198,8 @@ def branch_and_bound(net: Layered, specs: list[tuple[torch.Tensor, torch.Tensor]
     queue: list = []  # (bound, tie, Domain)
     leaves: list[tuple[int, float]] = []  # domains with nothing left to split, still open
     closed = [np.inf] * n_specs  # least bound among each spec's closed domains
-    dropped = [np.inf] * n_specs  # least bound among domains of refuted specs, no longer split
-    refuted: set[int] = set()
+    dropped = [np.inf] * n_specs  # on_witness="drop": least bound among refuted specs' domains
+    refuted: set[int] = set()  # on_witness="drop": specs a real point refutes, no longer split
     best_real = torch.full((n_specs,), torch.inf, dtype=EXACT)  # least real slack seen per spec
 
     def choose(spec_ids, best, alphas, betas, out, lower, upper, signs) -> dict[int, tuple[int, int] | None]:
@@ -232,7 +247,10 @@ def branch_and_bound(net: Layered, specs: list[tuple[torch.Tensor, torch.Tensor]
                                       [s[i] for s in signs], [l[i] for l in lower], [u[i] for u in upper],
                                       max(deadline - time.perf_counter(), 0.1))
                 stats["bab_leaf_lps"] += 1
-                if x is not None and problem.slack(torch.tensor([spec]), torch.as_tensor(x)[None])[0] <= 0:
+                leaf_slack = problem.slack(torch.tensor([spec]), torch.as_tensor(x)[None])[0] if x is not None else None
+                if leaf_slack is not None and not torch.isnan(leaf_slack):
+                    best_real[spec] = torch.minimum(best_real[spec], leaf_slack.to(best_real.dtype))
+                if leaf_slack is not None and leaf_slack <= 0:
                     stats["bab_candidates"] += 1
                     if settings.on_witness == "stop" and is_counterexample(x):
                         return x

@@ -52,9 +52,10 @@ def certifies_infeasible(problem: MilpProblem, ray: np.ndarray | None) -> bool:
     """Whether row multipliers y (either sign) prove the LP infeasible: then the safe bound on
     min 0 @ x from y is above 0, which no feasible x allows (Farkas, with rounding covered by
     `safe_lower_bound`'s slack)."""
-    if ray is None or ray.shape != (problem.num_rows,) or not np.all(np.isfinite(ray)):
+    if ray is None or ray.shape != (problem.num_rows,) or not np.all(np.isfinite(ray)) or not ray.any():
         return False
     zero = np.zeros(problem.num_cols)
+    ray = ray / np.abs(ray).max()  # the bound scales with y but its absolute slack does not
     return any(safe_lower_bound(problem, zero, sign * ray) > 0 for sign in (1.0, -1.0))
 
 

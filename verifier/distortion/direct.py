@@ -107,7 +107,11 @@ def direct_search(checker: Checker, upper: Example | None, deadline: float, opti
     problem, choice = _goal_rows(enc, net, bounds, disjuncts)
     coded = encode_norm(problem, enc.input_cols, x0[enc.input_cols], box.lo, box.hi, norm)
     if norm == "linf" and known_lower > 0:
-        coded.problem.col_lo[coded.cols] = min(known_lower, coded.problem.col_hi[coded.cols[0]])
+        # Just below the known bound, not on it: a floor on the optimum invites tolerance trouble
+        # (see bab/leaf.py); `lower` keeps the known bound anyway.
+        floor = known_lower - max(1e-6, 1e-6 * known_lower)
+        cols = coded.cols
+        coded.problem.col_lo[cols] = np.clip(floor, coded.problem.col_lo[cols], coded.problem.col_hi[cols])
     stats.update(binaries=int(coded.problem.integer.sum()), mip_nodes=0, mip_solves=0)
     lower, best = known_lower, upper
     start_x = upper.x if upper is not None else None

@@ -278,7 +278,10 @@ def _solve(run: _Run, solver, problem, c, offset: float, initial: np.ndarray, ti
         solve.cutoff, solve.target = 2 * run.options.tolerance - offset, -offset
     res = solver.solve(solve)
     run.stats["mip_nodes"] += res.nodes
-    return res, res.status in (SolveStatus.OPTIMAL, SolveStatus.INFEASIBLE)
+    # "Infeasible" finishes a search only under a cutoff (nothing below it); without one the
+    # encoding of a non-empty box always has points, so the word is a solver failure.
+    return res, res.status == SolveStatus.OPTIMAL or (res.status == SolveStatus.INFEASIBLE
+                                                      and np.isfinite(solve.cutoff))
 
 
 def _incumbent(run: _Run, enc: EncodedNetwork, res, d: int):
