@@ -15,6 +15,7 @@ to those that can still move or close. Measured on mnistfc 256x4 (300 s, whole p
 dropping refuted specs and sharing effort by relative bound left prop_3 eps 0.03 at -0.37 and
 prop_6 eps 0.05 at -0.51; splitting them with the same order, -0.22 and -1.94 (stuck specs took
 the effort); splitting them with the gap order, prop_3 robust in 282 s and prop_6 at -0.03.
+On two ReLU layers the old way is better (search.bab_stage.refine_mode picks per depth).
 """
 
 from __future__ import annotations
