@@ -83,7 +83,7 @@ class BabSettings:
                 raise ValueError(f"BabSettings.{name}={getattr(self, name)!r}: expected one of {allowed}")
 
 
-def _order_key(order: str, value: float, spec: int, scale: list, best_real: torch.Tensor,
+def _order_key(order: str, value: float, spec: int, scale: list, best_real: list,
                tolerance: float) -> float:
     """Heap key of an open domain (lowest first), see BabSettings.order. A spec whose bound
     is not finite goes first under the ratio orders (its share cannot be computed)."""
@@ -94,7 +94,7 @@ def _order_key(order: str, value: float, spec: int, scale: list, best_real: torc
     if order == "gap":
         # The share of the spec's gap still open: from its bound up to what can still be reached
         # (the tolerance, or the least real value seen if lower), over the same at the root.
-        target = min(float(best_real[spec]), tolerance)
+        target = min(best_real[spec], tolerance)
         root = -scale[spec]
         return -(target - value) / max(target - root, 1e-9)
     return value
@@ -200,7 +200,7 @@ def branch_and_bound(net: Layered, specs: list[tuple[torch.Tensor, torch.Tensor]
     closed = [np.inf] * n_specs  # least bound among each spec's closed domains
     dropped = [np.inf] * n_specs  # on_witness="drop": least bound among refuted specs' domains
     refuted: set[int] = set()  # on_witness="drop": specs a real point refutes, no longer split
-    best_real = torch.full((n_specs,), torch.inf, dtype=EXACT)  # least real slack seen per spec
+    best_real = [math.inf] * n_specs  # least real slack seen per spec (steers the "gap" order only)
 
     def choose(spec_ids, best, alphas, betas, out, lower, upper, signs) -> dict[int, tuple[int, int] | None]:
         """The branching choice of each domain that stays open (closed ones need none; the
@@ -225,8 +225,9 @@ def branch_and_bound(net: Layered, specs: list[tuple[torch.Tensor, torch.Tensor]
         flat = corners.reshape(-1, corners.shape[-1])
         row_specs = spec_ids.repeat_interleave(m)
         slack = problem.slack(row_specs, flat)
-        seen = torch.nan_to_num(slack.to(best_real.dtype), nan=torch.inf)  # only steers the order
-        best_real.scatter_reduce_(0, row_specs, seen, "amin")
+        seen = torch.full((n_specs,), torch.inf, dtype=EXACT).scatter_reduce_(
+            0, row_specs, torch.nan_to_num(slack.to(EXACT), nan=torch.inf), "amin")
+        best_real[:] = map(min, best_real, seen.tolist())
         for i in torch.nonzero(slack <= 0).flatten().tolist():
             stats["bab_candidates"] += 1
             if settings.on_witness == "drop":
@@ -247,10 +248,12 @@ def branch_and_bound(net: Layered, specs: list[tuple[torch.Tensor, torch.Tensor]
                                       [s[i] for s in signs], [l[i] for l in lower], [u[i] for u in upper],
                                       max(deadline - time.perf_counter(), 0.1))
                 stats["bab_leaf_lps"] += 1
-                leaf_slack = problem.slack(torch.tensor([spec]), torch.as_tensor(x)[None])[0] if x is not None else None
-                if leaf_slack is not None and not torch.isnan(leaf_slack):
-                    best_real[spec] = torch.minimum(best_real[spec], leaf_slack.to(best_real.dtype))
-                if leaf_slack is not None and leaf_slack <= 0:
+                leaf_slack = math.nan  # the LP minimiser's real slack (NaN: no point)
+                if x is not None:
+                    leaf_slack = float(problem.slack(torch.tensor([spec]), torch.as_tensor(x)[None])[0])
+                if not math.isnan(leaf_slack):
+                    best_real[spec] = min(best_real[spec], leaf_slack)
+                if leaf_slack <= 0:
                     stats["bab_candidates"] += 1
                     if settings.on_witness == "stop" and is_counterexample(x):
                         return x
