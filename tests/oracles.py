@@ -110,3 +110,37 @@ def enumerate_min_distortion(ws, bs, x0, lo, hi, conjunctions, norm: str) -> flo
                             best = min(best, size)
                             break
     return best
+
+
+def enumerate_constrained_ranges(ws, bs, lo, hi, C, d) -> dict[tuple[int, int], tuple[float, float]]:
+    """(min, max) of every hidden pre-activation z_k[j] over U = {x in the box: C y(x) - d <= 0
+    row-wise}, by enumerating activation patterns (one LP per pattern and objective); empty if
+    U is empty."""
+    n = lo.size
+    sizes = [w.shape[0] for w in ws[:-1]]
+    ranges: dict[tuple[int, int], tuple[float, float]] = {}
+    for pattern in itertools.product([0, 1], repeat=sum(sizes)):
+        A_ub, b_ub, pre = [], [], []
+        M, c, pos = np.eye(n), np.zeros(n), 0
+        for w, b, size in zip(ws[:-1], bs[:-1], sizes):
+            zM, zc = w @ M, w @ c + b
+            pre.append((zM, zc))
+            act = np.array(pattern[pos:pos + size], dtype=float)
+            pos += size
+            sign = np.where(act == 1, -1.0, 1.0)
+            A_ub.append(sign[:, None] * zM)
+            b_ub.append(np.where(act == 1, zc, -zc))
+            M, c = act[:, None] * zM, act * zc
+        oM, oc = ws[-1] @ M, ws[-1] @ c + bs[-1]
+        A = np.vstack(A_ub + [C @ oM])
+        b = np.concatenate(b_ub + [d - C @ oc])
+        box = list(zip(lo, hi))
+        if linprog(np.zeros(n), A_ub=A, b_ub=b, bounds=box, method="highs").status != 0:
+            continue
+        for k, (zM, zc) in enumerate(pre):
+            for j in range(zM.shape[0]):
+                low = linprog(zM[j], A_ub=A, b_ub=b, bounds=box, method="highs").fun + zc[j]
+                high = -linprog(-zM[j], A_ub=A, b_ub=b, bounds=box, method="highs").fun + zc[j]
+                old = ranges.get((k, j), (np.inf, -np.inf))
+                ranges[(k, j)] = (min(old[0], low), max(old[1], high))
+    return ranges

@@ -8,7 +8,8 @@ from solvers import check_solver
 from verifier.errors import InputError
 
 #: The options that take one of a few words, and those words.
-_CHOICES = {"disjunctions": ("joint", "split"), "bab": ("auto", "on", "off"), "bab_branching": ("auto", "gap", "trial")}
+_CHOICES = {"disjunctions": ("joint", "split"), "bab": ("auto", "on", "off"), "bab_branching": ("auto", "gap", "trial"),
+            "output_bounds": ("auto", "on", "off")}
 
 
 @dataclass
@@ -34,12 +35,23 @@ class VerifyOptions:
     bab_probe: float = 0.1  # share of the remaining time for branch and bound before refinement
     refine_first_pass: float = 2.0  # seconds per layer in the first refinement pass (then doubling)
     # Share of the remaining time the refinement of layer bounds may use; None: 0.1 on two ReLU
-    # layers, 0.5 on deeper chains. Measured on mnistfc at the competition timeouts: 256x2
-    # prop_1 eps 0.03 is proven in 95 s with 0.1 and left at -0.04 with 0.5 (its one refined
-    # layer gains little after a few seconds), while 256x4 prop_6 eps 0.05 ends at -0.51 with
-    # 0.5 and at -1.33 with 0.2.
+    # layers, 0.8 on deeper chains (where `refine_stall` ends it early once it stops paying).
+    # Measured on mnistfc at the competition timeouts: 256x2 prop_1 eps 0.03 is proven in 95 s
+    # with 0.1 and left at -0.04 with 0.5 (its one refined layer gains little after a few
+    # seconds); 256x6 prop_10 eps 0.05 ends at -4.9 with 0.5 and -0.72 with 0.8 (with the stall
+    # rule, which gives 256x4 prop_3 eps 0.03 back 60 s of search: robust in 96 s, was 282 s).
     refine_budget: float | None = None
+    # Refinement stops early after a pass that lifts the worst open disjunct's bound by less than
+    # this share of its magnitude; None: 0.05 on chains of >= 3 ReLU layers, 0 on two.
+    refine_stall: float | None = None
     refine_layers: int = 8  # ReLU layers (after the first) whose bounds branch and bound refines
+    # Layer bounds under each disjunct's own negation for the final search (bab/output_bounds.py):
+    # "auto" on chains of >= 3 ReLU layers, "on", "off"; the last `output_bound_layers` layers
+    # in `output_bound_rounds` passes, within `output_bound_budget` of the remaining time.
+    output_bounds: str = "auto"
+    output_bound_layers: int = 2
+    output_bound_rounds: int = 2
+    output_bound_budget: float = 0.15
     bab_batch: int = 256  # domains split per branch-and-bound round
     # Memory (GB) the open domains of one branch and bound may take before it stops with the
     # bounds it has; None: 3 GB, or an eighth of the machine's memory if that is less (one
@@ -67,7 +79,8 @@ class VerifyOptions:
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise InputError(f"option {name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
-        for name, low, high in (("refine_budget", 0.0, 1.0), ("bab_memory", 0.0, float("inf")),
+        for name, low, high in (("refine_budget", 0.0, 1.0), ("output_bound_budget", 0.0, 1.0),
+                                ("refine_stall", 0.0, float("inf")), ("bab_memory", 0.0, float("inf")),
                                 ("bab_steps", 0, float("inf"))):
             value = getattr(self, name)
             if value is not None and (isinstance(value, (str, bool)) or not low <= value <= high):

@@ -103,7 +103,7 @@ def default_alpha(lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
 def backward_bound(net: Layered, upto: int, rows: torch.Tensor, const: torch.Tensor,
                    x_lo: torch.Tensor, x_hi: torch.Tensor, relax: Relaxation,
                    alphas: list, betas: list | None = None, signs: list | None = None,
-                   rigorous: bool = True) -> Bound:
+                   rigorous: bool = True, inject: tuple[int, torch.Tensor] | None = None) -> Bound:
     """Lower bound on rows @ h_upto + const over the box, for a batch of subproblems.
 
     rows (B, m, n_upto) act on the output of ReLU layer `upto` (the input itself if 0);
@@ -111,6 +111,8 @@ def backward_bound(net: Layered, upto: int, rows: torch.Tensor, const: torch.Ten
     to their side); alphas[k] (B or 1, m, n_k) are lower slopes in [0, 1]; betas[k] (B, m, n_k)
     >= 0 go with signs[k] (B, 1, n_k) in {-1: split active, +1: split inactive, 0: free}.
     `rigorous` adds the outward rounding slack (needed for bounds that count, not for steps).
+    `inject` = (j, E) adds E (B, m, n_j) @ z_j to the bounded function: the pre-activation of
+    ReLU layer j < upto enters beside the rows (see output_bounds.py).
     """
     if rigorous and len(relax.extent) < upto:
         raise ValueError("a rigorous bound needs a float64 relaxation (Relaxation.of with EXACT)")
@@ -128,6 +130,8 @@ def backward_bound(net: Layered, upto: int, rows: torch.Tensor, const: torch.Ten
         a = (a - neg) * lo_slope + neg * relax.up_slope[k]
         if betas is not None:
             a = a + betas[k] * signs[k]
+        if inject is not None and inject[0] == k:
+            a = a + inject[1]
         c = c + intercept + a @ net.biases[k]
         if rigorous:
             with torch.no_grad():  # a @ W_k errs by <= gamma |a| |W_k| entrywise, met by |h_{k-1}|

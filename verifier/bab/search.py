@@ -109,16 +109,20 @@ def domain_bytes(neurons: int, rows: int) -> int:
 class _Problem:
     """The fixed data of one branch and bound: the chain, the specs' rows on its last hidden
     layer (padded to a common row count by repeating a row, which leaves their max unchanged),
-    the box and the root bounds of every ReLU layer."""
+    the box and the root bounds of every ReLU layer: (1, n_k) shared by all specs, or (S, n_k)
+    one row per spec (bounds valid only where that spec is unproven, see output_bounds.py)."""
 
     def __init__(self, net: Layered, specs, x_lo, x_hi, lower, upper) -> None:
         # Neurons inactive over the whole box are dropped from the chain: on mnistfc 256x4 at
         # eps 0.03 that leaves 45, 82, 6 and 63 of 256 per layer, and every matrix shrinks.
-        keep = [torch.nonzero(~(u.reshape(-1) <= 0)).flatten() for u in upper]  # a NaN bound stays
+        lower = [l.reshape(-1, l.shape[-1]) for l in lower]
+        upper = [u.reshape(-1, u.shape[-1]) for u in upper]
+        keep = [torch.nonzero(~(u <= 0).all(0)).flatten() for u in upper]  # a NaN bound stays
         keep = [k if k.numel() else torch.zeros(1, dtype=torch.long) for k in keep]  # never empty
         self.net, self.x_lo, self.x_hi = net.without(keep), x_lo, x_hi
-        self.lower = [l.reshape(-1)[k] for l, k in zip(lower, keep)]
-        self.upper = [u.reshape(-1)[k] for u, k in zip(upper, keep)]
+        n_specs = len(specs)
+        self.lower = [l[:, k].expand(n_specs, -1) for l, k in zip(lower, keep)]  # (S, n_k) each
+        self.upper = [u[:, k].expand(n_specs, -1) for u, k in zip(upper, keep)]
         specs = [(r[:, keep[-1]], c) for r, c in specs]
         self.m = max(r.shape[0] for r, _ in specs)
         pad = [(torch.cat([r, r[:1].expand(self.m - r.shape[0], -1)]),
@@ -126,19 +130,20 @@ class _Problem:
         self.rows = torch.stack([r for r, _ in pad])  # (S, m, n_{L-1})
         self.const = torch.stack([c for _, c in pad])  # (S, m)
 
-    def clamped(self, signs: list[torch.Tensor]) -> tuple[list, list]:
-        """Per-domain bounds (B, n_k): split neurons clamped to their side."""
+    def clamped(self, spec_ids: torch.Tensor, signs: list[torch.Tensor]) -> tuple[list, list]:
+        """Per-domain bounds (B, n_k): its spec's, split neurons clamped to their side."""
         lower, upper = [], []
         for k, s in enumerate(signs):
-            lower.append(torch.where(s < 0, self.lower[k].clamp(min=0), self.lower[k]))
-            upper.append(torch.where(s > 0, self.upper[k].clamp(max=0), self.upper[k]))
+            lo, hi = self.lower[k][spec_ids], self.upper[k][spec_ids]
+            lower.append(torch.where(s < 0, lo.clamp(min=0), lo))
+            upper.append(torch.where(s > 0, hi.clamp(max=0), hi))
         return lower, upper
 
     def bound(self, spec_ids: torch.Tensor, signs, alphas, betas, settings: BabSettings):
         """Optimise alpha/beta for a batch of domains (float32 Adam steps), then bound them with
         the final parameters in float64. Returns the bound per domain, the final alphas and
         betas, the final Bound and the clamped layer bounds."""
-        lower, upper = self.clamped(signs)
+        lower, upper = self.clamped(spec_ids, signs)
         rows, const = self.rows[spec_ids], self.const[spec_ids]
         depth = self.net.depth
         alphas = [a.to(FAST).clone().requires_grad_() for a in alphas]
@@ -184,14 +189,15 @@ def branch_and_bound(net: Layered, specs: list[tuple[torch.Tensor, torch.Tensor]
     min over the box of max_r (R h(x) + c)_r > tolerance — or (on_witness="stop") find x with it
     <= 0 for one.
 
-    lower/upper are root bounds of every ReLU layer's pre-activation; `is_counterexample`
+    lower/upper are root bounds of every ReLU layer's pre-activation, (1, n_k) or one row per
+    spec (S, n_k); `is_counterexample`
     confirms a candidate independently (e.g. with onnxruntime on the original model).
     """
     settings = settings or BabSettings()
     problem = _Problem(net, specs, x_lo, x_hi, lower, upper)
     net = problem.net  # the chain without its dead neurons: all indices below refer to it
     m, depth, n_specs = problem.m, net.depth, len(specs)
-    sizes = [l.numel() for l in problem.lower]
+    sizes = [l.shape[1] for l in problem.lower]
     stats = {"bab_rounds": 0, "bab_domains": n_specs, "bab_leaves_open": 0, "bab_candidates": 0,
              "bab_leaf_lps": 0}
     tie = itertools.count()
@@ -241,6 +247,10 @@ def branch_and_bound(net: Layered, specs: list[tuple[torch.Tensor, torch.Tensor]
                 closed[spec] = min(closed[spec], value)
             elif spec in refuted:
                 dropped[spec] = min(dropped[spec], value)
+            elif settings.on_witness == "continue" and value >= best_real[spec]:
+                # A real point of the spec lies at or below this bound, so splitting here
+                # cannot raise the spec's reported bound (the min over its domains): done.
+                closed[spec] = min(closed[spec], value)
             elif choices[i] is None and time.perf_counter() > deadline:
                 leaves.append((spec, value))  # no time left for its LP
             elif choices[i] is None:
@@ -271,7 +281,8 @@ def branch_and_bound(net: Layered, specs: list[tuple[torch.Tensor, torch.Tensor]
 
     spec_ids = torch.arange(n_specs)
     signs = [torch.zeros((n_specs, n), dtype=torch.int8) for n in sizes]
-    alphas = [default_alpha(problem.lower[k], problem.upper[k]).expand(n_specs, m, -1) for k in range(depth)]
+    alphas = [default_alpha(problem.lower[k], problem.upper[k]).unsqueeze(1).expand(n_specs, m, -1)
+              for k in range(depth)]
     betas = [torch.zeros((n_specs, m, n), dtype=FAST) for n in sizes]
     root = problem.bound(spec_ids, signs, alphas, betas, settings)
     scale = [max(-v, 1e-9) for v in root[0].tolist()]
@@ -319,5 +330,6 @@ def branch_and_bound(net: Layered, specs: list[tuple[torch.Tensor, torch.Tensor]
         lower_bounds[dom.spec] = min(lower_bounds[dom.spec], dom.bound)
     for spec, value in leaves:
         lower_bounds[spec] = min(lower_bounds[spec], value)
-    status = "proved" if not queue and not leaves and not refuted else "unknown"
+    proved = not queue and not leaves and not refuted and all(v > tolerance for v in lower_bounds)
+    status = "proved" if proved else "unknown"
     return BabOutcome(status, [float(v) for v in lower_bounds], None, stats)

@@ -8,6 +8,7 @@ MIP stages that may follow profit from them too.
 
 from __future__ import annotations
 
+import math
 import operator
 import os
 import time
@@ -17,6 +18,7 @@ import torch
 
 from verifier.bab.crown import intermediate_bounds, optimise_alpha
 from verifier.bab.layered import Layered, as_layered
+from verifier.bab.output_bounds import constrained_bounds, crossed
 from verifier.bab.refine import refined_bounds
 from verifier.bab.search import BabSettings, branch_and_bound
 from verifier.bounds.interval import Bounds, interval_bounds
@@ -75,7 +77,7 @@ def refine_share(options, layered: Layered) -> float:
     one ReLU layer there is nothing to refine, and `refine` returns at once."""
     if options.refine_budget is not None:
         return options.refine_budget
-    return 0.1 if layered.depth <= 2 else 0.5
+    return 0.1 if layered.depth <= 2 else 0.8
 
 
 def refine_mode(layered: Layered) -> dict:
@@ -103,6 +105,8 @@ def refine(run, layered: Layered, bounds: Bounds, budget: float) -> Bounds:
     end = start + budget
     x_lo, x_hi, lo, hi = _tensors(run, layered, bounds)
     per_layer = run.options.refine_first_pass
+    stall = refine_stall(run.options, layered)
+    worst = -math.inf
     while run.open() and time.perf_counter() < end:
         per_layer = min(per_layer, (end - time.perf_counter()) / layers)
         lo, hi, stats = refined_bounds(layered, x_lo, x_hi, lo, hi, run.options.alpha_steps, per_layer,
@@ -111,7 +115,66 @@ def refine(run, layered: Layered, bounds: Bounds, budget: float) -> Bounds:
             run.stats[key] = round(run.stats.get(key, 0) + value, 4)
         _prove_disjuncts(run, layered, x_lo, x_hi, lo, hi)
         per_layer *= 2
+        before, worst = worst, min((float(run.lower[d]) for d in run.open()), default=math.inf)
+        if math.isfinite(before) and worst - before < stall * abs(before):
+            run.stats["refine_stalled"] = 1
+            break
     return _write_back(run, layered, bounds, lo, hi)
+
+
+def refine_stall(options, layered: Layered) -> float:
+    """Refinement stops after a pass that lifts the least open disjunct bound by less than
+    this share of its magnitude, leaving its time to the search (see `refine_stall`): None is
+    0.05 on chains of 3+ ReLU layers and 0 (never) on two, whose short share is spent anyway."""
+    if options.refine_stall is not None:
+        return options.refine_stall
+    return 0.05 if layered.depth >= 3 else 0.0
+
+
+def uses_output_bounds(options, layered: Layered) -> bool:
+    """Whether the final search bounds each disjunct's domains with layer bounds under its own
+    negation (output_bounds.py): "auto" on chains of 3 or more ReLU layers, where refinement
+    has brought the disjuncts near 0 and the constraint bites (on two layers unmeasured, and
+    256x2 is already answered in full)."""
+    if options.output_bounds == "auto":
+        return layered.depth >= 3
+    return options.output_bounds == "on"
+
+
+def proven_above(value: float, tolerance: float) -> float:
+    """What a bound computed under a disjunct's negation proves of its least slack: the bound
+    itself up to the tolerance; above it, only that the slack exceeds the tolerance (the
+    negation is empty), recorded as the next float up."""
+    return value if value <= tolerance else float(np.nextafter(tolerance, np.inf))
+
+
+def constrain(run, layered: Layered, bounds: Bounds, disjuncts: list[int], budget: float) -> dict:
+    """Per open disjunct, the layer bounds valid where it is not yet proven (its last
+    `output_bound_layers` layers tightened in `output_bound_rounds` passes) within `budget`
+    seconds; a disjunct they prove is recorded and left out. Returns {d: (lower, upper)}."""
+    torch.set_num_threads(run.options.threads)
+    start = time.perf_counter()
+    end = start + budget
+    x_lo, x_hi, lo, hi = _tensors(run, layered, bounds)
+    tolerance, out = run.options.tolerance, {}
+    for d in disjuncts:
+        rows, const = layered.spec_rows(run.disjuncts[d].C, run.disjuncts[d].d)
+        if time.perf_counter() > end:
+            out[d] = (lo, hi)
+            continue
+        d_lo, d_hi = constrained_bounds(layered, rows, const, tolerance, x_lo, x_hi, lo, hi,
+                                        run.options.output_bound_layers, run.options.output_bound_rounds,
+                                        deadline=end)
+        if crossed(d_lo, d_hi):  # nothing in the box violates the disjunct by more than the tolerance
+            run.prove(d, proven_above(math.inf, tolerance))
+            continue
+        value = float(optimise_alpha(layered, layered.depth, rows[None], const[None], x_lo, x_hi, d_lo, d_hi,
+                                     run.options.alpha_steps).max())
+        run.prove(d, proven_above(value, tolerance))
+        if value <= tolerance:
+            out[d] = (d_lo, d_hi)
+    run.stats["time_output_bounds"] = round(run.stats.get("time_output_bounds", 0) + time.perf_counter() - start, 4)
+    return out
 
 
 def bab_settings(options, layered: Layered) -> BabSettings:
@@ -133,11 +196,17 @@ def memory_budget(options) -> int:
     return int(min(3e9, physical // 8))
 
 
-def bab_search(run, layered: Layered, bounds: Bounds, disjuncts: list[int], deadline: float):
+def bab_search(run, layered: Layered, bounds: Bounds, disjuncts: list[int], deadline: float,
+               per_disjunct: dict | None = None):
     """One branch and bound over all open disjuncts (their domains share the rounds). Returns
-    the evidence of a violation or None; proven lower bounds go to the run either way."""
+    the evidence of a violation or None; proven lower bounds go to the run either way.
+    `per_disjunct` ({d: (lower, upper)} from `constrain`, for every d) gives each disjunct its
+    own layer bounds, valid only where it is unproven (see proven_above)."""
     torch.set_num_threads(run.options.threads)
     x_lo, x_hi, lo, hi = _tensors(run, layered, bounds)
+    if per_disjunct is not None:
+        lo = [torch.cat([per_disjunct[d][0][k] for d in disjuncts]) for k in range(layered.depth)]
+        hi = [torch.cat([per_disjunct[d][1][k] for d in disjuncts]) for k in range(layered.depth)]
     evidence: list = []
 
     def confirm(x: np.ndarray) -> bool:
@@ -158,5 +227,5 @@ def bab_search(run, layered: Layered, bounds: Bounds, disjuncts: list[int], dead
     if out.status == "counterexample":
         return evidence[0]
     for d, value in zip(disjuncts, out.lower):
-        run.prove(d, value)
+        run.prove(d, value if per_disjunct is None else proven_above(value, run.options.tolerance))
     return None

@@ -28,7 +28,8 @@ from verifier.network.graph import Network
 from verifier.options import VerifyOptions
 from verifier.result import Result, Status
 from verifier.search.attack import pgd_attack
-from verifier.search.bab_stage import alpha_crown, bab_search, chain_of, refine, refine_share, use_bab
+from verifier.search.bab_stage import (alpha_crown, bab_search, chain_of, constrain, refine, refine_share, use_bab,
+                                       uses_output_bounds)
 from verifier.spec.property import Conjunction, InputRegion
 
 
@@ -202,9 +203,15 @@ def _bab_stages(run: _Run, layered, bounds: dict, order: list[int]) -> Result:
             bounds = refine(run, layered, bounds, refine_share(options, layered) * run.remaining())
             if not run.open():
                 return run.result(Status.ROBUST, "bounds")
+        per_disjunct = None
+        if stage == "refined" and uses_output_bounds(options, layered):
+            per_disjunct = constrain(run, layered, bounds, [d for d in order if d in run.open()],
+                                     options.output_bound_budget * run.remaining())
+            if not run.open():
+                return run.result(Status.ROBUST, "bounds")
         share = options.bab_probe if stage == "probe" else 1.0
         evidence = bab_search(run, layered, bounds, [d for d in order if d in run.open()],
-                              time.perf_counter() + share * run.remaining())
+                              time.perf_counter() + share * run.remaining(), per_disjunct)
         if evidence is not None:
             return run.result(Status.ADVERSARIAL, "bab", evidence)
         if not run.open():
