@@ -79,6 +79,10 @@ class VerifyOptions:
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise InputError(f"option {name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
+        for name in ("output_bound_layers", "output_bound_rounds", "refine_layers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InputError(f"option {name}={value!r}: expected a whole number >= 0")
         for name, low, high in (("refine_budget", 0.0, 1.0), ("output_bound_budget", 0.0, 1.0),
                                 ("refine_stall", 0.0, float("inf")), ("bab_memory", 0.0, float("inf")),
                                 ("bab_steps", 0, float("inf"))):

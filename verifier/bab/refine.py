@@ -18,7 +18,7 @@ the effort); splitting them with the gap order, prop_3 robust in 282 s and prop_
 On two ReLU layers the old way is better (search.bab_stage.refine_mode picks per depth).
 With splitting continued, a domain whose bound reaches the least real value seen for its spec
 is closed (splitting it cannot raise the spec's bound), and a layer whose domains are all
-closed hands its remaining time on.
+closed ends early (the pass, and so the next one, starts sooner).
 """
 
 from __future__ import annotations

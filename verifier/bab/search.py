@@ -62,7 +62,8 @@ class BabSettings:
     max_memory: int = 3_000_000_000
     # On a real point at or below 0: "stop" with it (verification). In bound refinement, "drop"
     # the spec (it cannot be proven, but the others can) or "continue" splitting it: a tighter
-    # bound on a truly unstable neuron still narrows its relaxation (measured, see refine.py).
+    # bound on a truly unstable neuron still narrows its relaxation (measured, see refine.py);
+    # a domain then closes once its bound reaches the least real value seen for its spec.
     on_witness: str = "stop"
     # Which open domains go first: "lowest" bound (verification: the worst spec decides);
     # "relative": lowest bound as a share of its spec's root bound, so that all specs progress
@@ -206,7 +207,7 @@ def branch_and_bound(net: Layered, specs: list[tuple[torch.Tensor, torch.Tensor]
     closed = [np.inf] * n_specs  # least bound among each spec's closed domains
     dropped = [np.inf] * n_specs  # on_witness="drop": least bound among refuted specs' domains
     refuted: set[int] = set()  # on_witness="drop": specs a real point refutes, no longer split
-    best_real = [math.inf] * n_specs  # least real slack seen per spec (steers the "gap" order only)
+    best_real = [math.inf] * n_specs  # least real slack seen per spec (the "gap" order; closing in "continue")
 
     def choose(spec_ids, best, alphas, betas, out, lower, upper, signs) -> dict[int, tuple[int, int] | None]:
         """The branching choice of each domain that stays open (closed ones need none; the

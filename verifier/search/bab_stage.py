@@ -3,7 +3,8 @@ alpha-CROWN on every layer's bounds and on each disjunct, refinement of the laye
 branch and bound over ReLU splits in place of the MIP (see `use_bab`).
 
 The tightened pre-activation bounds go back into the network-level bounds dict, so the LP and
-MIP stages that may follow profit from them too.
+MIP stages that may follow profit from them too — except the per-disjunct bounds of `constrain`,
+valid only where their disjunct is unproven, which stay with the final search.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 from verifier.bab.crown import intermediate_bounds, optimise_alpha
 from verifier.bab.layered import Layered, as_layered
-from verifier.bab.output_bounds import constrained_bounds, crossed
+from verifier.bab.output_bounds import constrained_bounds, crossed, proven_above
 from verifier.bab.refine import refined_bounds
 from verifier.bab.search import BabSettings, branch_and_bound
 from verifier.bounds.interval import Bounds, interval_bounds
@@ -123,9 +124,11 @@ def refine(run, layered: Layered, bounds: Bounds, budget: float) -> Bounds:
 
 
 def refine_stall(options, layered: Layered) -> float:
-    """Refinement stops after a pass that lifts the least open disjunct bound by less than
-    this share of its magnitude, leaving its time to the search (see `refine_stall`): None is
-    0.05 on chains of 3+ ReLU layers and 0 (never) on two, whose short share is spent anyway."""
+    """Refinement stops after a pass that lifts the least open disjunct bound recorded so far
+    (which includes the earlier stages' bounds, so a pass that stays below the probe search's
+    bound counts as no gain) by less than this share of its magnitude, leaving its time to the
+    search (option `refine_stall`): None is 0.05 on chains of 3+ ReLU layers and 0 (never) on
+    two, whose short share is spent anyway."""
     if options.refine_stall is not None:
         return options.refine_stall
     return 0.05 if layered.depth >= 3 else 0.0
@@ -136,22 +139,19 @@ def uses_output_bounds(options, layered: Layered) -> bool:
     negation (output_bounds.py): "auto" on chains of 3 or more ReLU layers, where refinement
     has brought the disjuncts near 0 and the constraint bites (on two layers unmeasured, and
     256x2 is already answered in full)."""
+    if options.output_bound_layers == 0 or options.output_bound_rounds == 0:
+        return False
     if options.output_bounds == "auto":
         return layered.depth >= 3
     return options.output_bounds == "on"
 
 
-def proven_above(value: float, tolerance: float) -> float:
-    """What a bound computed under a disjunct's negation proves of its least slack: the bound
-    itself up to the tolerance; above it, only that the slack exceeds the tolerance (the
-    negation is empty), recorded as the next float up."""
-    return value if value <= tolerance else float(np.nextafter(tolerance, np.inf))
-
-
 def constrain(run, layered: Layered, bounds: Bounds, disjuncts: list[int], budget: float) -> dict:
     """Per open disjunct, the layer bounds valid where it is not yet proven (its last
     `output_bound_layers` layers tightened in `output_bound_rounds` passes) within `budget`
-    seconds; a disjunct they prove is recorded and left out. Returns {d: (lower, upper)}."""
+    seconds; a disjunct they prove is recorded and left out. Returns {d: (lower, upper,
+    constrained)}: a disjunct reached after the budget keeps the plain bounds (constrained
+    False), whose search results need no capping (see `bab_search`)."""
     torch.set_num_threads(run.options.threads)
     start = time.perf_counter()
     end = start + budget
@@ -160,7 +160,7 @@ def constrain(run, layered: Layered, bounds: Bounds, disjuncts: list[int], budge
     for d in disjuncts:
         rows, const = layered.spec_rows(run.disjuncts[d].C, run.disjuncts[d].d)
         if time.perf_counter() > end:
-            out[d] = (lo, hi)
+            out[d] = (lo, hi, False)
             continue
         d_lo, d_hi = constrained_bounds(layered, rows, const, tolerance, x_lo, x_hi, lo, hi,
                                         run.options.output_bound_layers, run.options.output_bound_rounds,
@@ -169,10 +169,10 @@ def constrain(run, layered: Layered, bounds: Bounds, disjuncts: list[int], budge
             run.prove(d, proven_above(math.inf, tolerance))
             continue
         value = float(optimise_alpha(layered, layered.depth, rows[None], const[None], x_lo, x_hi, d_lo, d_hi,
-                                     run.options.alpha_steps).max())
+                                     run.options.alpha_steps, deadline=end).max())
         run.prove(d, proven_above(value, tolerance))
-        if value <= tolerance:
-            out[d] = (d_lo, d_hi)
+        if not value > tolerance:
+            out[d] = (d_lo, d_hi, True)
     run.stats["time_output_bounds"] = round(run.stats.get("time_output_bounds", 0) + time.perf_counter() - start, 4)
     return out
 
@@ -200,13 +200,16 @@ def bab_search(run, layered: Layered, bounds: Bounds, disjuncts: list[int], dead
                per_disjunct: dict | None = None):
     """One branch and bound over all open disjuncts (their domains share the rounds). Returns
     the evidence of a violation or None; proven lower bounds go to the run either way.
-    `per_disjunct` ({d: (lower, upper)} from `constrain`, for every d) gives each disjunct its
-    own layer bounds, valid only where it is unproven (see proven_above)."""
+    `per_disjunct` ({d: (lower, upper, constrained)} from `constrain`, for every d) gives each
+    disjunct its own layer bounds; constrained ones are valid only where it is unproven, so
+    what they prove is capped (output_bounds.proven_above)."""
     torch.set_num_threads(run.options.threads)
     x_lo, x_hi, lo, hi = _tensors(run, layered, bounds)
+    capped = set()
     if per_disjunct is not None:
         lo = [torch.cat([per_disjunct[d][0][k] for d in disjuncts]) for k in range(layered.depth)]
         hi = [torch.cat([per_disjunct[d][1][k] for d in disjuncts]) for k in range(layered.depth)]
+        capped = {d for d in disjuncts if per_disjunct[d][2]}
     evidence: list = []
 
     def confirm(x: np.ndarray) -> bool:
@@ -227,5 +230,5 @@ def bab_search(run, layered: Layered, bounds: Bounds, disjuncts: list[int], dead
     if out.status == "counterexample":
         return evidence[0]
     for d, value in zip(disjuncts, out.lower):
-        run.prove(d, value if per_disjunct is None else proven_above(value, run.options.tolerance))
+        run.prove(d, proven_above(value, run.options.tolerance) if d in capped else value)
     return None
