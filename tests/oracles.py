@@ -10,15 +10,16 @@ from scipy.optimize import linprog
 
 
 def _patterns(ws, bs):
-    """For every activation pattern: (A_ub, b_ub) keeping x in the pattern, and the output as
-    oM @ x + oc under it."""
+    """For every activation pattern: (A_ub, b_ub) keeping x in the pattern, the output as
+    oM @ x + oc under it, and each hidden layer's pre-activation as (zM, zc): zM @ x + zc."""
     n_hidden = [w.shape[0] for w in ws[:-1]]
     for pattern in itertools.product([0, 1], repeat=sum(n_hidden)):
-        A_ub, b_ub = [], []
+        A_ub, b_ub, pre = [], [], []
         M, c = np.eye(ws[0].shape[1]), np.zeros(ws[0].shape[1])  # current layer = M x + c
         pos = 0
         for w, b, n in zip(ws[:-1], bs[:-1], n_hidden):
             zM, zc = w @ M, w @ c + b
+            pre.append((zM, zc))
             act = np.array(pattern[pos:pos + n], dtype=float)
             pos += n
             # active: z >= 0  ->  -zM x <= zc ; inactive: z <= 0 -> zM x <= -zc
@@ -26,14 +27,14 @@ def _patterns(ws, bs):
             A_ub.append(sign[:, None] * zM)
             b_ub.append(np.where(act == 1, zc, -zc))
             M, c = act[:, None] * zM, act * zc
-        yield np.vstack(A_ub), np.concatenate(b_ub), ws[-1] @ M, ws[-1] @ c + bs[-1]
+        yield np.vstack(A_ub), np.concatenate(b_ub), ws[-1] @ M, ws[-1] @ c + bs[-1], pre
 
 
 def enumerate_min_slack(ws, bs, lo, hi, conjunctions) -> float:
     """min over the box and over conjunctions (C, d) of max_k (C_k y - d_k)."""
     n = lo.size
     best = np.inf
-    for A_ub, b_ub, oM, oc in _patterns(ws, bs):
+    for A_ub, b_ub, oM, oc, _ in _patterns(ws, bs):
         for C, d in conjunctions:
             # variables (x, t): minimise t  s.t.  C (oM x + oc) - d <= t
             A = np.vstack([np.hstack([A_ub, np.zeros((A_ub.shape[0], 1))]),
@@ -75,7 +76,7 @@ def enumerate_min_distortion(ws, bs, x0, lo, hi, conjunctions, norm: str) -> flo
     n = x0.size
     eye = np.eye(n)
     best = np.inf
-    for A_ub, b_ub, oM, oc in _patterns(ws, bs):
+    for A_ub, b_ub, oM, oc, _ in _patterns(ws, bs):
         for C, d in conjunctions:
             A = np.vstack([A_ub, C @ oM])
             b = np.concatenate([b_ub, d - C @ oc])
@@ -117,23 +118,10 @@ def enumerate_constrained_ranges(ws, bs, lo, hi, C, d) -> dict[tuple[int, int], 
     row-wise}, by enumerating activation patterns (one LP per pattern and objective); empty if
     U is empty."""
     n = lo.size
-    sizes = [w.shape[0] for w in ws[:-1]]
     ranges: dict[tuple[int, int], tuple[float, float]] = {}
-    for pattern in itertools.product([0, 1], repeat=sum(sizes)):
-        A_ub, b_ub, pre = [], [], []
-        M, c, pos = np.eye(n), np.zeros(n), 0
-        for w, b, size in zip(ws[:-1], bs[:-1], sizes):
-            zM, zc = w @ M, w @ c + b
-            pre.append((zM, zc))
-            act = np.array(pattern[pos:pos + size], dtype=float)
-            pos += size
-            sign = np.where(act == 1, -1.0, 1.0)
-            A_ub.append(sign[:, None] * zM)
-            b_ub.append(np.where(act == 1, zc, -zc))
-            M, c = act[:, None] * zM, act * zc
-        oM, oc = ws[-1] @ M, ws[-1] @ c + bs[-1]
-        A = np.vstack(A_ub + [C @ oM])
-        b = np.concatenate(b_ub + [d - C @ oc])
+    for A_ub, b_ub, oM, oc, pre in _patterns(ws, bs):
+        A = np.vstack([A_ub, C @ oM])
+        b = np.concatenate([b_ub, d - C @ oc])
         box = list(zip(lo, hi))
         if linprog(np.zeros(n), A_ub=A, b_ub=b, bounds=box, method="highs").status != 0:
             continue

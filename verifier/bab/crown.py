@@ -95,6 +95,20 @@ def adam(groups) -> torch.optim.Adam:
         return torch.optim.Adam(groups, foreach=True)
 
 
+def ascent_step(opt: torch.optim.Optimizer, objective: torch.Tensor, slopes: list,
+                multipliers: list = ()) -> None:
+    """One optimiser step raising `objective`, then back into the set where every value gives a
+    valid bound: slopes in [0, 1], multipliers (split betas, output-constraint lambdas) >= 0."""
+    opt.zero_grad()
+    (-objective).backward()
+    opt.step()
+    with torch.no_grad():
+        for a in slopes:
+            a.clamp_(0.0, 1.0)
+        for b in multipliers:
+            b.clamp_(min=0.0)
+
+
 def default_alpha(lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
     """CROWN's choice: slope 1 where the ReLU is closer to identity, 0 otherwise."""
     return (upper > -lower).to(lower.dtype)
@@ -180,12 +194,7 @@ def optimise_alpha(net: Layered, upto: int, rows, const, x_lo, x_hi, lower, uppe
         if time.perf_counter() > deadline:
             break
         value = backward_bound(fast_net, upto, f_rows, f_const, f_lo, f_hi, fast, alphas, rigorous=False).value
-        opt.zero_grad()
-        (-value.sum()).backward()
-        opt.step()
-        with torch.no_grad():
-            for a in alphas:
-                a.clamp_(0.0, 1.0)
+        ascent_step(opt, value.sum(), alphas)
     with torch.no_grad():
         value = backward_bound(net, upto, rows, const, x_lo, x_hi, exact, [a.to(EXACT) for a in alphas]).value
     return torch.fmax(best, value)

@@ -26,7 +26,8 @@ import time
 import numpy as np
 import torch
 
-from verifier.bab.crown import ABS_SLACK, EXACT, FAST, REL_SLACK, Relaxation, adam, backward_bound, default_alpha
+from verifier.bab.crown import (ABS_SLACK, EXACT, FAST, REL_SLACK, Relaxation, adam, ascent_step, backward_bound,
+                                default_alpha)
 from verifier.bab.layered import Layered
 
 
@@ -50,13 +51,7 @@ def _tighten_layer(net: Layered, k: int, rows: torch.Tensor, const: torch.Tensor
     for _ in range(steps):
         value = backward_bound(fast_net, depth, lam @ f_rows, (lam @ f_const.unsqueeze(-1)).squeeze(-1), f_lo, f_hi,
                                fast, alphas, rigorous=False, inject=(k, f_inject)).value
-        opt.zero_grad()
-        (-value.sum()).backward()
-        opt.step()
-        with torch.no_grad():
-            for a in alphas:
-                a.clamp_(0.0, 1.0)
-            lam.clamp_(min=0.0)
+        ascent_step(opt, value.sum(), alphas, [lam])
     with torch.no_grad():
         lam64 = lam.detach().to(EXACT)
         exact = Relaxation.of(lower, upper)

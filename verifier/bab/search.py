@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from verifier.bab.branching import choose_by_gap, choose_by_trial
-from verifier.bab.crown import EXACT, FAST, Bound, Relaxation, adam, backward_bound, default_alpha, minimiser
+from verifier.bab.crown import (EXACT, FAST, Bound, Relaxation, adam, ascent_step, backward_bound, default_alpha,
+                                minimiser)
 from verifier.bab.layered import Layered
 from verifier.bab.leaf import leaf_bound
 
@@ -158,14 +159,7 @@ class _Problem:
             for _ in range(settings.steps):
                 out = backward_bound(fast_net, depth, f_rows, f_const, f_lo, f_hi, fast, alphas, betas,
                                      f_signs, rigorous=False)
-                opt.zero_grad()
-                (-out.value.max(dim=1).values.sum()).backward()
-                opt.step()
-                with torch.no_grad():
-                    for a in alphas:
-                        a.clamp_(0.0, 1.0)
-                    for b in betas:
-                        b.clamp_(min=0.0)
+                ascent_step(opt, out.value.max(dim=1).values.sum(), alphas, betas)
         alphas = [a.detach() for a in alphas]  # kept in float32 for the children's warm start
         betas = [b.detach() for b in betas]
         with torch.no_grad():

@@ -158,10 +158,10 @@ def constrain(run, layered: Layered, bounds: Bounds, disjuncts: list[int], budge
     x_lo, x_hi, lo, hi = _tensors(run, layered, bounds)
     tolerance, out = run.options.tolerance, {}
     for d in disjuncts:
-        rows, const = layered.spec_rows(run.disjuncts[d].C, run.disjuncts[d].d)
         if time.perf_counter() > end:
             out[d] = (lo, hi, False)
             continue
+        rows, const = layered.spec_rows(run.disjuncts[d].C, run.disjuncts[d].d)
         d_lo, d_hi = constrained_bounds(layered, rows, const, tolerance, x_lo, x_hi, lo, hi,
                                         run.options.output_bound_layers, run.options.output_bound_rounds,
                                         deadline=end)
