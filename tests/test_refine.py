@@ -101,3 +101,49 @@ def test_refined_bounds_cut_short_are_sound(seed):
         for j in range(SIZES[k + 1]):
             low, high = _exact_range(ws, bs, box, k, j)
             assert float(new_lo[k][0, j]) <= low + 1e-7 and float(new_hi[k][0, j]) >= high - 1e-7
+
+
+def _inputs(ws, bs, box):
+    net = verifier.load(mlp_onnx(ws, bs))
+    layered = as_layered(net)
+    bounds = interval_bounds(net, box.lo, box.hi)
+    lo = [torch.as_tensor(bounds[p][0])[None] for p in layered.pre_nodes]
+    hi = [torch.as_tensor(bounds[p][1])[None] for p in layered.pre_nodes]
+    return layered, torch.as_tensor(box.lo), torch.as_tensor(box.hi), lo, hi
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_finished_layer_is_skipped_only_while_the_layers_before_it_are_unchanged(seed):
+    """A layer whose search closed every domain is recorded; a second pass with the same record
+    skips it and gives the same bounds, which still contain every neuron's exact range."""
+    ws, bs, box = _case(seed)
+    layered, x_lo, x_hi, lo, hi = _inputs(ws, bs, box)
+    finished: dict = {}
+    first_lo, first_hi, _ = refined_bounds(layered, x_lo, x_hi, lo, hi, alpha_steps=5, layer_budget=30.0,
+                                           layers=8, deadline=time.perf_counter() + 120, finished=finished)
+    assert 1 in finished  # layer 1 rests on the exact first layer alone: its search finishes
+    again_lo, again_hi, stats = refined_bounds(layered, x_lo, x_hi, first_lo, first_hi, alpha_steps=5,
+                                               layer_budget=30.0, layers=8, deadline=time.perf_counter() + 120,
+                                               finished=finished)
+    assert stats.get("refine_skipped", 0) >= 1
+    for a, b in zip(first_lo + first_hi, again_lo + again_hi):
+        assert torch.equal(a, b)
+    # Changed bounds before a recorded layer (a looser first layer) mean no skip.
+    looser_lo = [first_lo[0] - 1.0] + first_lo[1:]
+    _, _, stats = refined_bounds(layered, x_lo, x_hi, looser_lo, first_hi, alpha_steps=5, layer_budget=30.0,
+                                 layers=8, deadline=time.perf_counter() + 120, finished=dict(finished))
+    assert stats.get("refine_skipped", 0) == 0
+    for (k, j), (low, high) in _finished_case(seed)[6].items():
+        assert float(again_lo[k][0, j]) <= low + 1e-7 and float(again_hi[k][0, j]) >= high - 1e-7
+
+
+def test_a_search_stopped_by_its_deadline_or_memory_is_not_exhausted():
+    ws, bs, box = _case(0)
+    layered, x_lo, x_hi, lo, hi = _inputs(ws, bs, box)
+    finished: dict = {}
+    refined_bounds(layered, x_lo, x_hi, lo, hi, alpha_steps=5, layer_budget=30.0, layers=8,
+                   deadline=time.perf_counter() - 1.0, finished=finished)
+    assert finished == {}
+    refined_bounds(layered, x_lo, x_hi, lo, hi, alpha_steps=5, layer_budget=30.0, layers=8,
+                   deadline=time.perf_counter() + 120, finished=finished, max_memory=1)
+    assert finished == {}

@@ -50,6 +50,9 @@ class BabOutcome:
     lower: list[float]  # per spec: proven lower bound on its slack over the box
     x: np.ndarray | None = None  # confirmed counterexample
     stats: dict = field(default_factory=dict)
+    # Every domain closed, dropped or a leaf with its exact LP value; not stopped by time or memory:
+    # the same inputs give the same bounds.
+    exhausted: bool = False
 
 
 @dataclass
@@ -195,6 +198,7 @@ def branch_and_bound(net: Layered, specs: list[tuple[torch.Tensor, torch.Tensor]
     sizes = [l.shape[1] for l in problem.lower]
     stats = {"bab_rounds": 0, "bab_domains": n_specs, "bab_leaves_open": 0, "bab_candidates": 0,
              "bab_leaf_lps": 0}
+    unsolved_leaves = [0]  # leaves left without an exact LP value (no time, or the LP failed)
     tie = itertools.count()
     queue: list = []  # (bound, tie, Domain)
     leaves: list[tuple[int, float]] = []  # domains with nothing left to split, still open
@@ -248,6 +252,7 @@ def branch_and_bound(net: Layered, specs: list[tuple[torch.Tensor, torch.Tensor]
                 closed[spec] = min(closed[spec], value)
             elif choices[i] is None and time.perf_counter() > deadline:
                 leaves.append((spec, value))  # no time left for its LP
+                unsolved_leaves[0] += 1
             elif choices[i] is None:
                 exact, x = leaf_bound(net, problem.rows[spec], problem.const[spec], x_lo, x_hi,
                                       [s[i] for s in signs], [l[i] for l in lower], [u[i] for u in upper],
@@ -265,7 +270,8 @@ def branch_and_bound(net: Layered, specs: list[tuple[torch.Tensor, torch.Tensor]
                 if exact > tolerance:
                     closed[spec] = min(closed[spec], exact)
                 else:
-                    leaves.append((spec, max(value, exact)))
+                    leaves.append((spec, max(value, exact)))  # final unless the LP gave no bound
+                    unsolved_leaves[0] += not math.isfinite(exact)
             else:
                 if packed is None:
                     packed = (torch.cat(signs, dim=-1), torch.stack([torch.cat(alphas, -1), torch.cat(betas, -1)], 1))
@@ -327,4 +333,4 @@ def branch_and_bound(net: Layered, specs: list[tuple[torch.Tensor, torch.Tensor]
         lower_bounds[spec] = min(lower_bounds[spec], value)
     proved = not queue and not leaves and not refuted and all(v > tolerance for v in lower_bounds)
     status = "proved" if proved else "unknown"
-    return BabOutcome(status, [float(v) for v in lower_bounds], None, stats)
+    return BabOutcome(status, [float(v) for v in lower_bounds], None, stats, exhausted=not queue and not unsolved_leaves[0])

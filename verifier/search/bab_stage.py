@@ -108,12 +108,16 @@ def refine(run, layered: Layered, bounds: Bounds, budget: float) -> Bounds:
     per_layer = run.options.refine_first_pass
     stall = refine_stall(run.options, layered)
     worst = -math.inf
+    finished: dict = {}  # layers whose search closed every domain (see refined_bounds)
     while run.open() and time.perf_counter() < end:
         per_layer = min(per_layer, (end - time.perf_counter()) / layers)
         lo, hi, stats = refined_bounds(layered, x_lo, x_hi, lo, hi, run.options.alpha_steps, per_layer,
-                                       layers, end, max_memory=memory_budget(run.options), **refine_mode(layered))
+                                       layers, end, max_memory=memory_budget(run.options), finished=finished,
+                                       **refine_mode(layered))
         for key, value in stats.items():
             run.stats[key] = round(run.stats.get(key, 0) + value, 4)
+        if stats.get("refine_skipped", 0) >= layers:  # every refined layer finished: nothing left to gain
+            break
         _prove_disjuncts(run, layered, x_lo, x_hi, lo, hi)
         per_layer *= 2
         before, worst = worst, min((float(run.lower[d]) for d in run.open()), default=math.inf)
