@@ -147,3 +147,29 @@ def test_a_search_stopped_by_its_deadline_or_memory_is_not_exhausted():
     refined_bounds(layered, x_lo, x_hi, lo, hi, alpha_steps=5, layer_budget=30.0, layers=8,
                    deadline=time.perf_counter() + 120, finished=finished, max_memory=1)
     assert finished == {}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_specs_shared_over_processes_give_sound_bounds_that_reach_the_exact_range(seed):
+    """The same refinement with each layer's specs dealt out over two processes (bab/parallel.py):
+    every bound contains the exact range and, with time to finish, reaches it as in one process."""
+    from verifier.bab.parallel import SpecWorkers
+    ws, bs, box = _case(seed)
+    layered, x_lo, x_hi, lo, hi = _inputs(ws, bs, box)
+    lo1, hi1, _ = refined_bounds(layered, x_lo, x_hi, lo, hi, alpha_steps=5, layer_budget=30.0, layers=8,
+                                 deadline=time.perf_counter() + 120)
+    with SpecWorkers(2) as workers:
+        lo2, hi2, stats = refined_bounds(layered, x_lo, x_hi, lo, hi, alpha_steps=5, layer_budget=30.0, layers=8,
+                                         deadline=time.perf_counter() + 120, workers=workers)
+    assert stats["refine_domains"] > 0
+    for (k, j), (low, high) in _finished_case(seed)[6].items():
+        l, u = float(lo2[k][0, j]), float(hi2[k][0, j])
+        assert l <= low + 1e-7 and u >= high - 1e-7
+        assert abs(l - float(lo1[k][0, j])) <= 1e-5 and abs(u - float(hi1[k][0, j])) <= 1e-5
+
+
+def test_a_lost_share_of_specs_tightens_nothing():
+    from verifier.bab.parallel import merge
+    lower, stats, exhausted = merge([([1.0, 2.0], {"bab_domains": 4}, True), None], [2, 2])
+    assert lower[0::2] == [1.0, 2.0] and lower[1::2] == [float("-inf")] * 2
+    assert stats == {"bab_domains": 4} and not exhausted

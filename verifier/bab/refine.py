@@ -29,28 +29,34 @@ import torch
 
 from verifier.bab.crown import intermediate_bounds
 from verifier.bab.layered import Layered
+from verifier.bab.parallel import SpecWorkers
 from verifier.bab.search import BabSettings, branch_and_bound
 
 
 def refine_layer(net: Layered, k: int, x_lo, x_hi, lower: list, upper: list, deadline: float,
-                 settings: BabSettings) -> tuple[list, list, dict]:
-    """Tighter (1, n_k) bounds of ReLU layer k by branch and bound over layers < k."""
+                 settings: BabSettings, workers: SpecWorkers | None = None) -> tuple[list, list, dict]:
+    """Tighter (1, n_k) bounds of ReLU layer k by branch and bound over layers < k (its specs
+    shared out over `workers`' processes if given)."""
     idx = torch.nonzero((lower[k][0] < 0) & (upper[k][0] > 0)).flatten()
     if idx.numel() == 0 or k == 0:
         return lower, upper, {}
     w, b = net.weights[k], net.biases[k]
     sub = Layered(net.weights[:k] + [w], net.biases[:k] + [b], net.pre_nodes[:k])
     specs = [(w[j][None], b[j][None]) for j in idx] + [(-w[j][None], -b[j][None]) for j in idx]
-    out = branch_and_bound(sub, specs, x_lo, x_hi, lower[:k], upper[:k], 0.0, deadline,
-                           lambda x: False, settings=settings)
+    if workers is None:
+        out = branch_and_bound(sub, specs, x_lo, x_hi, lower[:k], upper[:k], 0.0, deadline,
+                               lambda x: False, settings=settings)
+        values, stats, exhausted = out.lower, out.stats, out.exhausted
+    else:
+        values, stats, exhausted = workers.search(sub, specs, x_lo, x_hi, lower[:k], upper[:k], deadline, settings)
     n = idx.numel()
-    found = torch.tensor(out.lower, dtype=lower[k].dtype)
+    found = torch.tensor(values, dtype=lower[k].dtype)
     new_lo, new_hi = lower[k].clone(), upper[k].clone()
     new_lo[0, idx] = torch.fmax(new_lo[0, idx], found[:n])
     new_hi[0, idx] = torch.fmin(new_hi[0, idx], -found[n:])
     lower, upper = list(lower), list(upper)
     lower[k], upper[k] = new_lo, new_hi
-    return lower, upper, {**out.stats, "exhausted": out.exhausted}
+    return lower, upper, {**stats, "exhausted": exhausted}
 
 
 def layer_shares(layers: int) -> list[float]:
@@ -67,7 +73,7 @@ def layer_shares(layers: int) -> list[float]:
 def refined_bounds(net: Layered, x_lo, x_hi, lower: list, upper: list, alpha_steps: int,
                    layer_budget: float, layers: int, deadline: float, order: str = "gap",
                    on_witness: str = "continue", max_memory: int = BabSettings.max_memory,
-                   finished: dict | None = None) -> tuple[list, list, dict]:
+                   finished: dict | None = None, workers: SpecWorkers | None = None) -> tuple[list, list, dict]:
     """alpha-CROWN layer by layer, with the first `layers` layers after the first also refined
     by branch and bound before the next layer is bounded: `layer_budget` seconds per layer on
     average, shared as `layer_shares` says, its open domains within `max_memory` bytes like the
@@ -77,7 +83,7 @@ def refined_bounds(net: Layered, x_lo, x_hi, lower: list, upper: list, alpha_ste
     `finished`, kept by the caller over passes, maps a layer whose search closed every domain to
     the bounds of the layers before it then; while those are unchanged the layer is skipped, as
     rerunning would only repeat it (on mnistfc 256x6 prop_0 eps 0.03 layer 1 did so for 9-12 s
-    in each of the last three passes)."""
+    in each of the last three passes). `workers` shares each layer's specs out over processes."""
     settings = BabSettings(steps=8, on_witness=on_witness, order=order, max_memory=max_memory)
     stats = {"refine_domains": 0, "refine_time": 0.0}
     shares = layer_shares(min(layers, net.depth - 1))
@@ -91,7 +97,8 @@ def refined_bounds(net: Layered, x_lo, x_hi, lower: list, upper: list, alpha_ste
             start = time.perf_counter()
             budget = layer_budget * len(shares) * shares[k - 1]
             before = ([t.clone() for t in lower[:k]], [t.clone() for t in upper[:k]])
-            lower, upper, st = refine_layer(net, k, x_lo, x_hi, lower, upper, min(deadline, start + budget), settings)
+            lower, upper, st = refine_layer(net, k, x_lo, x_hi, lower, upper, min(deadline, start + budget), settings,
+                                            workers)
             if st.get("exhausted"):
                 finished[k] = before
             stats["refine_domains"] += st.get("bab_domains", 0)

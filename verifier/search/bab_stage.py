@@ -20,6 +20,7 @@ import torch
 from verifier.bab.crown import intermediate_bounds, optimise_alpha
 from verifier.bab.layered import Layered, as_layered
 from verifier.bab.output_bounds import constrained_bounds, crossed, proven_above
+from verifier.bab.parallel import SpecWorkers
 from verifier.bab.refine import refined_bounds
 from verifier.bab.search import BabSettings, branch_and_bound
 from verifier.bounds.interval import Bounds, interval_bounds
@@ -93,11 +94,12 @@ def refine_mode(layered: Layered) -> dict:
     return {}
 
 
-def refine(run, layered: Layered, bounds: Bounds, budget: float) -> Bounds:
+def refine(run, layered: Layered, bounds: Bounds, budget: float, workers: SpecWorkers | None = None) -> Bounds:
     """Refine the layer bounds by branch and bound over the earlier layers' splits (up to
     `refine_layers` layers) and bound the open disjuncts again, in passes of doubling length
     (2 s per layer first) within `budget` seconds: an instance that a short refinement already
-    proves does not pay for a long one, and each pass starts from the bounds the last reached."""
+    proves does not pay for a long one, and each pass starts from the bounds the last reached.
+    `workers` (see `spec_workers`) share each layer's search out over processes."""
     layers = min(run.options.refine_layers, layered.depth - 1)
     if layers <= 0:
         return bounds
@@ -113,7 +115,7 @@ def refine(run, layered: Layered, bounds: Bounds, budget: float) -> Bounds:
         per_layer = min(per_layer, (end - time.perf_counter()) / layers)
         lo, hi, stats = refined_bounds(layered, x_lo, x_hi, lo, hi, run.options.alpha_steps, per_layer,
                                        layers, end, max_memory=memory_budget(run.options), finished=finished,
-                                       **refine_mode(layered))
+                                       workers=workers, **refine_mode(layered))
         for key, value in stats.items():
             run.stats[key] = round(run.stats.get(key, 0) + value, 4)
         if stats.get("refine_skipped", 0) >= layers:  # every refined layer finished: nothing left to gain
@@ -125,6 +127,15 @@ def refine(run, layered: Layered, bounds: Bounds, budget: float) -> Bounds:
             run.stats["refine_stalled"] = 1
             break
     return _write_back(run, layered, bounds, lo, hi)
+
+
+def spec_workers(options, layered: Layered) -> SpecWorkers | None:
+    """Helper processes for the refinement (option `refine_processes`), started now so that
+    they import while the probe search runs; None when there is one process or nothing to
+    refine. The caller closes them."""
+    if options.refine_processes <= 1 or min(options.refine_layers, layered.depth - 1) <= 0:
+        return None
+    return SpecWorkers(options.refine_processes)
 
 
 def refine_stall(options, layered: Layered) -> float:

@@ -28,8 +28,8 @@ from verifier.network.graph import Network
 from verifier.options import VerifyOptions
 from verifier.result import Result, Status
 from verifier.search.attack import pgd_attack
-from verifier.search.bab_stage import (alpha_crown, bab_search, chain_of, constrain, refine, refine_share, use_bab,
-                                       uses_output_bounds)
+from verifier.search.bab_stage import (alpha_crown, bab_search, chain_of, constrain, refine, refine_share,
+                                       spec_workers, use_bab, uses_output_bounds)
 from verifier.spec.property import Conjunction, InputRegion
 
 
@@ -210,11 +210,20 @@ def uses_lp_bounds(run: _Run, layered) -> bool:
 def _bab_stages(run: _Run, layered, bounds: dict, order: list[int]) -> Result:
     """Branch and bound for a short probe (easy instances end here), then refine the layer
     bounds by branch and bound over earlier layers and search again with the time left."""
+    workers = spec_workers(run.options, layered)
+    try:
+        return _bab_stage_run(run, layered, bounds, order, workers)
+    finally:
+        if workers is not None:
+            workers.close()
+
+
+def _bab_stage_run(run: _Run, layered, bounds: dict, order: list[int], workers) -> Result:
     options = run.options
     # One hidden layer: no earlier layer to refine, so a probe would only restart the search.
     for stage in ("probe", "refined") if layered.depth > 1 else ("refined",):
         if stage == "refined":
-            bounds = refine(run, layered, bounds, refine_share(options, layered) * run.remaining())
+            bounds = refine(run, layered, bounds, refine_share(options, layered) * run.remaining(), workers)
             if not run.open():
                 return run.result(Status.ROBUST, "bounds")
         per_disjunct = None
