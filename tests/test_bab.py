@@ -398,3 +398,33 @@ def test_deep_chains_skip_the_whole_network_lp_only_when_searched_by_bab():
                 assert ("time_lp_bounds" in r.stats) == (bab == "off")
                 reached[bab] += 1
     assert min(reached.values()) > 0  # cases got past the bounds both ways: the rule was exercised
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_disjuncts_shared_over_two_processes_match_enumeration(seed):
+    """Robustness (one disjunct per other label) with the searches' specs dealt out over two
+    processes (option `processes`, bab/parallel.py), no attack: verdicts and bounds agree with
+    enumeration, and a counterexample holds on the real network."""
+    rng = np.random.default_rng(100 + seed)
+    sizes = [3, 5, 5, 4]
+    ws, bs = random_mlp(rng, sizes)
+    net = verifier.load(mlp_onnx(ws, bs, input_shape=[1, 3]))
+    x = rng.uniform(0.2, 0.8, 3)
+    eps = float(rng.uniform(0.05, 0.3))
+    label = int(np.argmax(net.forward(x)))
+    box_lo, box_hi = np.clip(x - eps, 0, 1), np.clip(x + eps, 0, 1)
+    others = [j for j in range(sizes[-1]) if j != label]
+    conjunctions = [((np.eye(sizes[-1])[label] - np.eye(sizes[-1])[j])[None], np.zeros(1)) for j in others]
+    expected = enumerate_min_slack(ws, bs, box_lo, box_hi, conjunctions)
+    options = VerifyOptions(bab="on", attack_steps=0, attack_restarts=0, processes=2)
+    r = verifier.verify(net, x, eps, label=label, timeout=60, options=options)
+    if expected > 1e-4:
+        assert r.status == Status.ROBUST
+    elif expected < -1e-4:
+        assert r.status == Status.ADVERSARIAL
+    if r.status == Status.ROBUST:
+        assert expected > 0
+    if r.status == Status.ADVERSARIAL:
+        y = net.forward(r.counterexample)
+        assert np.argmax(y) != label or y.max() == y[others].max()
+    assert r.margin_lower <= expected + 1e-9

@@ -170,6 +170,15 @@ def test_specs_shared_over_processes_give_sound_bounds_that_reach_the_exact_rang
 
 def test_a_lost_share_of_specs_tightens_nothing():
     from verifier.bab.parallel import merge
-    lower, stats, exhausted = merge([([1.0, 2.0], {"bab_domains": 4}, True), None], [2, 2])
-    assert lower[0::2] == [1.0, 2.0] and lower[1::2] == [float("-inf")] * 2
-    assert stats == {"bab_domains": 4} and not exhausted
+    from verifier.bab.search import BabOutcome
+    out = merge([BabOutcome("proved", [1.0, 2.0], None, {"bab_domains": 4}, exhausted=True), None], [2, 2],
+                lambda x: True)
+    assert out.lower[0::2] == [1.0, 2.0] and out.lower[1::2] == [float("-inf")] * 2
+    assert out.stats == {"bab_domains": 4} and not out.exhausted and out.status == "unknown"
+    # A helper's candidate that the caller's check rejects proves nothing either.
+    rejected = merge([BabOutcome("proved", [1.0], None, {}), BabOutcome("counterexample", [float("-inf")], np.zeros(2), {})],
+                     [1, 1], lambda x: False)
+    assert rejected.status == "unknown" and rejected.lower == [1.0, float("-inf")]
+    confirmed = merge([BabOutcome("proved", [1.0], None, {}), BabOutcome("counterexample", [float("-inf")], np.ones(2), {})],
+                      [1, 1], lambda x: True)
+    assert confirmed.status == "counterexample" and confirmed.x[0] == 1.0

@@ -45,10 +45,11 @@ class VerifyOptions:
     # this share of its magnitude; None: 0.05 on chains of >= 3 ReLU layers, 0 on two.
     refine_stall: float | None = None
     refine_layers: int = 8  # ReLU layers (after the first) whose bounds branch and bound refines
-    # Processes that share each refinement search's specs (bab/parallel.py): 1 keeps it in this
+    # Processes that share each branch-and-bound search's specs (bab/parallel.py): a refinement
+    # search's neuron bounds, the probe's and final search's disjuncts. 1 keeps everything in this
     # process; more pays when the instance has the machine to itself (the VNN-COMP setting).
     # Helpers are spawned, so a script calling verifier.check needs `if __name__ == "__main__":`.
-    refine_processes: int = 1
+    processes: int = 1
     # Layer bounds under each disjunct's own negation for the final search (bab/output_bounds.py):
     # "auto" on chains of >= 3 ReLU layers, "on", "off"; the last `output_bound_layers` layers
     # in `output_bound_rounds` passes, within `output_bound_budget` of the remaining time.
@@ -86,7 +87,7 @@ class VerifyOptions:
             if getattr(self, name) not in allowed:
                 raise InputError(f"option {name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
         for name, least in (("output_bound_layers", 0), ("output_bound_rounds", 0), ("refine_layers", 0),
-                            ("refine_processes", 1)):
+                            ("processes", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise InputError(f"option {name}={value!r}: expected a whole number >= {least}")

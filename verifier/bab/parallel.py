@@ -1,15 +1,17 @@
-"""The specs of one refinement search shared out over processes.
+"""The specs of one branch and bound shared out over processes.
 
-Refining a layer's bounds is one branch and bound whose specs (each unstable neuron's two bound
-directions) never interact: a spec's bound depends only on its own domains. So the specs can be
-dealt out to separate processes, each running the same search on its share, and the results put
-back in order. On a machine given to one instance (the VNN-COMP setting), that uses every core
-where threads inside torch do not: the matrices of one domain batch are too small for threads to
-pay (1.14x with two, measured on mnistfc 256x4).
+The specs of a search never interact: a spec's bound depends only on its own domains. So they
+can be dealt out to separate processes, each running the same search on its share, and the
+results put back in order: a refinement search's specs (each unstable neuron's two bound
+directions), or the final search's disjuncts. On a machine given to one instance (the VNN-COMP
+setting) that uses every core where threads inside torch do not: the matrices of one domain
+batch are too small for threads to pay (1.14x with two, measured on mnistfc 256x4).
 
-Workers are spawned (not forked: a forked torch with live OpenMP threads can hang) when the pool
-is made, so they import while the caller does other work. A share whose worker fails or does not
-answer in time tightens nothing (its bounds come back as -inf), which is always sound.
+Helpers are spawned (not forked: a forked torch with live OpenMP threads can hang) when the pool
+is made, so they import while the caller does other work. A helper stops at the first candidate
+counterexample it meets and hands it back; only the caller's own check (onnxruntime) makes it a
+counterexample. A share whose helper fails, does not answer in time, or hands back a candidate
+the check rejects proves nothing (its bounds are -inf), which is always sound.
 """
 
 from __future__ import annotations
@@ -19,19 +21,21 @@ import multiprocessing
 import operator
 import time
 from concurrent.futures import ProcessPoolExecutor
+from typing import Callable
 
+import numpy as np
 import torch
 
 from verifier.bab.layered import Layered
-from verifier.bab.search import BabSettings, branch_and_bound
+from verifier.bab.search import BabOutcome, BabSettings, branch_and_bound
 
-#: Seconds a worker may overrun its share's deadline before its share is given up.
+#: Seconds a helper may overrun its share's deadline before its share is given up.
 GRACE = 10.0
 
 
-def _never(x) -> bool:
-    """Refinement specs have no counterexamples to confirm (module level, so it pickles)."""
-    return False
+def _candidate(x) -> bool:
+    """In a helper: stop at any candidate, for the caller to check."""
+    return True
 
 
 def _init_worker() -> None:
@@ -42,14 +46,6 @@ def _ready() -> bool:
     return True
 
 
-def search_share(net: Layered, specs: list, x_lo, x_hi, lower: list, upper: list, seconds: float,
-                 settings: BabSettings) -> tuple[list[float], dict, bool]:
-    """One share of the specs: (lower bounds in its order, stats, exhausted)."""
-    out = branch_and_bound(net, specs, x_lo, x_hi, lower, upper, 0.0, time.perf_counter() + seconds, _never,
-                           settings=settings)
-    return out.lower, out.stats, out.exhausted
-
-
 def _packed(specs: list) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Specs as two compact tensors and their row counts: a spec's rows are often views of a
     whole weight matrix, which would be pickled whole for every spec."""
@@ -58,38 +54,48 @@ def _packed(specs: list) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     return rows, consts, [r.shape[0] for r, _ in specs]
 
 
-def _search_packed(net: Layered, packed, x_lo, x_hi, lower: list, upper: list, seconds: float,
-                   settings: BabSettings) -> tuple[list[float], dict, bool]:
-    """search_share in a worker, from `_packed` specs."""
+def _search_packed(net: Layered, packed, x_lo, x_hi, lower: list, upper: list, tolerance: float,
+                   wall_deadline: float, settings: BabSettings) -> BabOutcome:
+    """One share's search in a helper, from `_packed` specs, until `wall_deadline` (time.time():
+    the one clock processes share; a helper still importing starts late but ends on time)."""
     rows, consts, counts = packed
     starts = [sum(counts[:i]) for i in range(len(counts))]
     specs = [(rows[s:s + n], consts[s:s + n]) for s, n in zip(starts, counts)]
-    return search_share(net, specs, x_lo, x_hi, lower, upper, seconds, settings)
+    deadline = time.perf_counter() + (wall_deadline - time.time())
+    return branch_and_bound(net, specs, x_lo, x_hi, lower, upper, tolerance, deadline, _candidate, settings=settings)
 
 
-def merge(shares: list[tuple[list[float], dict, bool] | None], sizes: list[int]) -> tuple[list[float], dict, bool]:
-    """Results of shares dealt round-robin (share i holds specs i, i + p, ...) back in spec
-    order; a failed share (None) proves nothing: -inf for its specs, and not exhausted."""
+def _share_bounds(bounds: list, i: int, p: int, n_specs: int) -> list:
+    """Share i's root bounds: per-spec rows (S, n_k) are dealt like the specs; shared (1, n_k) stay."""
+    return [t[i::p].contiguous() if t.shape[0] == n_specs and n_specs > 1 else t for t in bounds]
+
+
+def merge(shares: list[BabOutcome | None], sizes: list[int], check: Callable[[np.ndarray], bool]) -> BabOutcome:
+    """Outcomes of shares dealt round-robin (share i holds specs i, i + p, ...) as one, in spec
+    order. Share 0 ran here with `check` itself; another share's candidate counts only if `check`
+    confirms it. A lost share (None) or an unconfirmed candidate proves nothing: -inf."""
     p, total = len(shares), sum(sizes)
     lower = [-math.inf] * total
     stats: dict = {}
-    exhausted = True
+    exhausted, proved = True, True
     for i, share in enumerate(shares):
         if share is None:
-            exhausted = False
+            exhausted = proved = False
             continue
-        values, share_stats, done = share
-        lower[i::p] = values
-        exhausted = exhausted and done
-        for key, value in share_stats.items():
+        for key, value in share.stats.items():
             combine = max if key in ("bab_max_queue", "bab_memory_full") else operator.add
             stats[key] = combine(stats.get(key, 0), value)
-    return lower, stats, exhausted
+        if share.status == "counterexample" and (i == 0 or check(share.x)):
+            return BabOutcome("counterexample", [-math.inf] * total, share.x, stats)
+        lower[i::p] = share.lower  # an unconfirmed candidate's share reports -inf already
+        exhausted = exhausted and share.exhausted
+        proved = proved and share.status == "proved"
+    return BabOutcome("proved" if proved else "unknown", lower, None, stats, exhausted=exhausted)
 
 
 class SpecWorkers:
-    """`processes` - 1 helper processes (none for 1) that take shares of a refinement search's
-    specs while the calling process does its own share."""
+    """`processes` - 1 helper processes (none for 1) that take shares of a search's specs while
+    the calling process does its own share."""
 
     def __init__(self, processes: int) -> None:
         self.processes = max(1, int(processes))
@@ -101,8 +107,14 @@ class SpecWorkers:
                 self._pool.submit(_ready)
 
     def close(self) -> None:
+        """Stop the helpers at once: a share still running (its caller found a counterexample,
+        or gave up waiting) would otherwise take a core until its deadline."""
         if self._pool is not None:
+            processes = list(getattr(self._pool, "_processes", {}).values())
             self._pool.shutdown(wait=False, cancel_futures=True)
+            for process in processes:
+                if process.is_alive():
+                    process.terminate()
             self._pool = None
 
     def __enter__(self) -> "SpecWorkers":
@@ -111,30 +123,34 @@ class SpecWorkers:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def search(self, net: Layered, specs: list, x_lo, x_hi, lower: list, upper: list, deadline: float,
-               settings: BabSettings) -> tuple[list[float], dict, bool]:
-        """branch_and_bound over `specs` (tolerance 0, no counterexamples), shared out:
-        (lower bounds in spec order, summed stats, whether every share exhausted its domains).
-        Each process keeps its open domains within its share of settings.max_memory."""
-        seconds = deadline - time.perf_counter()
-        p = self.processes if self._pool is not None else 1
-        p = min(p, len(specs))
+    def search(self, net: Layered, specs: list, x_lo, x_hi, lower: list, upper: list, tolerance: float,
+               deadline: float, check: Callable[[np.ndarray], bool], settings: BabSettings) -> BabOutcome:
+        """branch_and_bound over `specs`, shared out (see `merge` for how the results combine).
+        Root bounds are (1, n_k) or one row per spec; each process keeps its open domains within
+        its share of settings.max_memory."""
+        p = min(self.processes if self._pool is not None else 1, len(specs))
         if p <= 1:
-            return search_share(net, specs, x_lo, x_hi, lower, upper, seconds, settings)
+            return branch_and_bound(net, specs, x_lo, x_hi, lower, upper, tolerance, deadline, check,
+                                    settings=settings)
         shared = BabSettings(**{**settings.__dict__, "max_memory": settings.max_memory // p})
-        chunks = [specs[i::p] for i in range(p)]
+        n = len(specs)
+        wall_deadline = time.time() + (deadline - time.perf_counter())
         futures = []
-        for chunk in chunks[1:]:
+        for i in range(1, p):
             try:
-                futures.append(self._pool.submit(_search_packed, net, _packed(chunk), x_lo, x_hi, lower, upper,
-                                                 seconds, shared))
+                futures.append(self._pool.submit(_search_packed, net, _packed(specs[i::p]), x_lo, x_hi,
+                                                 _share_bounds(lower, i, p, n), _share_bounds(upper, i, p, n),
+                                                 tolerance, wall_deadline, shared))
             except RuntimeError:  # the pool is broken or shut down
                 futures.append(None)
-        results: list = [search_share(net, chunks[0], x_lo, x_hi, lower, upper, seconds, shared)]
-        for future in futures:
-            try:
-                wait = max(deadline - time.perf_counter(), 0.0) + GRACE
-                results.append(future.result(timeout=wait) if future is not None else None)
-            except Exception:  # a lost share tightens nothing; the others still count
-                results.append(None)
-        return merge(results, [len(c) for c in chunks])
+        own = branch_and_bound(net, specs[0::p], x_lo, x_hi, _share_bounds(lower, 0, p, n),
+                               _share_bounds(upper, 0, p, n), tolerance, deadline, check, settings=shared)
+        results: list = [own]
+        if own.status != "counterexample":
+            for future in futures:
+                try:
+                    wait = max(deadline - time.perf_counter(), 0.0) + GRACE
+                    results.append(future.result(timeout=wait) if future is not None else None)
+                except Exception:  # a lost share proves nothing; the others still count
+                    results.append(None)
+        return merge(results + [None] * (p - len(results)), [len(specs[i::p]) for i in range(p)], check)

@@ -46,17 +46,16 @@ def refine_layer(net: Layered, k: int, x_lo, x_hi, lower: list, upper: list, dea
     if workers is None:
         out = branch_and_bound(sub, specs, x_lo, x_hi, lower[:k], upper[:k], 0.0, deadline,
                                lambda x: False, settings=settings)
-        values, stats, exhausted = out.lower, out.stats, out.exhausted
     else:
-        values, stats, exhausted = workers.search(sub, specs, x_lo, x_hi, lower[:k], upper[:k], deadline, settings)
+        out = workers.search(sub, specs, x_lo, x_hi, lower[:k], upper[:k], 0.0, deadline, lambda x: False, settings)
     n = idx.numel()
-    found = torch.tensor(values, dtype=lower[k].dtype)
+    found = torch.tensor(out.lower, dtype=lower[k].dtype)
     new_lo, new_hi = lower[k].clone(), upper[k].clone()
     new_lo[0, idx] = torch.fmax(new_lo[0, idx], found[:n])
     new_hi[0, idx] = torch.fmin(new_hi[0, idx], -found[n:])
     lower, upper = list(lower), list(upper)
     lower[k], upper[k] = new_lo, new_hi
-    return lower, upper, {**stats, "exhausted": exhausted}
+    return lower, upper, {**out.stats, "exhausted": out.exhausted}
 
 
 def layer_shares(layers: int) -> list[float]:

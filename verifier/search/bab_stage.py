@@ -129,13 +129,12 @@ def refine(run, layered: Layered, bounds: Bounds, budget: float, workers: SpecWo
     return _write_back(run, layered, bounds, lo, hi)
 
 
-def spec_workers(options, layered: Layered) -> SpecWorkers | None:
-    """Helper processes for the refinement (option `refine_processes`), started now so that
-    they import while the probe search runs; None when there is one process or nothing to
-    refine. The caller closes them."""
-    if options.refine_processes <= 1 or min(options.refine_layers, layered.depth - 1) <= 0:
+def spec_workers(options) -> SpecWorkers | None:
+    """Helper processes for the searches (option `processes`), started now so that they import
+    while this process works; None for one process. The caller closes them."""
+    if options.processes <= 1:
         return None
-    return SpecWorkers(options.refine_processes)
+    return SpecWorkers(options.processes)
 
 
 def refine_stall(options, layered: Layered) -> float:
@@ -212,12 +211,13 @@ def memory_budget(options) -> int:
 
 
 def bab_search(run, layered: Layered, bounds: Bounds, disjuncts: list[int], deadline: float,
-               per_disjunct: dict | None = None):
+               per_disjunct: dict | None = None, workers: SpecWorkers | None = None):
     """One branch and bound over all open disjuncts (their domains share the rounds). Returns
     the evidence of a violation or None; proven lower bounds go to the run either way.
     `per_disjunct` ({d: (lower, upper, constrained)} from `constrain`, for every d) gives each
     disjunct its own layer bounds; constrained ones are valid only where it is unproven, so
-    what they prove is capped (output_bounds.proven_above)."""
+    what they prove is capped (output_bounds.proven_above). `workers` share the disjuncts out
+    over processes."""
     torch.set_num_threads(run.options.threads)
     x_lo, x_hi, lo, hi = _tensors(run, layered, bounds)
     capped = set()
@@ -236,8 +236,12 @@ def bab_search(run, layered: Layered, bounds: Bounds, disjuncts: list[int], dead
     start = time.perf_counter()
     specs = [layered.spec_rows(run.disjuncts[d].C, run.disjuncts[d].d) for d in disjuncts]
     settings = bab_settings(run.options, layered)
-    out = branch_and_bound(layered, specs, x_lo, x_hi, lo, hi, run.options.tolerance, min(deadline, run.deadline),
-                           confirm, settings=settings)
+    if workers is None:
+        out = branch_and_bound(layered, specs, x_lo, x_hi, lo, hi, run.options.tolerance,
+                               min(deadline, run.deadline), confirm, settings=settings)
+    else:
+        out = workers.search(layered, specs, x_lo, x_hi, lo, hi, run.options.tolerance, min(deadline, run.deadline),
+                             confirm, settings)
     for key, value in out.stats.items():  # counts add up over the stages; the cap and its flag do not
         merge = max if key in ("bab_max_queue", "bab_memory_full") else operator.add
         run.stats[key] = merge(run.stats.get(key, 0), value)

@@ -210,7 +210,7 @@ def uses_lp_bounds(run: _Run, layered) -> bool:
 def _bab_stages(run: _Run, layered, bounds: dict, order: list[int]) -> Result:
     """Branch and bound for a short probe (easy instances end here), then refine the layer
     bounds by branch and bound over earlier layers and search again with the time left."""
-    workers = spec_workers(run.options, layered)
+    workers = spec_workers(run.options)
     try:
         return _bab_stage_run(run, layered, bounds, order, workers)
     finally:
@@ -234,7 +234,7 @@ def _bab_stage_run(run: _Run, layered, bounds: dict, order: list[int], workers) 
                 return run.result(Status.ROBUST, "bounds")
         share = options.bab_probe if stage == "probe" else 1.0
         evidence = bab_search(run, layered, bounds, [d for d in order if d in run.open()],
-                              time.perf_counter() + share * run.remaining(), per_disjunct)
+                              time.perf_counter() + share * run.remaining(), per_disjunct, workers)
         if evidence is not None:
             return run.result(Status.ADVERSARIAL, "bab", evidence)
         if not run.open():
