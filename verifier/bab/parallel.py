@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import operator
+import pickle
 import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Callable
@@ -54,10 +55,22 @@ def _packed(specs: list) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     return rows, consts, [r.shape[0] for r, _ in specs]
 
 
+def _search_payload(payload: bytes) -> BabOutcome:
+    """One share's search in a helper, from `_job`'s bytes."""
+    return _search_packed(*pickle.loads(payload))
+
+
+def _job(*args) -> bytes:
+    """A share's arguments pickled here, before submitting, by value. The pool would pickle them
+    later in its feeder thread, and torch's pickling for processes moves a tensor's storage to
+    shared memory in place while this process may still be reading it in its own share."""
+    return pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL)
+
+
 def _search_packed(net: Layered, packed, x_lo, x_hi, lower: list, upper: list, tolerance: float,
                    wall_deadline: float, settings: BabSettings) -> BabOutcome:
-    """One share's search in a helper, from `_packed` specs, until `wall_deadline` (time.time():
-    the one clock processes share; a helper still importing starts late but ends on time)."""
+    """One share's search, from `_packed` specs, until `wall_deadline` (time.time(): the one
+    clock processes share; a helper still importing starts late but ends on time)."""
     rows, consts, counts = packed
     starts = [sum(counts[:i]) for i in range(len(counts))]
     specs = [(rows[s:s + n], consts[s:s + n]) for s, n in zip(starts, counts)]
@@ -138,19 +151,24 @@ class SpecWorkers:
         futures = []
         for i in range(1, p):
             try:
-                futures.append(self._pool.submit(_search_packed, net, _packed(specs[i::p]), x_lo, x_hi,
-                                                 _share_bounds(lower, i, p, n), _share_bounds(upper, i, p, n),
-                                                 tolerance, wall_deadline, shared))
+                futures.append(self._pool.submit(_search_payload, _job(
+                    net, _packed(specs[i::p]), x_lo, x_hi, _share_bounds(lower, i, p, n),
+                    _share_bounds(upper, i, p, n), tolerance, wall_deadline, shared)))
             except RuntimeError:  # the pool is broken or shut down
                 futures.append(None)
         own = branch_and_bound(net, specs[0::p], x_lo, x_hi, _share_bounds(lower, 0, p, n),
                                _share_bounds(upper, 0, p, n), tolerance, deadline, check, settings=shared)
         results: list = [own]
         if own.status != "counterexample":
+            end = deadline + GRACE
             for future in futures:
                 try:
-                    wait = max(deadline - time.perf_counter(), 0.0) + GRACE
-                    results.append(future.result(timeout=wait) if future is not None else None)
+                    results.append(future.result(timeout=max(end - time.perf_counter(), 0.0))
+                                   if future is not None else None)
                 except Exception:  # a lost share proves nothing; the others still count
                     results.append(None)
+        if None in results[1:]:
+            # A helper died, hangs or never started (e.g. a script without the __main__ guard):
+            # later searches stay in this process rather than lose shares again.
+            self.close()
         return merge(results + [None] * (p - len(results)), [len(specs[i::p]) for i in range(p)], check)

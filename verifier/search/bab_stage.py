@@ -134,7 +134,10 @@ def spec_workers(options) -> SpecWorkers | None:
     while this process works; None for one process. The caller closes them."""
     if options.processes <= 1:
         return None
-    return SpecWorkers(options.processes)
+    try:
+        return SpecWorkers(options.processes)
+    except (OSError, RuntimeError, ValueError):  # no process support here (e.g. a daemonic parent)
+        return None
 
 
 def refine_stall(options, layered: Layered) -> float:
