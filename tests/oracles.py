@@ -132,3 +132,18 @@ def enumerate_constrained_ranges(ws, bs, lo, hi, C, d) -> dict[tuple[int, int], 
                 old = ranges.get((k, j), (np.inf, -np.inf))
                 ranges[(k, j)] = (min(old[0], low), max(old[1], high))
     return ranges
+
+
+def assert_verdict_agrees(result, expected: float) -> None:
+    """A verification result against the exact least slack `expected` (enumeration): decided
+    the right way wherever the slack is clear of 0 by 1e-4, never robust unless it is > 0, and
+    its proven margin never above it."""
+    from verifier import Status
+
+    if expected > 1e-4:
+        assert result.status == Status.ROBUST
+    elif expected < -1e-4:
+        assert result.status == Status.ADVERSARIAL
+    if result.status == Status.ROBUST:
+        assert expected > 0
+    assert result.margin_lower <= expected + 1e-9

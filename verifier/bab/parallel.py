@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import operator
 import pickle
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 
 from verifier.bab.layered import Layered
-from verifier.bab.search import BabOutcome, BabSettings, branch_and_bound
+from verifier.bab.search import BabOutcome, BabSettings, add_stats, branch_and_bound
 
 #: Seconds a helper may overrun its share's deadline before its share is given up.
 GRACE = 10.0
@@ -95,15 +94,21 @@ def merge(shares: list[BabOutcome | None], sizes: list[int], check: Callable[[np
         if share is None:
             exhausted = proved = False
             continue
-        for key, value in share.stats.items():
-            combine = max if key in ("bab_max_queue", "bab_memory_full") else operator.add
-            stats[key] = combine(stats.get(key, 0), value)
+        add_stats(stats, share.stats)
         if share.status == "counterexample" and (i == 0 or check(share.x)):
             return BabOutcome("counterexample", [-math.inf] * total, share.x, stats)
         lower[i::p] = share.lower  # an unconfirmed candidate's share reports -inf already
         exhausted = exhausted and share.exhausted
         proved = proved and share.status == "proved"
     return BabOutcome("proved" if proved else "unknown", lower, None, stats, exhausted=exhausted)
+
+
+def search(workers: "SpecWorkers | None", net: Layered, specs: list, x_lo, x_hi, lower: list, upper: list,
+           tolerance: float, deadline: float, check: Callable[[np.ndarray], bool], settings: BabSettings) -> BabOutcome:
+    """branch_and_bound, shared out over `workers` if given (see SpecWorkers.search)."""
+    if workers is None:
+        return branch_and_bound(net, specs, x_lo, x_hi, lower, upper, tolerance, deadline, check, settings=settings)
+    return workers.search(net, specs, x_lo, x_hi, lower, upper, tolerance, deadline, check, settings)
 
 
 class SpecWorkers:

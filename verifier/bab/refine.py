@@ -29,8 +29,8 @@ import torch
 
 from verifier.bab.crown import intermediate_bounds
 from verifier.bab.layered import Layered
-from verifier.bab.parallel import SpecWorkers
-from verifier.bab.search import BabSettings, branch_and_bound
+from verifier.bab.parallel import SpecWorkers, search
+from verifier.bab.search import BabSettings
 
 
 def refine_layer(net: Layered, k: int, x_lo, x_hi, lower: list, upper: list, deadline: float,
@@ -43,11 +43,7 @@ def refine_layer(net: Layered, k: int, x_lo, x_hi, lower: list, upper: list, dea
     w, b = net.weights[k], net.biases[k]
     sub = Layered(net.weights[:k] + [w], net.biases[:k] + [b], net.pre_nodes[:k])
     specs = [(w[j][None], b[j][None]) for j in idx] + [(-w[j][None], -b[j][None]) for j in idx]
-    if workers is None:
-        out = branch_and_bound(sub, specs, x_lo, x_hi, lower[:k], upper[:k], 0.0, deadline,
-                               lambda x: False, settings=settings)
-    else:
-        out = workers.search(sub, specs, x_lo, x_hi, lower[:k], upper[:k], 0.0, deadline, lambda x: False, settings)
+    out = search(workers, sub, specs, x_lo, x_hi, lower[:k], upper[:k], 0.0, deadline, lambda x: False, settings)
     n = idx.numel()
     found = torch.tensor(out.lower, dtype=lower[k].dtype)
     new_lo, new_hi = lower[k].clone(), upper[k].clone()

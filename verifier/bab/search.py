@@ -18,6 +18,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import operator
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -103,6 +104,14 @@ def _order_key(order: str, value: float, spec: int, scale: list, best_real: list
         root = -scale[spec]
         return -(target - value) / max(target - root, 1e-9)
     return value
+
+
+def add_stats(total: dict, stats: dict) -> None:
+    """Add a search's stats into `total`: counts add up over searches (and over a search's
+    shares); the queue cap and the memory-full flag take the max."""
+    for key, value in stats.items():
+        combine = max if key in ("bab_max_queue", "bab_memory_full") else operator.add
+        total[key] = combine(total.get(key, 0), value)
 
 
 def domain_bytes(neurons: int, rows: int) -> int:

@@ -10,7 +10,6 @@ valid only where their disjunct is unproven, which stay with the final search.
 from __future__ import annotations
 
 import math
-import operator
 import os
 import time
 
@@ -20,9 +19,9 @@ import torch
 from verifier.bab.crown import intermediate_bounds, optimise_alpha
 from verifier.bab.layered import Layered, as_layered
 from verifier.bab.output_bounds import constrained_bounds, crossed, proven_above
-from verifier.bab.parallel import SpecWorkers
+from verifier.bab.parallel import SpecWorkers, search
 from verifier.bab.refine import refined_bounds
-from verifier.bab.search import BabSettings, branch_and_bound
+from verifier.bab.search import BabSettings, add_stats
 from verifier.bounds.interval import Bounds, interval_bounds
 
 
@@ -239,15 +238,9 @@ def bab_search(run, layered: Layered, bounds: Bounds, disjuncts: list[int], dead
     start = time.perf_counter()
     specs = [layered.spec_rows(run.disjuncts[d].C, run.disjuncts[d].d) for d in disjuncts]
     settings = bab_settings(run.options, layered)
-    if workers is None:
-        out = branch_and_bound(layered, specs, x_lo, x_hi, lo, hi, run.options.tolerance,
-                               min(deadline, run.deadline), confirm, settings=settings)
-    else:
-        out = workers.search(layered, specs, x_lo, x_hi, lo, hi, run.options.tolerance, min(deadline, run.deadline),
-                             confirm, settings)
-    for key, value in out.stats.items():  # counts add up over the stages; the cap and its flag do not
-        merge = max if key in ("bab_max_queue", "bab_memory_full") else operator.add
-        run.stats[key] = merge(run.stats.get(key, 0), value)
+    out = search(workers, layered, specs, x_lo, x_hi, lo, hi, run.options.tolerance, min(deadline, run.deadline),
+                 confirm, settings)
+    add_stats(run.stats, out.stats)  # over the stages
     run.stats["time_bab"] = round(run.stats.get("time_bab", 0) + time.perf_counter() - start, 4)
     if out.status == "counterexample":
         return evidence[0]
