@@ -2,6 +2,7 @@
 enumeration and against the eps-ball path."""
 
 import gzip
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 
 import verifier
 from tests.nets import mlp_onnx, random_mlp
-from tests.oracles import enumerate_min_slack
+from tests.oracles import enumerate_min_margin, enumerate_min_slack
 from verifier import Property, Status, VerifyOptions
 from verifier.spec.vnnlib import VnnlibError, parse_vnnlib
 
@@ -185,3 +186,40 @@ def test_cli_writes_vnncomp_result(tmp_path):
     np.testing.assert_allclose(ys, y, atol=1e-6)
     assert np.delete(y, wrong).max() >= y[wrong]  # some Y_j >= Y_wrong: the property is violated
     assert np.all(np.abs(xs - x) <= 0.05 + 1e-7)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_cli_processes_option_gives_the_enumerated_answer(tmp_path, seed):
+    """`--processes 2` on a deep net whose answer is known by enumeration: the same word as
+    the exact minimum says (helpers are spawned from the console command)."""
+    rng = np.random.default_rng(40 + seed)
+    sizes = [3, 4, 3, 3, 2]
+    ws, bs = random_mlp(rng, sizes)
+    model = tmp_path / "net.onnx"
+    model.write_bytes(mlp_onnx(ws, bs))
+    x = rng.uniform(0.3, 0.7, 3)
+    label = int(np.argmax(verifier.load(model).forward(x)))
+    eps = 0.15
+    lo, hi = np.clip(x - eps, 0, 1), np.clip(x + eps, 0, 1)
+    expected = enumerate_min_margin(ws, bs, lo, hi, label)
+    spec = tmp_path / "p.vnnlib"
+    spec.write_text(ball_vnnlib(x, eps, label, 2))
+    p = subprocess.run([sys.executable, "-m", "verifier.cli", str(model), "--vnnlib", str(spec), "--timeout", "60",
+                        "--processes", "2", "--json"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    word = json.loads(p.stdout)["result"]
+    if abs(expected) > 1e-4:
+        assert word == ("unsat" if expected > 0 else "sat")
+    assert word != "unsat" or expected > 0
+
+
+def test_cli_bad_processes_is_one_line_and_exit_2(tmp_path):
+    model = tmp_path / "net.onnx"
+    ws, bs = random_mlp(np.random.default_rng(0), [3, 4, 2])
+    model.write_bytes(mlp_onnx(ws, bs))
+    for args, needle in ((["--processes", "0"], "processes"), (["--processes", "2", "--report", str(tmp_path / "r")],
+                                                                 "--processes")):
+        p = subprocess.run([sys.executable, "-m", "verifier.cli", str(model), *args], capture_output=True, text=True)
+        assert p.returncode == 2
+        lines = p.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0] and "Traceback" not in p.stderr

@@ -65,6 +65,7 @@ def run(
     workers: Optional[int] = typer.Option(None, help="With --report: parallel samples (default: one per core)."),
     executor: str = typer.Option("process", help="With --report: process (local pool), ray (a Ray cluster) or serial."),
     address: Optional[str] = typer.Option(None, help="With --executor ray: the cluster address (default: start Ray locally)."),
+    processes: int = typer.Option(1, help="Processes one sample's searches may share (an instance with the machine to itself, as in VNN-COMP); for batch runs use --workers."),
     solver: str = typer.Option("highs", help="MIP solver: highs (native, default), or through PuLP: cbc (bundled), gurobi, cplex, glpk, scip, xpress, copt, mosek, pulp-highs. Bounds always use HiGHS."),
 ) -> None:
     """Verify MODEL on one sample (--input), a VNN-LIB property (--vnnlib) or the embedded MNIST slice."""
@@ -73,10 +74,14 @@ def run(
             raise InputError(f"--eps must be a finite number >= 0, got {eps}")
         if not np.isfinite(timeout) or timeout <= 0:
             raise InputError(f"--timeout must be positive, got {timeout}")
-        options = VerifyOptions(timeout=timeout, solver=solver)  # first: a bad --solver fails fast
+        # First: a bad --solver or --processes fails fast.
+        options = VerifyOptions(timeout=timeout, solver=solver, processes=processes)
         net = verifier.load(model)
         if data is not None and report is None:
             raise InputError("--data needs --report FOLDER (a batch run keeps its results there)")
+        if report is not None and processes != 1:
+            raise InputError("--processes is for one sample or property; a batch run (--report) shares samples "
+                             "over --workers")
         if report is not None:
             from verifier.cli_batch import batch_command
 
