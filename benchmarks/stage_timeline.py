@@ -12,14 +12,15 @@ It wraps the stage functions of verifier.search (diagnostic only: the verdict an
 are the verifier's own, printed at the end with its stats).
 """
 import argparse
+import inspect
 import json
-import math
 import time
 from pathlib import Path
 
 import verifier
 import verifier.search.bab_stage as stages
 import verifier.search.region as region
+from verifier.errors import VerifierError
 from verifier.options import parse_setting
 from verifier.vnncomp import result_word
 
@@ -30,31 +31,29 @@ def _stamp() -> str:
     return f"[{time.perf_counter() - START:7.1f} s]"
 
 
-def _worst(run) -> float:
-    return min((float(run.lower[d]) for d in run.open()), default=math.inf)
-
-
 def _wrap_stages() -> None:
     """Log around refined_bounds (one refinement pass), _prove_disjuncts (the bound after it)
     and bab_search (probe and final searches), which region.py and bab_stage.py call by name."""
     refined_bounds, prove, bab_search = stages.refined_bounds, stages._prove_disjuncts, region.bab_search
+    signature = inspect.signature(refined_bounds)
 
     def logged_pass(*args, **kwargs):
         start = time.perf_counter()
         out = refined_bounds(*args, **kwargs)
         stats = out[2]
-        print(f"{_stamp()} refinement pass: {args[6]:.1f} s per layer planned, took {time.perf_counter() - start:.1f} s, "
+        per_layer = signature.bind(*args, **kwargs).arguments["layer_budget"]
+        print(f"{_stamp()} refinement pass: {per_layer:.1f} s per layer planned, took {time.perf_counter() - start:.1f} s, "
               f"{stats.get('refine_domains', 0)} domains, {stats.get('refine_skipped', 0)} layers skipped", flush=True)
         return out
 
     def logged_prove(run, *args, **kwargs):
         prove(run, *args, **kwargs)
-        print(f"{_stamp()} worst open disjunct bound {_worst(run):.4f} ({len(run.open())} open)", flush=True)
+        print(f"{_stamp()} worst open disjunct bound {run.worst_open():.4f} ({len(run.open())} open)", flush=True)
 
     def logged_search(run, *args, **kwargs):
         start = time.perf_counter()
         out = bab_search(run, *args, **kwargs)
-        print(f"{_stamp()} search took {time.perf_counter() - start:.1f} s: worst open {_worst(run):.4f} "
+        print(f"{_stamp()} search took {time.perf_counter() - start:.1f} s: worst open {run.worst_open():.4f} "
               f"({len(run.open())} open)", flush=True)
         return out
 
@@ -71,10 +70,13 @@ def main() -> None:
                         help="a VerifyOptions field, e.g. --set processes=2 (repeatable)")
     args = parser.parse_args()
     bench = Path(args.bench)
-    settings = dict(parse_setting(s) for s in args.set)
+    try:  # a bad option or file: one line and exit code 2, as the CLI does
+        settings = dict(parse_setting(s) for s in args.set)
+        net = verifier.load(bench / f"onnx/mnist-net_{args.network}.onnx")
+        spec = verifier.Property.from_vnnlib(bench / f"vnnlib/{args.prop}.vnnlib")
+    except VerifierError as error:
+        parser.exit(2, f"stage_timeline: {error}\n")
     _wrap_stages()
-    net = verifier.load(bench / f"onnx/mnist-net_{args.network}.onnx")
-    spec = verifier.Property.from_vnnlib(bench / f"vnnlib/{args.prop}.vnnlib")
     result = verifier.check(net, spec, timeout=args.timeout, options=verifier.VerifyOptions(**settings))
     print(f"{_stamp()} {args.network} {args.prop} {settings}: {result_word(result)} ({result.decided_by}), "
           f"margin bounds [{result.margin_lower:.4f}, {result.margin_upper:.4f}]")

@@ -121,7 +121,7 @@ def refine(run, layered: Layered, bounds: Bounds, budget: float, workers: SpecWo
             break
         _prove_disjuncts(run, layered, x_lo, x_hi, lo, hi)
         per_layer *= 2
-        before, worst = worst, min((float(run.lower[d]) for d in run.open()), default=math.inf)
+        before, worst = worst, run.worst_open()
         if math.isfinite(before) and worst - before < stall * abs(before):
             run.stats["refine_stalled"] = 1
             break

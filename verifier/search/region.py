@@ -11,6 +11,7 @@ that onnxruntime confirms; everything else is `unknown` with the bounds reached.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -61,6 +62,10 @@ class _Run:
         if self.options.exact:
             return list(range(len(self.disjuncts)))
         return [d for d in range(len(self.disjuncts)) if self.lower[d] <= self.options.tolerance]
+
+    def worst_open(self) -> float:
+        """The least recorded lower bound among the open disjuncts (inf once all are proven)."""
+        return min((float(self.lower[d]) for d in self.open()), default=math.inf)
 
     def prove(self, d: int, bound: float) -> None:
         self.lower[d] = max(self.lower[d], bound)
