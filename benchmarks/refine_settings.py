@@ -5,7 +5,7 @@ with each setting, and the layer's summed relaxation gap is printed before and a
     python benchmarks/refine_settings.py ../shared/benchmarks/vnncomp2021/mnistfc 256x6 prop_10_0.05 \\
         --pass 2 --seconds 10 --try "branching=trial steps=8 candidates=4" --try ""
 
-A setting is space-separated BabSettings fields on top of the current per-layer ones
+A setting is space-separated BabSettings fields on top of the ones the captured run used
 (`refine.layer_settings`); "" is the current setting itself. The gap of an unstable neuron is
 u(-l)/(u-l), the height of its triangle relaxation: the looseness that every later layer's
 bound inherits. This is the measurement behind `layer_settings` (RESULTS, session 14). One
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import verifier
 import verifier.bab.refine as refine
 from verifier.bab.search import BabSettings
 from verifier.errors import VerifierError
-from verifier.search.bab_stage import refine_mode
+from verifier.options import parse_setting
 
 
 class _Captured(BaseException):
@@ -51,7 +50,8 @@ def capture(net, spec, wanted_pass: int, timeout: float) -> list[dict]:
         if number > wanted_pass:
             raise _Captured
         if number == wanted_pass:
-            calls.append(dict(net=layered, k=k, x_lo=x_lo, x_hi=x_hi, lower=list(lower), upper=list(upper)))
+            calls.append(dict(net=layered, k=k, x_lo=x_lo, x_hi=x_hi, lower=list(lower), upper=list(upper),
+                              settings=settings))
         return original(layered, k, x_lo, x_hi, lower, upper, deadline, settings, workers)
 
     refine.refine_layer = recording
@@ -64,25 +64,20 @@ def capture(net, spec, wanted_pass: int, timeout: float) -> list[dict]:
     return calls
 
 
-def parse_setting(text: str) -> dict:
-    """"steps=4 branching=gap" -> {"steps": 4, "branching": "gap"}; fields are checked."""
-    fields = {f.name: f.type for f in dataclasses.fields(BabSettings)}
-    out = {}
-    for item in text.split():
-        name, _, value = item.partition("=")
-        if name not in fields or not value:
-            raise ValueError(f"bad setting {item!r}: expected NAME=VALUE with NAME one of {sorted(fields)}")
-        out[name] = int(value) if value.lstrip("-").isdigit() else value
-    return out
+def parse_overrides(text: str) -> dict:
+    """"steps=4 branching=gap" -> {"steps": 4, "branching": "gap"}, typed and checked as
+    BabSettings fields."""
+    overrides = dict(parse_setting(item, BabSettings) for item in text.split())
+    BabSettings(**overrides)  # a word outside a field's choices is refused here
+    return overrides
 
 
 def run_setting(call: dict, overrides: dict, seconds: float) -> tuple[float, int]:
-    """(gap after, domains) of one layer's refinement search run for `seconds`."""
-    k, layered = call["k"], call["net"]
-    defaults = {name: param.default for name, param in inspect.signature(refine.refined_bounds).parameters.items()
-                if name in ("order", "on_witness")}  # as refined_bounds passes them
-    settings = dataclasses.replace(refine.layer_settings(k, **{**defaults, **refine_mode(layered)}), **overrides)
-    args = (layered, k, call["x_lo"], call["x_hi"], call["lower"], call["upper"])
+    """(gap after, domains) of one layer's refinement search run for `seconds`, with the
+    settings the captured run used changed by `overrides`."""
+    k = call["k"]
+    settings = dataclasses.replace(call["settings"], **overrides)
+    args = (call["net"], k, call["x_lo"], call["x_hi"], call["lower"], call["upper"])
     refine.refine_layer(*args, time.perf_counter() + 1.0, settings)  # warm-up: torch's lazy imports
     lower, upper, stats = refine.refine_layer(*args, time.perf_counter() + seconds, settings)
     return relaxation_gap(lower[k][0], upper[k][0]), stats.get("bab_domains", 0)
@@ -101,12 +96,10 @@ def main() -> None:
     bench = Path(args.bench)
     tries = args.tries if args.tries is not None else ["branching=trial steps=8 candidates=4", ""]
     try:  # bad input: one line and exit code 2, as the CLI does
-        overrides = [parse_setting(t) for t in tries]
-        for o in overrides:
-            BabSettings(**o)
+        overrides = [parse_overrides(t) for t in tries]
         net = verifier.load(bench / f"onnx/mnist-net_{args.network}.onnx")
         spec = verifier.Property.from_vnnlib(bench / f"vnnlib/{args.prop}.vnnlib")
-    except (VerifierError, ValueError, TypeError) as error:
+    except (VerifierError, ValueError) as error:  # ValueError: a word outside a field's choices
         parser.exit(2, f"refine_settings: {error}\n")
     torch.set_num_threads(1)
     calls = capture(net, spec, args.wanted_pass, args.timeout)

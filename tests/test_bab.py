@@ -178,6 +178,10 @@ def test_option_settings_from_text_take_the_field_type():
     assert VerifyOptions(**dict([parse_setting("threads=2")])).threads == 2
     with pytest.raises(InputError, match="bab_stepz"):
         parse_setting("bab_stepz=4")
+    with pytest.raises(InputError, match="threads='x'"):  # a typed field's bad value names the option
+        parse_setting("threads=x")
+    assert parse_setting("candidates=16", BabSettings) == ("candidates", 16)  # another dataclass's fields
+    assert parse_setting("lr_alpha=0.05", BabSettings) == ("lr_alpha", 0.05)
     with pytest.raises(InputError, match="refine_budget='O.5'"):  # a mistyped number: a clear error
         VerifyOptions(**dict([parse_setting("refine_budget=O.5")]))
     with pytest.raises(InputError, match="refine_budget=1.5"):

@@ -103,14 +103,15 @@ class VerifyOptions:
             raise InputError(str(e)) from None
 
 
-def parse_setting(text: str) -> tuple[str, object]:
-    """"name=value" -> (name, value typed like that VerifyOptions field's default), for scripts
-    that take option overrides on the command line. An unset (None) default takes an int,
-    a float or else the word itself."""
+def parse_setting(text: str, options_type: type = VerifyOptions) -> tuple[str, object]:
+    """"name=value" -> (name, value typed like that field's default in `options_type`, a
+    dataclass: VerifyOptions, or BabSettings for scripts that tune a search), for scripts that
+    take option overrides on the command line. An unset (None) default takes an int, a float or
+    else the word itself."""
     name, _, value = text.partition("=")
-    known = {f.name: f.default for f in fields(VerifyOptions)}
+    known = {f.name: f.default for f in fields(options_type)}
     if name not in known:
-        raise InputError(f"option {name!r}: not a VerifyOptions field")
+        raise InputError(f"option {name!r}: not a {options_type.__name__} field")
     default = known[name]
     if isinstance(default, bool):
         return name, value.lower() in ("1", "true", "yes", "on")
@@ -122,5 +123,8 @@ def parse_setting(text: str) -> tuple[str, object]:
                 pass
         return name, value
     if isinstance(default, (int, float, str)):
-        return name, type(default)(value)
+        try:
+            return name, type(default)(value)
+        except ValueError:  # a mistyped number: name the option, do not leave a bare traceback
+            raise InputError(f"option {name}={value!r}: expected {type(default).__name__}") from None
     raise InputError(f"option {name!r}: cannot be set from text")
