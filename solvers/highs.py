@@ -12,6 +12,7 @@ import highspy
 import numpy as np
 
 from solvers.base import MilpProblem, SolveOptions, SolveResult, SolveStatus
+from solvers.quiet import muted_native_output
 
 _STATUS = {
     highspy.HighsModelStatus.kOptimal: SolveStatus.OPTIMAL,
@@ -29,9 +30,10 @@ class HighsSolver:
                  primal_simplex: bool = False, presolve: bool = True) -> None:
         self.problem = problem
         self.relax = relax
-        self.highs = highspy.Highs()
+        with muted_native_output():  # highspy >= 1.16 prints a banner from Highs() itself
+            self.highs = highspy.Highs()
+            self.highs.setOptionValue("output_flag", False)
         h = self.highs
-        h.setOptionValue("output_flag", False)
         h.setOptionValue("threads", int(threads))
         h.setOptionValue("random_seed", 0)
         h.setOptionValue("mip_rel_gap", 1e-9)

@@ -42,6 +42,7 @@ import warnings
 import numpy as np
 
 from solvers.base import MilpProblem, SolveOptions, SolveResult, SolveStatus
+from solvers.quiet import muted_native_output
 
 #: User-facing backend name -> PuLP solvers to try, in order (Python API before command line).
 BACKENDS: dict[str, tuple[str, ...]] = {
@@ -67,8 +68,10 @@ _TIME_LIMIT_SHARE = 0.9  # a non-optimal finish after this share of the limit co
 
 @contextlib.contextmanager
 def _quiet():
-    """PuLP 3 warns about its 4.0 migration on every object it builds; none of it concerns us."""
-    with warnings.catch_warnings():
+    """PuLP 3 warns about its 4.0 migration on every object it builds, and solvers it drives in
+    this process (HiGHS through highspy, licence checks) may print natively: none of it is for
+    the user's stdout (solvers/quiet.py)."""
+    with warnings.catch_warnings(), muted_native_output():
         warnings.simplefilter("ignore", DeprecationWarning)
         yield
 
