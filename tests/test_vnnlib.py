@@ -13,7 +13,7 @@ import pytest
 
 import verifier
 from tests.nets import mlp_onnx, random_mlp
-from tests.oracles import enumerate_min_margin, enumerate_min_slack
+from tests.oracles import assert_verdict_agrees, enumerate_min_margin, enumerate_min_slack
 from verifier import Property, Status, VerifyOptions
 from verifier.spec.vnnlib import VnnlibError, parse_vnnlib
 
@@ -223,3 +223,52 @@ def test_cli_bad_processes_is_one_line_and_exit_2(tmp_path):
         assert p.returncode == 2
         lines = p.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0] and "Traceback" not in p.stderr
+
+
+def _box_vnnlib(lo, hi, target, n_out) -> str:
+    """"Some Y_j >= Y_target" over a box, written as the competition's files write it (-0.0
+    stays -0.0)."""
+    lines = [f"(declare-const X_{i} Real)" for i in range(lo.size)]
+    lines += [f"(declare-const Y_{j} Real)" for j in range(n_out)]
+    for i in range(lo.size):
+        lines += [f"(assert (<= X_{i} {float(hi[i])!r}))", f"(assert (>= X_{i} {float(lo[i])!r}))"]
+    ors = " ".join(f"(and (>= Y_{j} Y_{target}))" for j in range(n_out) if j != target)
+    lines.append(f"(assert (or {ors}))")
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("fixed", ["some", "all"])
+def test_degenerate_boxes_are_verified_like_any_other(tmp_path, fixed):
+    """Dimensions with lo = hi (ACAS Xu's property 4 fixes X_2 to 0.0, written `<= X_2 -0.0` or
+    `<= X_2 0.0` and `>= X_2 0.0`), or the whole box a point: a verdict that agrees with
+    enumeration, never an exception."""
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        ws, bs = random_mlp(rng, [4, 5, 4, 3])
+        lo = np.float32(rng.uniform(-1, 0, 4)).astype(np.float64)  # float32 values, as the model reads them
+        hi = np.float32(lo + rng.uniform(0.2, 1.0, 4)).astype(np.float64)
+        pinned = [0, 2] if fixed == "some" else [0, 1, 2, 3]
+        hi[pinned] = lo[pinned]
+        lo[0], hi[0] = 0.0, -0.0
+        target = int(rng.integers(3))
+        conjunctions = [(np.eye(3)[[target]] - np.eye(3)[[j]], np.zeros(1)) for j in range(3) if j != target]
+        path = tmp_path / f"p{seed}.vnnlib"
+        path.write_text(_box_vnnlib(lo, hi, target, 3))
+        result = verifier.check(mlp_onnx(ws, bs), Property.from_vnnlib(path), timeout=30)
+        expected = enumerate_min_slack(ws, bs, lo + 0.0, hi + 0.0, conjunctions)
+        assert_verdict_agrees(result, expected)
+        if result.status == Status.ADVERSARIAL:
+            x = np.asarray(result.counterexample, dtype=np.float64).ravel()
+            assert np.all(x[pinned] == lo[pinned] + 0.0)
+
+
+def test_acasxu_property_4_fixes_an_input_and_is_answered():
+    """VNN-COMP 2021's ACAS Xu network 1_2 with property 4 (X_2 pinned to 0; the box reads it as
+    0.0 <= X_2 <= -0.0): once a traceback from the attack. Every correct 2021 tool said unsat."""
+    net = verifier.load(DATA / "acasxu_run2a_1_2.onnx")
+    prop = Property.from_vnnlib(DATA / "acasxu_prop_4.vnnlib")
+    box = prop.regions[0].box
+    assert box.lo[2] == box.hi[2] == 0.0
+    result = verifier.check(net, prop, timeout=20)
+    assert result.status in (Status.ROBUST, Status.UNKNOWN)
+    assert result.margin_lower <= result.margin_upper

@@ -48,7 +48,7 @@ def pgd_attack(net: Network, box: InputBox, x0: np.ndarray, disjuncts: list[Conj
     width = box.hi - box.lo
     if count == 0 or np.all(width == 0) or steps <= 0:
         return best
-    starts = [x0[None, :], rng.uniform(box.lo, box.hi, (max(restarts - 1, 0), x0.size))]
+    starts = [x0[None, :], box.lo + width * rng.random((max(restarts - 1, 0), x0.size))]
     if restarts > 2:
         # Corners, biased toward the upper bounds: images' logits are often flat near the
         # sample and steep toward the bright corners of the box, where the centre never leads.

@@ -16,6 +16,12 @@ class InputBox:
     lo: np.ndarray
     hi: np.ndarray
 
+    def __post_init__(self) -> None:
+        # `+ 0.0` turns -0.0 into 0.0: a property that fixes X_i to "-0.0" and "0.0" is a
+        # degenerate dimension, but numpy's samplers read hi - lo = -0.0 as a negative width.
+        self.lo = np.asarray(self.lo, dtype=np.float64) + 0.0
+        self.hi = np.asarray(self.hi, dtype=np.float64) + 0.0
+
     def float32_box(self) -> tuple[np.ndarray, np.ndarray]:
         """The largest float32 box inside this one (rounded inward), where counterexamples are
         placed so that the exact values fed to the model are provably in the set."""
