@@ -19,6 +19,7 @@ import os
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 FIELDS = ["network", "property", "timeout", "result", "time", "decided_by", "margin_lower", "margin_upper"]
@@ -38,9 +39,51 @@ def run_instance(bench: str, network: str, prop: str, timeout: float, settings: 
         word, by, lo, hi = result_word(r), r.decided_by, r.margin_lower, r.margin_upper
     except verifier.VerifierError as e:
         word, by, lo, hi = "error", str(e), float("nan"), float("nan")
+    except Exception as e:  # a bug costs this instance (an `error` row), never the run
+        word, lo, hi = "error", float("nan"), float("nan")
+        by = " ".join(f"internal error: {type(e).__name__}: {e}".split())[:300]
     return {"network": network, "property": prop, "timeout": timeout, "result": word,
             "time": round(time.perf_counter() - start, 3), "decided_by": by,
             "margin_lower": lo, "margin_upper": hi}
+
+
+def run_pool(bench: str, todo: list, workers: int, settings: dict, record) -> list:
+    """Runs `todo` on a pool of `workers` processes, recording each row as it finishes (a kill
+    loses only those in flight); returns the instances left unfinished when a worker process
+    died (killed, or out of memory), which breaks the whole pool."""
+    finished = set()
+    try:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(run_instance, bench, n, q, t, settings): (n, q, t) for n, q, t in todo}
+            for fut in as_completed(futures):
+                try:
+                    row = fut.result()
+                except BrokenProcessPool:
+                    continue
+                finished.add(futures[fut])
+                record(row)
+    except BrokenProcessPool:
+        pass
+    return [item for item in todo if item not in finished]
+
+
+def run_all(bench: str, todo: list, workers: int, settings: dict, record) -> None:
+    """Every instance gets a row. After a worker dies, the unfinished instances run one at a
+    time, so that the one that kills its process is found: it gets an `error` row and the
+    rest go on at full width."""
+    width = workers
+    while todo:
+        unfinished = run_pool(bench, todo, width, settings, record)
+        if not unfinished:
+            return
+        if width == 1:
+            n, q, t = unfinished[0]
+            record({"network": n, "property": q, "timeout": t, "result": "error", "time": float(t),
+                    "decided_by": "the worker process died (killed, or out of memory)",
+                    "margin_lower": float("nan"), "margin_upper": float("nan")})
+            todo, width = unfinished[1:], workers
+        else:
+            todo, width = unfinished, 1
 
 
 def read_instances(bench: Path, pattern: str | None) -> list[tuple[str, str, float]]:
@@ -121,13 +164,13 @@ def main() -> None:
     cap = args.cap if args.cap is not None else float("inf")
     todo = [(n, q, min(t * args.timeout_scale, cap)) for n, q, t in instances if (n, q) not in done]
     print(f"{len(instances)} instances, {len(instances) - len(todo)} already in {out}, {len(todo)} to run", flush=True)
-    with ProcessPoolExecutor(max_workers=max(args.workers, 1)) as pool:
-        futures = [pool.submit(run_instance, str(args.bench), n, q, t, settings) for n, q, t in todo]
-        for fut in as_completed(futures):  # append each as it finishes: a kill loses only those in flight
-            row = fut.result()
-            append(out, row)
-            print(f"{row['network']:<28} {row['property']:<28} {row['result']:<8} {row['time']:>8.2f}s "
-                  f"{row['decided_by']}", flush=True)
+
+    def record(row: dict) -> None:
+        append(out, row)
+        print(f"{row['network']:<28} {row['property']:<28} {row['result']:<8} {row['time']:>8.2f}s "
+              f"{row['decided_by']}", flush=True)
+
+    run_all(str(args.bench), todo, max(args.workers, 1), settings, record)
     reference = None
     if args.reference:
         with open(args.reference, newline="") as f:

@@ -74,8 +74,9 @@ def test_other_settings_are_refused_and_the_store_is_untouched(tmp_path):
                          text=True, timeout=120)
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and "eps: store has 0.1, this run 0.05" in out.stderr
-    with pytest.raises(InputError, match="timeout"):
+    with pytest.raises(InputError, match=r"options\.timeout: store has 60\.0, this run 5\.0\)") as refused:
         verifier.certify_dataset(WK17A, eps=0.1, report=folder, limit=3, timeout=5, executor="serial")
+    assert len(str(refused.value)) < 250  # the field that differs, not two whole option dicts
     assert _rows(folder) == before
 
 
@@ -176,3 +177,49 @@ def test_a_sample_that_failed_is_tried_again_on_resume(tmp_path):
     assert _rows(folder) != good
     again = verifier.certify_dataset(WK17A, eps=0.1, report=folder, limit=3, executor="serial")
     assert _rows(folder) == good and again.summary["errors"] == 0
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_workers_end_when_the_run_is_killed_with_sigkill(tmp_path):
+    """kill -9 of the run's own process (not its group): its pool workers must not run on."""
+    proc = subprocess.Popen(_cli(WK17A, "--eps", "0.1", "--limit", "1000", "--workers", "2", "--report",
+                                 tmp_path / "out"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers = []
+    try:
+        deadline = time.time() + 120
+        while _count(tmp_path / "out") < 3 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        workers = _children(proc.pid)
+        assert len(workers) >= 2 and proc.poll() is None
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 10
+        while any(_alive(w) for w in workers) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(w) for w in workers), "workers outlived the killed run"
+    finally:
+        proc.kill()
+        for w in workers:
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)

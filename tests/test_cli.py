@@ -61,7 +61,28 @@ def bad_inputs(tmp_path):
     np.save(tmp_path / "short.npy", np.zeros(5))
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     np.save(tmp_path / "ok.npy", np.zeros((28, 28)))
+    import torch
+
+    torch.save(torch.nn.Linear(3, 2).state_dict(), tmp_path / "model.pt")
+    (tmp_path / "cnn.onnx").write_bytes(_channels_first_cnn())
+    np.save(tmp_path / "hwc.npy", np.zeros((8, 8, 3)))
+    np.savez(tmp_path / "hwc.npz", images=np.zeros((2, 8, 8, 3), dtype=np.uint8), labels=np.zeros(2, dtype=np.int64))
     return tmp_path
+
+
+def _channels_first_cnn() -> bytes:
+    """Conv (3 -> 2 channels) on a 3x8x8 input, then a dense layer to 2 outputs."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=(2, 3, 3, 3)).astype(np.float32), "K"),
+             numpy_helper.from_array(rng.normal(size=(2, 72)).astype(np.float32), "W"),
+             numpy_helper.from_array(np.zeros(2, np.float32), "b")]
+    nodes = [helper.make_node("Conv", ["x", "K"], ["c"]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Flatten", ["r"], ["f"]), helper.make_node("Gemm", ["f", "W", "b"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8).SerializeToString()
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -73,6 +94,14 @@ def bad_inputs(tmp_path):
     ([MODEL, "--input", "{tmp}/ok.npy", "--label", "10"], "label 10 is out of range"),
     ([MODEL, "--input", "{tmp}/missing.npy"], "missing.npy"),
     ([MODEL, "--input", "{tmp}/junk.onnx"], "junk.onnx"),
+    ([MODEL, "--eps", "abc"], "--eps"),
+    ([MODEL, "--bogus-option"], "--bogus-option"),
+    ([MODEL, "--limit", "0"], "--limit must be >= 1"),
+    ([MODEL, "--eps", "0.1", "--result", "{tmp}/r.txt"], "needs --vnnlib"),
+    ([MODEL, "--input", "{tmp}/ok.npy", "--save-example", "{tmp}/no/such/dir/a.npy"], "does not exist"),
+    (["{tmp}/model.pt"], "PyTorch checkpoint"),
+    (["{tmp}/cnn.onnx", "--input", "{tmp}/hwc.npy"], "(8, 8, 3), a transpose of the model's input shape (3, 8, 8)"),
+    (["{tmp}/cnn.onnx", "--data", "{tmp}/hwc.npz", "--report", "{tmp}/out"], "a transpose of the model's input shape"),
 ])
 def test_bad_input_is_one_line_and_exit_2(bad_inputs, args, needle):
     p = run(*[a.format(tmp=bad_inputs) for a in args])
@@ -134,3 +163,33 @@ def test_bad_distortion_arguments_exit_2(bad_inputs, args, needle):
     assert "Traceback" not in p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0]
+
+
+def test_internal_error_is_one_line_exit_3_with_the_traceback_kept(tmp_path):
+    """A bug inside the verifier (simulated: the search raises) is one line naming the model and
+    the error, exit code 3, and the traceback in the log file it names."""
+    code = ("import sys, verifier.api\n"
+            "def broken(*a, **k):\n    raise RuntimeError('simulated bug')\n"
+            "verifier.api.check_region = broken\n"
+            "from verifier.cli import main\nsys.argv = ['verify'] + sys.argv[1:]\nmain()\n")
+    np.save(tmp_path / "x.npy", embedded_mnist()[0][0])
+    p = subprocess.run([sys.executable, "-c", code, MODEL, "--input", tmp_path / "x.npy"], capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 3 and p.stdout == ""
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in p.stderr
+    assert MODEL in lines[0] and "RuntimeError: simulated bug" in lines[0]
+    log = Path(lines[0].rsplit("traceback in ", 1)[1].rstrip(")"))
+    assert "simulated bug" in log.read_text() and "Traceback" in log.read_text()
+    log.unlink()
+
+
+def test_python_api_names_what_it_was_given():
+    import torch
+
+    import verifier
+
+    with pytest.raises(verifier.VerifierError, match="state dict"):
+        verifier.load(torch.nn.Linear(3, 2).state_dict())
+    with pytest.raises(verifier.VerifierError, match="got a value of type int"):
+        verifier.load(3)

@@ -6,8 +6,10 @@
     verify model.onnx --eps 0.1 --data test.npz --report out/ [--workers 8] [--executor ray]
                                                      # a test set: resumable, parallel, a report
 
-User errors print one line on stderr and exit with code 2; an interrupted table run still
-prints the rows and the summary of what finished.
+User errors (bad options, files, shapes) print one line on stderr and exit with code 2; an
+unexpected internal error prints one line naming the model and the error, keeps the traceback
+in a log file, and exits with code 3; an interrupted table run still prints the rows and the
+summary of what finished (exit code 130 for an interrupted batch).
 """
 
 from __future__ import annotations
@@ -29,9 +31,43 @@ from verifier.vnncomp import format_result, result_word
 app = typer.Typer(add_completion=False, help="Exact verification of ReLU networks (ONNX).")
 
 
-def _fail(message: str) -> None:
+#: Exit codes: 2 for a problem with the user's input, 3 for a bug of the verifier.
+EXIT_USAGE, EXIT_INTERNAL = 2, 3
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> None:
     typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
+
+
+def _internal_error(error: Exception, files: list) -> None:
+    """One line for an error the user cannot fix (a bug): what failed on which file, and where
+    the traceback was kept for a bug report."""
+    import tempfile
+    import traceback
+
+    named = ", ".join(str(f) for f in files if f is not None)
+    where = ""
+    try:
+        with tempfile.NamedTemporaryFile("w", prefix="verify-error-", suffix=".log", delete=False) as log:
+            log.write(traceback.format_exc())
+        where = f" (traceback in {log.name})"
+    except OSError:
+        pass
+    message = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+    _fail(f"internal error on {named}: {message}{where}", EXIT_INTERNAL)
+
+
+def _check_output_path(path: Optional[Path], option: str) -> None:
+    """Refuse an output file that cannot be written before any work is done, so that nothing
+    computed is lost for a typo in a folder name."""
+    if path is None:
+        return
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise InputError(f"{option} {path}: is a folder, expected a file name")
+    if not parent.is_dir():
+        raise InputError(f"{option} {path}: the folder {parent} does not exist")
 
 
 def _load_input(path: Path) -> np.ndarray:
@@ -74,6 +110,14 @@ def run(
             raise InputError(f"--eps must be a finite number >= 0, got {eps}")
         if not np.isfinite(timeout) or timeout <= 0:
             raise InputError(f"--timeout must be positive, got {timeout}")
+        if limit is not None and limit < 1:
+            raise InputError(f"--limit must be >= 1, got {limit}")
+        if start < 0:
+            raise InputError(f"--start must be >= 0, got {start}")
+        if result_file is not None and vnnlib is None:
+            raise InputError("--result writes a VNN-COMP result file: it needs --vnnlib PROPERTY")
+        _check_output_path(save_example, "--save-example")
+        _check_output_path(result_file, "--result")
         # First: a bad --solver or --processes fails fast.
         options = VerifyOptions(timeout=timeout, solver=solver, processes=processes)
         net = verifier.load(model)
@@ -101,6 +145,10 @@ def run(
             _table(net, eps, label, options, as_json, limit or 10, start)
     except VerifierError as e:
         _fail(str(e))
+    except (typer.Exit, KeyboardInterrupt):
+        raise
+    except Exception as e:  # a bug: one line, never a traceback on the user's terminal
+        _internal_error(e, [model, vnnlib or input or data])
 
 
 def _single(net, x, eps, label, options, as_json, save_example) -> None:
@@ -171,7 +219,21 @@ def _table(net, eps, label, options, as_json, limit, start) -> None:
 
 
 def main() -> None:
-    app()
+    """Runs the command. A usage error (an option's value that is not a number, an unknown
+    option) is one line and exit code 2, like every other bad input, instead of Typer's
+    boxed panel."""
+    try:
+        code = app(standalone_mode=False)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:
+        # click's (or Typer's vendored click's) ClickException: UsageError has exit code 2.
+        if not hasattr(e, "format_message"):
+            raise
+        message = " ".join(e.format_message().split())
+        typer.echo(f"error: {message}", err=True)
+        sys.exit(EXIT_USAGE if getattr(e, "exit_code", 1) in (1, 2) else e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

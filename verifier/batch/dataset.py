@@ -15,6 +15,7 @@ import numpy as np
 
 from verifier.data import embedded_for
 from verifier.errors import InputError
+from verifier.network.graph import check_layout
 
 
 @dataclass
@@ -33,11 +34,9 @@ class Dataset:
         h.update(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())
         return h.hexdigest()
 
-    def check_fits(self, input_size: int) -> None:
-        per_sample = int(np.prod(self.images.shape[1:]))
-        if per_sample != input_size:
-            raise InputError(f"{self.source}: each sample has {per_sample} values (shape {self.images.shape[1:]}) "
-                             f"but the model expects {input_size}")
+    def check_fits(self, input_shape: tuple[int, ...]) -> None:
+        """Each sample must be in the model's layout (network.graph.check_layout)."""
+        check_layout(self.images.shape[1:], input_shape, f"{self.source}: each sample")
 
 
 def as_dataset(images, labels, source: str = "arrays") -> Dataset:

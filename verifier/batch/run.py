@@ -61,7 +61,7 @@ def certify_dataset(net: Network | str | Path | bytes, images=None, labels=None,
     if net.onnx_bytes is None:
         raise InputError("batch runs need the network's ONNX bytes (load it from an ONNX file)")
     dataset = as_dataset(images, labels) if images is not None else load_dataset(data, net.input_shape)
-    dataset.check_fits(net.input_size)
+    dataset.check_fits(net.input_shape)
     eps = _number("eps", eps, minimum=0.0)
     if distortion is not None:
         check_norm(distortion)

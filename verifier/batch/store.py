@@ -32,6 +32,18 @@ _TYPES = {"index": "INTEGER PRIMARY KEY", "label": "INTEGER", "prediction": "INT
 DESCRIPTIVE = {"model", "data"}
 
 
+def _flat(settings: dict, prefix: str = "") -> dict:
+    """Nested settings as one level of dotted keys ("options.timeout"), so that a refusal names
+    the one field that differs instead of printing two whole option dicts."""
+    out = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 class ResultStore:
     """Open (or create) `folder/results.sqlite` for runs with these `settings`."""
 
@@ -62,11 +74,13 @@ class ResultStore:
             with self.db:
                 self.db.execute("INSERT INTO meta VALUES ('settings', ?)", (mine,))
             return
-        theirs = json.loads(row[0])
-        differ = sorted(k for k in set(theirs) | set(settings)
-                        if k not in DESCRIPTIVE and theirs.get(k) != settings.get(k))
+        theirs, ours = _flat(json.loads(row[0])), _flat(json.loads(mine))
+        differ = sorted(k for k in set(theirs) | set(ours)
+                        if k not in DESCRIPTIVE and theirs.get(k) != ours.get(k))
         if differ:
-            detail = "; ".join(f"{k}: store has {theirs.get(k)!r}, this run {settings.get(k)!r}" for k in differ[:3])
+            detail = "; ".join(f"{k}: store has {theirs.get(k)!r}, this run {ours.get(k)!r}" for k in differ[:3])
+            if len(differ) > 3:
+                detail += f"; and {len(differ) - 3} more"
             raise InputError(f"{self.path} holds results of other settings ({detail}); "
                              "use another --report folder or remove it")
 

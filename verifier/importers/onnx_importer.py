@@ -245,9 +245,22 @@ HANDLERS = {
 }
 
 
+def _format_hint(data: bytes) -> str:
+    """What a file that is not ONNX probably is, for the one-line error."""
+    if data[:4] == b"PK\x03\x04" or data[:1] == b"\x80":
+        return ("; it looks like a PyTorch checkpoint (torch.save): load the module in Python and pass it to "
+                "verifier.load(module, input_shape=...), or export it with torch.onnx.export")
+    return "; expected an ONNX file (.onnx) as written by torch.onnx.export or onnx.save"
+
+
 def _read_model(source: str | bytes | os.PathLike) -> tuple[onnx.ModelProto, bytes, str]:
     if isinstance(source, (bytes, bytearray)):
         data, label = bytes(source), "<onnx bytes>"
+    elif not isinstance(source, (str, os.PathLike)):
+        hint = (" (a state dict? load it into its torch.nn.Module with load_state_dict and pass the module "
+                "with input_shape=...)") if isinstance(source, dict) else ""
+        raise ModelError(f"expected an ONNX model (a path or bytes) or a torch.nn.Module, got a value of type "
+                         f"{type(source).__name__}{hint}")
     else:
         label = os.fspath(source)
         try:
@@ -258,7 +271,7 @@ def _read_model(source: str | bytes | os.PathLike) -> tuple[onnx.ModelProto, byt
     try:
         model = onnx.load_from_string(data)
     except Exception as e:  # onnx raises DecodeError and friends
-        raise ModelError(f"{label}: not a valid ONNX model ({type(e).__name__})") from None
+        raise ModelError(f"{label}: not a valid ONNX model ({type(e).__name__}){_format_hint(data)}") from None
     if not model.graph.node:
         raise ModelError(f"{label}: not a valid ONNX model (empty graph)")
     return model, data, label

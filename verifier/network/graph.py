@@ -48,13 +48,10 @@ class Network:
     def output_size(self) -> int:
         return self.sizes[self.output_node]
 
-    def flatten_input(self, x: np.ndarray) -> np.ndarray:
+    def flatten_input(self, x: np.ndarray, source: str = "input") -> np.ndarray:
         """Accept one input shaped like the model input (or flat); return a flat float64 copy."""
         x = np.asarray(x, dtype=np.float64)
-        if x.size != self.input_size:
-            raise InputError(
-                f"input has {x.size} values (shape {tuple(x.shape)}) but the model expects "
-                f"{self.input_size} (shape {self.input_shape})")
+        check_layout(tuple(x.shape), self.input_shape, source)
         if not np.all(np.isfinite(x)):
             raise InputError("input contains NaN or infinite values")
         return x.reshape(-1).copy()
@@ -78,3 +75,25 @@ class Network:
     def relu_nodes(self) -> list[str]:
         from verifier.ops.relu import Relu
         return [n for n in self.order if isinstance(self.op(n), Relu)]
+
+
+def check_layout(shape: tuple[int, ...], input_shape: tuple[int, ...], source: str = "input") -> None:
+    """One sample's `shape` must be the model's input shape, flat, or the same up to axes of
+    size 1 ((28, 28) for (1, 28, 28)); a model that takes a vector reads any sample flattened
+    in row-major order (an MLP on (28, 28) images). Any other shape of the right size (an image
+    stored (32, 32, 3) for a model that takes (3, 32, 32)) would be read in the wrong layout
+    without a word, so it is refused."""
+    shape, input_shape = tuple(int(d) for d in shape), tuple(int(d) for d in input_shape)
+    size, expected = int(np.prod(shape)), int(np.prod(input_shape))
+    if size != expected:
+        raise InputError(f"{source} has {size} values (shape {shape}) but the model expects {expected} "
+                         f"(shape {input_shape})")
+    squeezed = tuple(d for d in shape if d != 1)
+    wanted = tuple(d for d in input_shape if d != 1)
+    if len(squeezed) <= 1 or len(wanted) <= 1 or squeezed == wanted:
+        return
+    if sorted(squeezed) == sorted(wanted):
+        raise InputError(f"{source} has shape {shape}, a transpose of the model's input shape {input_shape}: "
+                         f"reorder its axes (e.g. numpy.transpose) to {input_shape}, or pass it flat in that order")
+    raise InputError(f"{source} has shape {shape} but the model's input shape is {input_shape}: pass it in "
+                     f"that shape, or flat in that order")
