@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 import pickle
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -28,6 +29,7 @@ import torch
 
 from verifier.bab.layered import Layered
 from verifier.bab.search import BabOutcome, BabSettings, add_stats, branch_and_bound
+from verifier.lifetime import die_with_parent
 
 #: Seconds a helper may overrun its share's deadline before its share is given up.
 GRACE = 10.0
@@ -38,8 +40,9 @@ def _candidate(x) -> bool:
     return True
 
 
-def _init_worker() -> None:
+def _init_worker(parent_pid: int) -> None:
     torch.set_num_threads(1)
+    die_with_parent(parent_pid)
 
 
 def _ready() -> bool:
@@ -120,7 +123,7 @@ class SpecWorkers:
         self._pool: ProcessPoolExecutor | None = None
         if self.processes > 1:
             self._pool = ProcessPoolExecutor(self.processes - 1, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_init_worker)
+                                             initializer=_init_worker, initargs=(os.getpid(),))
             for _ in range(self.processes - 1):  # start the imports now, not at the first search
                 self._pool.submit(_ready)
 

@@ -44,10 +44,13 @@ def run_tasks(executor: str, onnx_bytes: bytes, job: Job, tasks: list[Task], wor
 _WORKER_MODEL: list[bytes] = []  # in a pool worker: the ONNX bytes it was started with
 
 
-def _init_pool_worker(onnx_bytes: bytes) -> None:
+def _init_pool_worker(onnx_bytes: bytes, parent_pid: int) -> None:
     import torch
 
     from verifier.batch.tasks import network
+    from verifier.lifetime import die_with_parent
+
+    die_with_parent(parent_pid)  # a kill -9 of the run must not leave its workers running
 
     torch.set_num_threads(1)
     _WORKER_MODEL.append(onnx_bytes)
@@ -62,7 +65,8 @@ def _pool(onnx_bytes: bytes, job: Job, tasks: Iterable[Task], workers: int):
     """At most 2 tasks per worker are queued at a time, so an interrupt leaves little in flight
     and the images are not all copied up front."""
     tasks = iter(tasks)
-    pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_pool_worker, initargs=(onnx_bytes,))
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_pool_worker,
+                               initargs=(onnx_bytes, os.getpid()))
     pending = set()
     try:
         while True:
