@@ -155,7 +155,7 @@ def _closed(best: Example | None, lower: float, rel_gap: float, abs_gap: float) 
 
 def _candidates(coded: NormEncoding, res, deadline: float, options: VerifyOptions) -> list[np.ndarray]:
     """The MILP's point, and for l2 the exact least-distance point of its pattern."""
-    candidates = [] if res.x is None else [res.x]
+    candidates = [] if res.x is None else [coded.snap(res.x)]
     if res.x is not None and coded.norm == "l2" and deadline > time.perf_counter():
         exact = coded.nearest_in_pattern(res.x, deadline - time.perf_counter(), options.threads)
         if exact is not None:
