@@ -127,6 +127,7 @@ class HighsSolver:
         h.setOptionValue("objective_target", float(options.target))
         h.setOptionValue("mip_rel_gap", float(options.rel_gap))
         h.setOptionValue("mip_abs_gap", float(options.abs_gap))
+        h.setOptionValue("mip_feasibility_tolerance", float(options.feasibility_tol))
         if options.initial is not None and not self.relax:
             sol = highspy.HighsSolution()
             sol.col_value = list(map(float, options.initial))

@@ -220,6 +220,8 @@ class PulpSolver:
                 cutoff_used = True
             if mip and np.isfinite(options.target):
                 kwargs["objective_target"] = float(options.target)
+            if mip:  # as the native backend (SolveOptions.feasibility_tol)
+                kwargs["mip_feasibility_tolerance"] = float(options.feasibility_tol)
             if not self.presolve:
                 kwargs["presolve"] = "off"
         elif self.pulp_name == "GUROBI":

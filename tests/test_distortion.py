@@ -190,3 +190,106 @@ def test_wk17a_matches_mipverify_reference_values(index, expected):
         assert r.upper == pytest.approx(expected, rel=1e-4, abs=1e-7)
         assert r.lower == pytest.approx(expected, rel=1e-4, abs=1e-7)
         _assert_example(net, r, x, [j for j in range(10) if j != labels[index - 1]])
+
+
+def _five_input(seed, sizes):
+    """A tiny 5-input network of the boundary-tie search below, its sample and label."""
+    rng = np.random.default_rng(seed)
+    ws, bs = random_mlp(rng, sizes)
+    x = rng.uniform(0.0, 1.0, 5)
+    label = int(np.argmax(verifier.load(mlp_onnx(ws, bs)).forward(x)))
+    return ws, bs, x, label
+
+
+def _counting_moves(monkeypatch):
+    """Counts the MILP points that failed the float32 re-check and were moved across."""
+    from verifier.distortion import boundary, direct
+
+    moved = []
+
+    def confirm_near(checker, x):
+        ex = boundary.confirm_near(checker, x)
+        if ex is not None and checker.confirm(x) is None:
+            moved.append(ex.distance)
+        return ex
+
+    monkeypatch.setattr(direct, "confirm_near", confirm_near)
+    return moved
+
+
+# Found by searching random 5-input networks (L1, whole domain): the MILP finished "optimal" with
+# the enumerated lower bound, but its point sat on the decision boundary on float32's wrong
+# side and the outward push could not move it (coordinates on the domain's faces, or a ReLU
+# kink): the answer was `unknown` with the attack's upper bound (e.g. 2.73 for 0.94).
+BOUNDARY_TIES = [(966, [5, 4, 4, 3]), (1145, [5, 6, 3]), (1376, [5, 4, 4, 3])]
+
+
+def test_boundary_optimum_is_moved_across_and_matches_enumeration(monkeypatch):
+    moved = _counting_moves(monkeypatch)
+    for seed, sizes in BOUNDARY_TIES:
+        ws, bs, x, label = _five_input(seed, sizes)
+        net = verifier.load(mlp_onnx(ws, bs))
+        expected = enumerate_min_distortion(ws, bs, x, np.zeros(5), np.ones(5), _conjunctions(3, label), "l1")
+        r = verifier.min_distortion(net, x, norm="l1", label=label, timeout=20, strategy="direct")
+        assert r.status == "optimal", seed
+        assert r.lower == pytest.approx(expected, rel=2e-5, abs=1e-6)
+        assert r.upper == pytest.approx(expected, rel=2e-5, abs=1e-6)
+        assert r.lower <= expected + 1e-7  # certified: never above the true minimum
+        _assert_example(net, r, x, r.targets)
+    assert moved  # the premise: some MILP optimum failed the re-check and was moved
+
+
+# Same search: here no single coordinate lowers the slack at the optimum (every one-sided
+# derivative is positive: it sits on faces of the domain and on ReLU kinks, where only moving
+# several coordinates together helps), so no step crosses and the MILP is re-solved with a small
+# logit margin. Before, `unknown` with the attack's upper bound (e.g. 1.19 for 0.975).
+MARGIN_TIES = [(1130, [5, 6, 3]), (35, [5, 6, 3]), (196, [5, 4, 4, 3])]
+
+
+def test_boundary_optimum_is_closed_by_a_margin_resolve():
+    for seed, sizes in MARGIN_TIES:
+        ws, bs, x, label = _five_input(seed, sizes)
+        net = verifier.load(mlp_onnx(ws, bs))
+        expected = enumerate_min_distortion(ws, bs, x, np.zeros(5), np.ones(5), _conjunctions(3, label), "l1")
+        r = verifier.min_distortion(net, x, norm="l1", label=label, timeout=20, strategy="direct")
+        assert r.stats["margin_solves"] >= 1, seed
+        assert r.status == "optimal", seed
+        assert r.lower == pytest.approx(expected, rel=2e-5, abs=1e-6)
+        assert r.upper == pytest.approx(expected, rel=2e-5, abs=1e-6)
+        assert r.lower <= expected + 1e-7 <= r.upper + 2e-7
+        _assert_example(net, r, x, r.targets)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l1", "l2", "l0"])
+def test_step_across_a_tie_of_a_linear_classifier(norm):
+    """From the closed-form nearest point on a linear classifier's decision boundary (a tie in
+    float64, either side in float32), `step_across` reaches an example that onnxruntime and
+    float64 both send to the target, at most a hair farther than the tie (l0: the same count)."""
+    from verifier.distortion.boundary import step_across
+    from verifier.distortion.examples import Checker
+    from verifier.spec.ball import InputBox
+
+    rng = np.random.default_rng(7)
+    w = np.float32(rng.normal(size=(3, 5))).astype(np.float64)
+    b = np.float32(rng.normal(size=3)).astype(np.float64)
+    net = verifier.load(mlp_onnx([w], [b]))
+    x0 = np.float32(rng.uniform(-1, 1, 5)).astype(np.float64)
+    label = int(np.argmax(w @ x0 + b))
+    target = next(j for j in range(3) if j != label)
+    dw, m = w[label] - w[target], (w[label] - w[target]) @ x0 + b[label] - b[target]
+    if norm == "linf":
+        tie = x0 - m / np.abs(dw).sum() * np.sign(dw)
+    elif norm == "l2":
+        tie = x0 - m * dw / (dw @ dw)
+    else:  # l1 and l0: the one coordinate with the largest weight difference
+        i = int(np.argmax(np.abs(dw)))
+        tie = x0.copy()
+        tie[i] -= m / dw[i]
+    checker = Checker(net, make_goal(3, label, [target]), InputBox(np.full(5, -10.0), np.full(5, 10.0)), x0, norm)
+    assert abs(checker.goal.slack(net.forward(tie))) < 1e-12
+    ex = step_across(checker, tie)
+    assert ex is not None and checker.adversarial(ex.x)
+    y = reference_logits(net, ex.x.astype(np.float32))
+    assert y[target] >= y[label]
+    distance = measure(norm, tie - x0) if norm != "l0" else 1.0
+    assert distance * (1 - 1e-12) <= ex.distance <= distance * (1 + 1e-5) + 1e-6

@@ -82,3 +82,41 @@ def test_options_timeout_is_used_when_no_timeout_is_given():
     assert _options(VerifyOptions(timeout=7.0), None).timeout == 7.0
     assert _options(VerifyOptions(timeout=7.0), 3).timeout == 3.0
     assert _options(None, None).timeout == VerifyOptions().timeout
+
+
+def test_exact_mip_points_satisfy_every_row(monkeypatch):
+    """The cause behind exact margins 2e-6 below enumeration with highspy 1.16: at HiGHS's
+    default feasibility tolerance (1e-6) the MIP of `tests/test_ops.py`'s pad network returns
+    a point that violates a row by 9e-7, and an "optimal" value (and dual bound) 2e-6 below
+    the true optimum. In exact mode every finished MIP's point must satisfy every row to the
+    exact tolerance, so the optimum it reports is the true one to ~1e-9."""
+    from solvers.base import EXACT_FEASIBILITY
+    from solvers.highs import HighsSolver
+    from tests.pwl_oracle import min_margin
+    from tests.test_ops import NETS, export
+
+    seen = []
+    solve = HighsSolver.solve
+
+    def recording(self, options):
+        res = solve(self, options)
+        if self.is_mip and res.x is not None:
+            seen.append((self.problem, res, options.feasibility_tol))
+        return res
+
+    monkeypatch.setattr(HighsSolver, "solve", recording)
+    f, shape = NETS["pad_constant"](11)
+    rng = np.random.default_rng(1)  # the instance of test_ops' [1-pad_constant] case
+    x = rng.uniform(0.2, 0.8, shape)
+    eps = float(rng.uniform(0.1, 0.3))
+    label = int(rng.integers(3))
+    lo, hi = np.clip(x.ravel() - eps, 0, 1), np.clip(x.ravel() + eps, 0, 1)
+    r = verifier.verify(verifier.load(export(f, shape)), x, eps, label=label,
+                        options=VerifyOptions(exact=True), timeout=60)
+    assert seen
+    for problem, res, tol in seen:
+        assert tol == EXACT_FEASIBILITY
+        ax = problem.A @ res.x
+        violation = max(np.max(problem.row_lo - ax), np.max(ax - problem.row_hi))
+        assert violation <= 10 * EXACT_FEASIBILITY
+    assert r.margin_lower == pytest.approx(min_margin(f, shape, lo, hi, label, 3), abs=1e-8)

@@ -215,6 +215,33 @@ def test_min_distortion_agrees(seed, norm):
         assert r.upper == pytest.approx(expected, rel=2e-5, abs=1e-6)
 
 
+@pytest.mark.parametrize("seed", [17, 52, 142])
+def test_finished_cbc_l0_search_closes_its_interval(seed):
+    """Samples with pixels at 0 (as MNIST's background): CBC's point, read back with 8 digits,
+    left unchanged pixels at tiny nonzero values that float32 keeps, so its example counted one
+    pixel more than the optimum and the search ended `unknown` [k, k+1] with mip_status
+    "optimal" (WK17a: [47, 526]; HiGHS 47/47). A finished CBC solve must close the interval
+    at the enumerated minimum, as HiGHS does."""
+    rng = np.random.default_rng(seed)
+    n = [4, 5, 6][seed % 3]
+    sizes = [n, 6, 3] if seed % 2 else [n, 4, 4, 3]
+    ws, bs = random_mlp(rng, sizes)
+    net = verifier.load(mlp_onnx(ws, bs))
+    x = rng.uniform(0.0, 1.0, n)
+    x[rng.random(n) < 0.5] = 0.0
+    label = int(np.argmax(net.forward(x)))
+    lo, hi = np.clip(x - 0.6, 0, 1), np.clip(x + 0.6, 0, 1)
+    goal = [(c.C, c.d) for c in make_goal(3, label, None).disjuncts]
+    expected = enumerate_min_distortion(ws, bs, x, lo, hi, goal, "l0")
+    assert np.isfinite(expected) and expected < n
+    for solver in ("highs", "cbc"):
+        r = verifier.min_distortion(net, x, norm="l0", label=label, eps_max=0.6, timeout=30, strategy="direct",
+                                    solver=solver)
+        assert r.stats["mip_status"] == "optimal"
+        assert (r.status, r.lower, r.upper) == ("optimal", expected, expected), solver
+        assert np.count_nonzero(r.example.astype(np.float32) != x.astype(np.float32)) == expected
+
+
 def _market_split(m: int = 4, n: int = 30) -> MilpProblem:
     """Cornuejols-Dawande market split: tiny and notoriously hard for branch and bound."""
     rng = np.random.default_rng(0)

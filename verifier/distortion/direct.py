@@ -11,16 +11,17 @@ bound, also when time runs out.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import scipy.sparse as sp
 
 from solvers import make_solver
-from solvers.base import SolveOptions, SolveStatus
+from solvers.base import EXACT_FEASIBILITY, SolveOptions, SolveStatus
 from verifier.bounds.interval import interval_bounds, output_rows_lower
 from verifier.bounds.lp import tighten_with_lp
 from verifier.bounds.symbolic import backward_lower, symbolic_bounds
+from verifier.distortion.boundary import MARGINS, confirm_near, logit_scale, tightened
 from verifier.distortion.examples import Checker, Example, ball
 from verifier.distortion.norms import NormEncoding, encode_norm
 from verifier.encode.extend import extend, triplets
@@ -49,8 +50,9 @@ def _row_ranges(net, bounds, conj):
 
 
 def _goal_rows(enc, net, bounds, disjuncts):
-    """The problem with "the output reaches one of the disjuncts" added; returns it and a
-    function giving the added columns' values at a point (for a MIP start)."""
+    """The problem with "the output reaches one of the disjuncts" added; returns it, a function
+    giving the added columns' values at a point (for a MIP start), and the indices of the goal's
+    rows C_k y - d_k <= 0 (with a target binary: <= M_k (1 - z_k)), for `boundary.tightened`."""
     out = enc.handles[net.output_node]
     p = enc.problem
     expr = out.widened(p.num_cols)
@@ -58,7 +60,7 @@ def _goal_rows(enc, net, bounds, disjuncts):
         conj = disjuncts[0]
         rows = sp.csr_matrix(conj.C) @ expr
         new, _ = extend(p, rows=rows, row_lo=np.full(conj.d.size, -np.inf), row_hi=conj.d - conj.C @ out.const)
-        return new, lambda y: np.zeros(0)
+        return new, lambda y: np.zeros(0), np.arange(p.num_rows, new.num_rows)
     new, z = extend(p, np.zeros(len(disjuncts)), np.ones(len(disjuncts)), True)
     blocks, hi_side = [], []
     for k, conj in enumerate(disjuncts):
@@ -71,12 +73,13 @@ def _goal_rows(enc, net, bounds, disjuncts):
     blocks.append(triplets(1, new.num_cols, np.zeros(z.size, int), z, np.ones(z.size)))  # sum z = 1
     hi = np.concatenate(hi_side + [[1.0]])
     lo = np.concatenate([np.full(hi.size - 1, -np.inf), [1.0]])
+    first = new.num_rows
     new, _ = extend(new, rows=sp.vstack(blocks), row_lo=lo, row_hi=hi)
 
     def choice(y):
         slacks = [c.slack(y)[0] for c in disjuncts]
         return np.eye(len(disjuncts))[int(np.argmin(slacks))]
-    return new, choice
+    return new, choice, np.arange(first, new.num_rows - 1)  # the last row is sum z = 1
 
 
 def _coo(m):
@@ -104,7 +107,7 @@ def direct_search(checker: Checker, upper: Example | None, deadline: float, opti
         bounds = tighten_with_lp(net, bounds, t + options.lp_budget * (deadline - t), stats)
         stats["time_lp_tightening"] = round(time.perf_counter() - t, 4)
     enc = encode_network(net, bounds)
-    problem, choice = _goal_rows(enc, net, bounds, disjuncts)
+    problem, choice, goal_rows = _goal_rows(enc, net, bounds, disjuncts)
     coded = encode_norm(problem, enc.input_cols, x0[enc.input_cols], box.lo, box.hi, norm)
     if norm == "linf" and known_lower > 0:
         # Just below the known bound, not on it: a floor on the optimum invites tolerance trouble
@@ -128,36 +131,83 @@ def direct_search(checker: Checker, upper: Example | None, deadline: float, opti
         if res.status in (SolveStatus.OPTIMAL, SolveStatus.TIME_LIMIT) and np.isfinite(res.dual_bound):
             bound = res.dual_bound - _DUAL_SLACK * (1.0 + abs(res.dual_bound))
             lower = max(lower, coded.distance_bound(bound))
-        candidates = [] if res.x is None else [res.x]
-        if res.x is not None and norm == "l2" and deadline > time.perf_counter():
-            exact = coded.nearest_in_pattern(res.x, deadline - time.perf_counter(), options.threads)
-            if exact is not None:
-                exact[coded.cols] = 0.0  # so that add_tangents cuts at every moved coordinate
-                candidates.append(exact)
-        for point in candidates:
-            ex = checker.settle(np.clip(point[enc.input_cols], box.lo, box.hi))
-            if ex is not None and (best is None or ex.distance < best.distance):
-                best, start_x = ex, ex.x
-        if best is not None and best.distance - lower <= abs_gap + rel_gap * best.distance:
+        candidates = _candidates(coded, res, deadline, options)
+        best = _best_of(checker, enc, box, candidates, best)
+        start_x = best.x if best is not None else None
+        if _closed(best, lower, rel_gap, abs_gap):
             break
         if res.status != SolveStatus.OPTIMAL or res.x is None:
             break
         cuts = sum(coded.add_tangents(point) for point in candidates)
         stats["l2_cuts"] = stats.get("l2_cuts", 0) + cuts
         if cuts == 0:
+            best = _with_margin(checker, box, coded, goal_rows, enc, choice, best, lower, deadline, options,
+                                rel_gap, abs_gap, stats)
             break
     if best is not None:
         lower = min(lower, best.distance)
     return SearchOutcome(lower, best, stats=stats)
 
 
+def _closed(best: Example | None, lower: float, rel_gap: float, abs_gap: float) -> bool:
+    return best is not None and best.distance - lower <= abs_gap + rel_gap * best.distance
+
+
+def _candidates(coded: NormEncoding, res, deadline: float, options: VerifyOptions) -> list[np.ndarray]:
+    """The MILP's point, and for l2 the exact least-distance point of its pattern."""
+    candidates = [] if res.x is None else [coded.snap(res.x)]
+    if res.x is not None and coded.norm == "l2" and deadline > time.perf_counter():
+        exact = coded.nearest_in_pattern(res.x, deadline - time.perf_counter(), options.threads)
+        if exact is not None:
+            exact[coded.cols] = 0.0  # so that add_tangents cuts at every moved coordinate
+            candidates.append(exact)
+    return candidates
+
+
+def _best_of(checker: Checker, enc, box, candidates: list[np.ndarray], best: Example | None) -> Example | None:
+    """The closest confirmed example among best and the candidates (each moved across the
+    decision boundary if it sits on the wrong side in float32: `boundary.confirm_near`)."""
+    for point in candidates:
+        ex = confirm_near(checker, np.clip(point[enc.input_cols], box.lo, box.hi))
+        if ex is not None and (best is None or ex.distance < best.distance):
+            best = ex
+    return best
+
+
+def _with_margin(checker: Checker, box, coded: NormEncoding, goal_rows, enc, choice, best: Example | None,
+                 lower: float, deadline: float, options: VerifyOptions, rel_gap: float, abs_gap: float,
+                 stats: dict) -> Example | None:
+    """The MILP finished, yet no confirmed example lies within the gap of its bound: the
+    optimum's point sits on the boundary on float32's wrong side and no small step crossed.
+    Re-solve, with the time left, asking for a margin (boundary.MARGINS, relative to the
+    logits' scale) and at the exact feasibility tolerance (a row slack of 1e-6 would eat the
+    margin); its points are examples strictly inside the target region. `lower` stays the
+    first MILP's: the margin cuts points off, so these solves bound nothing from below."""
+    scale = logit_scale(checker, checker.x0)
+    for margin in MARGINS:
+        left = deadline - time.perf_counter()
+        if left <= 0 or _closed(best, lower, rel_gap, abs_gap):
+            break
+        tight = replace(coded, problem=tightened(coded.problem, goal_rows, margin * scale))
+        start_x = best.x if best is not None else None
+        res = _solve(tight, enc, checker.net, choice, start_x, left, options, rel_gap, abs_gap,
+                     feasibility_tol=EXACT_FEASIBILITY)
+        stats["margin_solves"] = stats.get("margin_solves", 0) + 1
+        stats["margin_status"] = res.status.value
+        if res.status == SolveStatus.INFEASIBLE:  # a larger margin is infeasible too
+            break
+        best = _best_of(checker, enc, box, _candidates(tight, res, deadline, options), best)
+    return best
+
+
 def _solve(coded: NormEncoding, enc, net, choice, start_x, time_limit: float, options: VerifyOptions,
-           rel_gap: float, abs_gap: float):
+           rel_gap: float, abs_gap: float, feasibility_tol: float = SolveOptions.feasibility_tol):
     # options.solver runs this MILP; the L2 projection QP (norms.py) and LP tightening stay on HiGHS.
     solver = make_solver(options.solver, coded.problem, threads=options.threads, presolve=options.mip_presolve)
     solver.set_objective(coded.objective)
     # The MIP may stop at a fraction of the requested gap (the example re-check then adds a little).
-    solve = SolveOptions(time_limit=time_limit, rel_gap=rel_gap / 4, abs_gap=abs_gap / 4)
+    solve = SolveOptions(time_limit=time_limit, rel_gap=rel_gap / 4, abs_gap=abs_gap / 4,
+                         feasibility_tol=feasibility_tol)
     if start_x is not None:
         y = net.forward(start_x.reshape(1, -1))
         base = enc.assignment(net, start_x)

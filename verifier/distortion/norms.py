@@ -71,6 +71,19 @@ class NormEncoding:
             return d * d
         return (d != 0).astype(float)
 
+    def snap(self, x: np.ndarray) -> np.ndarray:
+        """A MILP point with what its integer columns imply made exact: l0 coordinates whose
+        binary is 0 put back on x0. A solver's point carries noise (CBC's is read back with 8
+        digits): measured on WK17a, an unchanged pixel at x0 = 0 came back as a tiny nonzero
+        value, which float32 keeps, so the example counted 48 changed pixels for an optimum
+        of 47."""
+        if self.norm != "l0":
+            return x
+        x = np.array(x, dtype=np.float64)
+        kept = np.round(x[self.cols]) == 0
+        x[self.inputs[kept]] = self.x0[kept]
+        return x
+
     def distance_bound(self, objective_bound: float) -> float:
         """A lower bound on the distance from a lower bound on the objective."""
         if self.norm == "l2":

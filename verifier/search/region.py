@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from solvers import make_solver
-from solvers.base import SolveOptions, SolveStatus
+from solvers.base import EXACT_FEASIBILITY, SolveOptions, SolveStatus
 from solvers.highs import HighsSolver
 from verifier.bounds.interval import interval_bounds, output_rows_lower
 from verifier.bounds.lp import lp_min, safe_lower_bound, tighten_with_lp
@@ -313,6 +313,8 @@ def _solve(run: _Run, solver, problem, c, offset: float, initial: np.ndarray, ti
     solve = SolveOptions(time_limit=time_limit, initial=np.clip(initial, problem.col_lo, problem.col_hi))
     if not run.options.exact:
         solve.cutoff, solve.target = 2 * run.options.tolerance - offset, -offset
+    else:  # the optimum is reported as exact: no room for the solver's default row slack
+        solve.feasibility_tol = EXACT_FEASIBILITY
     res = solver.solve(solve)
     run.stats["mip_nodes"] += res.nodes
     # "Infeasible" finishes a search only under a cutoff (nothing below it); without one the
