@@ -293,3 +293,22 @@ def test_step_across_a_tie_of_a_linear_classifier(norm):
     assert y[target] >= y[label]
     distance = measure(norm, tie - x0) if norm != "l0" else 1.0
     assert distance * (1 - 1e-12) <= ex.distance <= distance * (1 + 1e-5) + 1e-6
+
+
+@pytest.mark.parametrize("seed", [2, 9])
+def test_hybrid_without_an_example_gives_the_milp_the_time_left(monkeypatch, seed):
+    """When the attack finds nothing and bisection's one try at the whole input set is
+    undecided (simulated here), the MILP still runs with the time left and finds the minimum,
+    instead of `unknown` with most of the budget unspent."""
+    import verifier.distortion.minimum as minimum
+    from verifier.distortion.direct import SearchOutcome
+
+    ws, bs, x, label = _tiny(seed)
+    expected = enumerate_min_distortion(ws, bs, x, np.zeros(3), np.ones(3), _conjunctions(3, label), "linf")
+    assert np.isfinite(expected)
+    monkeypatch.setattr(minimum, "attack_upper", lambda *a, **k: None)
+    monkeypatch.setattr(minimum, "bisection_search",
+                        lambda *a, **k: SearchOutcome(0.0, None, stats={"strategy": "bisection", "verifications": 1}))
+    r = verifier.min_distortion(mlp_onnx(ws, bs), x, "linf", label=label, strategy="hybrid", timeout=20)
+    assert r.status == "optimal" and r.stats["mip_solves"] >= 1
+    assert r.lower <= expected + 1e-7 and r.upper == pytest.approx(expected, rel=2e-5, abs=1e-6)

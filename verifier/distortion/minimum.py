@@ -103,9 +103,12 @@ def _hybrid(checker, upper, deadline, options, rel_gap, abs_gap) -> SearchOutcom
     first = bisection_search(checker, upper, now + _HYBRID_BISECTION * (deadline - now), options, rel_gap, abs_gap,
                              slices=(0.25,))
     gap_closed = first.best is not None and first.best.distance - first.lower <= abs_gap + rel_gap * first.best.distance
-    if first.infeasible or gap_closed or first.best is None:
+    if first.infeasible or gap_closed or time.perf_counter() >= deadline:
         first.stats["strategy"] = "hybrid"
         return first
+    # Without an example (the attack found none and the whole input set was too close to call
+    # in one try) the MILP gets the time left over the whole input set: giving up here said
+    # `unknown` with most of the budget unspent.
     second = direct_search(checker, first.best, deadline, options, rel_gap, abs_gap, known_lower=first.lower)
     second.stats.update(strategy="hybrid", verifications=first.stats["verifications"], bisection_lower=first.lower)
     return second
