@@ -41,11 +41,6 @@ def check(deadline: float) -> None:
         raise OutOfTime
 
 
-def left(deadline: float) -> float:
-    """Seconds until the deadline (negative once past)."""
-    return deadline - time.perf_counter()
-
-
 def fits(deadline: float, seconds: float) -> bool:
     """Whether work expected to take `seconds` ends before the deadline."""
     return time.perf_counter() + seconds <= deadline
