@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -53,6 +54,12 @@ def _options(options: VerifyOptions | None, timeout: float | None, solver: str |
     return opts
 
 
+def _spent(opts: VerifyOptions, began: float) -> VerifyOptions:
+    """The options with the time since `began` (loading a model given as a file) taken off
+    the timeout, which covers the whole call."""
+    return replace(opts, timeout=max(opts.timeout - (time.perf_counter() - began), 1e-3))
+
+
 def verify(net: Network | str | os.PathLike, x: np.ndarray, eps: float, label: int | None = None,
            timeout: float | None = None, options: VerifyOptions | None = None, solver: str | None = None) -> Result:
     """Is the decision on x the same for every input within L-infinity distance eps (inside the
@@ -63,8 +70,9 @@ def verify(net: Network | str | os.PathLike, x: np.ndarray, eps: float, label: i
     re-checked by onnxruntime) or `unknown` (with the margin bounds reached in the time).
     A torch module is read for inputs shaped like x.
     """
+    began = time.perf_counter()
     net = load(net, np.shape(x))
-    opts = _options(options, timeout, solver)
+    opts = _spent(_options(options, timeout, solver), began)
     try:
         eps = float(eps)
     except (TypeError, ValueError):
@@ -86,8 +94,9 @@ def check(net: Network | str | os.PathLike, prop: Property, timeout: float | Non
     """Decide a property (e.g. from VNN-LIB): `adversarial` (VNN-COMP `sat`) with an input that
     onnxruntime confirms violates it, `robust` (`unsat`), or `unknown`. Regions are tried in
     order within one time budget. solver: the MIP solver, overriding options.solver."""
+    began = time.perf_counter()
     net = load(net)
-    opts = _options(options, timeout, solver)
+    opts = _spent(_options(options, timeout, solver), began)
     if prop.num_inputs != net.input_size or prop.num_outputs != net.output_size:
         raise InputError(f"{prop.name}: the property has {prop.num_inputs} inputs and {prop.num_outputs} "
                          f"outputs, the model {net.input_size} and {net.output_size}")

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional
 
@@ -105,6 +107,7 @@ def run(
     solver: str = typer.Option("highs", help="MIP solver: highs (native, default), or through PuLP: cbc (bundled), gurobi, cplex, glpk, scip, xpress, copt, mosek, pulp-highs. Bounds always use HiGHS."),
 ) -> None:
     """Verify MODEL on one sample (--input), a VNN-LIB property (--vnnlib) or the embedded MNIST slice."""
+    began = time.perf_counter()
     try:
         if not np.isfinite(eps) or eps < 0:
             raise InputError(f"--eps must be a finite number >= 0, got {eps}")
@@ -138,9 +141,9 @@ def run(
             distortion_command(net, distortion, input and _load_input(input), label, target or None, eps_max,
                                strategy, options, as_json, save_example, limit or 10, start)
         elif vnnlib is not None:
-            _property(net, vnnlib, options, result_file, as_json)
+            _property(net, vnnlib, options, result_file, as_json, began)
         elif input is not None:
-            _single(net, _load_input(input), eps, label, options, as_json, save_example)
+            _single(net, _load_input(input), eps, label, _spent(options, began), as_json, save_example)
         else:
             _table(net, eps, label, options, as_json, limit or 10, start)
     except VerifierError as e:
@@ -149,6 +152,12 @@ def run(
         raise
     except Exception as e:  # a bug: one line, never a traceback on the user's terminal
         _internal_error(e, [model, vnnlib or input or data])
+
+
+def _spent(options: VerifyOptions, began: float) -> VerifyOptions:
+    """The options with the time since `began` (loading the model, reading the property) taken
+    off the timeout: for one sample or property, --timeout covers the whole command."""
+    return replace(options, timeout=max(options.timeout - (time.perf_counter() - began), 1e-3))
 
 
 def _single(net, x, eps, label, options, as_json, save_example) -> None:
@@ -165,8 +174,9 @@ def _single(net, x, eps, label, options, as_json, save_example) -> None:
                    + (f", saved to {save_example}" if save_example else ""))
 
 
-def _property(net, path, options, result_file, as_json) -> None:
+def _property(net, path, options, result_file, as_json, began: float) -> None:
     prop = verifier.Property.from_vnnlib(path)
+    options = _spent(options, began)
     r = verifier.check(net, prop, timeout=options.timeout, options=options)
     text = format_result(r)
     if result_file is not None:

@@ -14,12 +14,14 @@ with an outward slack for rounding, is taken as a bound.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 
 import torch
 
 from verifier.bab.layered import Layered
+from verifier.deadline import Pace, fits, product_seconds
 
 #: Outward slack on every bound: relative to the magnitude of the terms (products and sums, with
 #: |a| |W| |h| for each matrix product, so cancellation is covered), plus absolute. float64
@@ -84,6 +86,16 @@ class Bound:
     value: torch.Tensor  # (B, m) lower bounds (slack subtracted when rigorous)
     lam0: torch.Tensor  # (B, m, n_0) coefficients on the input
     mus: list[torch.Tensor]  # per ReLU layer k, (B, m, n_k) coefficients on h_k
+
+
+#: Seconds the first optimiser of a process may take to create: torch.optim then imports
+#: torch._dynamo (1.4-2.5 s measured), inside whichever run comes first.
+FIRST_OPTIMISER_SECONDS = 3.0
+
+
+def adam_seconds() -> float:
+    """Expected seconds to create an optimiser here and now (see FIRST_OPTIMISER_SECONDS)."""
+    return 0.0 if "torch._dynamo" in sys.modules else FIRST_OPTIMISER_SECONDS
 
 
 def adam(groups) -> torch.optim.Adam:
@@ -165,6 +177,14 @@ def backward_bound(net: Layered, upto: int, rows: torch.Tensor, const: torch.Ten
     return Bound(value, a, mus)
 
 
+def pass_seconds(net: Layered, upto: int, rows: int, dtype: torch.dtype = EXACT, grad: bool = False) -> float:
+    """Expected seconds of one `backward_bound` pass of `rows` rows in all (batch times rows per
+    subproblem) from ReLU layer `upto` down to the input; with `grad`, of an optimisation step
+    (the pass and its gradient). Its matrix products dominate on wide layers (deadline.py)."""
+    products = rows * sum(w.shape[0] * w.shape[1] for w in net.weights[:upto])
+    return product_seconds(products * (2 if grad else 1), dtype)
+
+
 def minimiser(lam0: torch.Tensor, x_lo: torch.Tensor, x_hi: torch.Tensor) -> torch.Tensor:
     """The corner of the box where the relaxed bound is attained (a candidate counterexample)."""
     return torch.where(lam0 >= 0, x_lo, x_hi)
@@ -181,20 +201,31 @@ def optimise_alpha(net: Layered, upto: int, rows, const, x_lo, x_hi, lower, uppe
     """alpha-CROWN for one set of rows (batch 1): Adam on the slopes in float32, then the bound
     of the final slopes in float64; never worse than CROWN's default slopes."""
     m = rows.shape[1]
+    total = rows.shape[0] * m
+    if not fits(deadline, pass_seconds(net, upto, total)):  # not even CROWN's bound: none (-inf)
+        return torch.full(rows.shape[:2], -torch.inf, dtype=EXACT)
     exact = Relaxation.of(lower[:upto], upper[:upto])
     start = [default_alpha(lower[k], upper[k]).unsqueeze(-2).expand(-1, m, -1) for k in range(upto)]
+    began = time.perf_counter()
     best = backward_bound(net, upto, rows, const, x_lo, x_hi, exact, start).value
-    if steps <= 0 or upto == 0:
+    # Each step must leave time for the final float64 pass, which costs what the first did.
+    step, final = pass_seconds(net, upto, total, FAST, grad=True), time.perf_counter() - began
+    if steps <= 0 or upto == 0 or not fits(deadline, adam_seconds() + step + final):
         return best
     fast_net, fast = net.to(FAST), Relaxation.of(lower[:upto], upper[:upto], FAST)
     f_rows, f_const, f_lo, f_hi = rows.to(FAST), const.to(FAST), x_lo.to(FAST), x_hi.to(FAST)
     alphas = [a.to(FAST).clone().requires_grad_() for a in start]
     opt = adam([{"params": alphas, "lr": lr}])
+    pace = Pace(deadline, step, final)
+    taken = 0
     for _ in range(steps):
-        if time.perf_counter() > deadline:
+        if not pace.next():
             break
         value = backward_bound(fast_net, upto, f_rows, f_const, f_lo, f_hi, fast, alphas, rigorous=False).value
         ascent_step(opt, value.sum(), alphas)
+        taken += 1
+    if taken == 0:
+        return best
     with torch.no_grad():
         value = backward_bound(net, upto, rows, const, x_lo, x_hi, exact, [a.to(EXACT) for a in alphas]).value
     return torch.fmax(best, value)

@@ -9,6 +9,8 @@ feeding a ReLU) get None and stay with the MILP.
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -94,38 +96,64 @@ def _dense(matrix) -> torch.Tensor | None:
     return torch.as_tensor(np.asarray(array, dtype=np.float64))
 
 
-def as_layered(net: Network) -> Layered | None:
-    """The chain form of `net`, or None if it is not Affine -> ReLU -> ... -> Affine."""
+def as_layered(net: Network, deadline: float = math.inf) -> Layered | None:
+    """The chain form of `net`, or None if it is not Affine -> ReLU -> ... -> Affine, or if
+    `deadline` passes while its dense matrices are made (then nothing is cached, so a later
+    call with more time may still build it)."""
     cached = net.info.get("layered", False)
     if cached is not False:
         return cached
-    layered = _extract(net)
+    affine = _chain_affines(net)
+    layered = None
+    if affine is not None:
+        layered = _densify(net, affine, deadline)
+        if layered is _OUT_OF_TIME:
+            return None
     net.info["layered"] = layered
     return layered
 
 
-def _extract(net: Network) -> Layered | None:
-    weights, biases, pre_nodes = [], [], []
+_OUT_OF_TIME = object()
+
+
+def _chain_affines(net: Network) -> list[str] | None:
+    """The affine nodes of `net` in order if it is a chain Affine -> ReLU -> ... -> Affine
+    (checked before any matrix is made dense: a residual network fails at its first add,
+    after its first layers would have been densified for nothing), else None."""
+    affine, relus = [], 0
     current = net.input_node
     for node in net.order:
         op = net.op(node)
         if op.inputs != [current]:
             return None
         if isinstance(op, Affine):
-            if weights and len(weights) != len(pre_nodes):  # two affine ops in a row
+            if affine and len(affine) != relus:  # two affine ops in a row
                 return None
-            w = _dense(op.weights[0])
-            if w is None:
-                return None
-            weights.append(w)
-            biases.append(torch.as_tensor(op.bias))
+            affine.append(node)
         elif isinstance(op, Relu):
-            if len(weights) != len(pre_nodes) + 1:  # ReLU not right after an affine op
+            if len(affine) != relus + 1:  # ReLU not right after an affine op
                 return None
-            pre_nodes.append(current)
+            relus += 1
         else:
             return None
         current = node
-    if current != net.output_node or len(weights) != len(pre_nodes) + 1:
+    if current != net.output_node or len(affine) != relus + 1:
         return None
+    return affine
+
+
+def _densify(net: Network, affine: list[str], deadline: float):
+    """The Layered chain of these affine nodes; None if a matrix is too large to make dense,
+    _OUT_OF_TIME if the deadline passes first."""
+    weights, biases = [], []
+    for node in affine:
+        if time.perf_counter() > deadline:
+            return _OUT_OF_TIME
+        op = net.op(node)
+        w = _dense(op.weights[0])
+        if w is None:
+            return None
+        weights.append(w)
+        biases.append(torch.as_tensor(op.bias))
+    pre_nodes = [net.op(node).inputs[0] for node in net.relu_nodes()]
     return Layered(weights, biases, pre_nodes)

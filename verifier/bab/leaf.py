@@ -19,9 +19,19 @@ from solvers.base import MilpProblem, SolveOptions, SolveStatus
 from solvers.highs import HighsSolver
 from verifier.bab.layered import Layered
 from verifier.bounds.lp import certifies_infeasible, safe_lower_bound
+from verifier.deadline import product_seconds
 
 #: Split constraints z >= 0 / z <= 0 are loosened to z >= -LOOSEN / z <= LOOSEN.
 LOOSEN = 1e-6
+
+
+def leaf_seconds(net: Layered) -> float:
+    """Expected seconds to build a leaf's LP: the dense products that write each layer as a
+    map of the input (n_k x n_(k-1) x n_0 multiply-adds per layer), before HiGHS, whose own
+    time is limited, starts. On a CNN's layers that is seconds, so a leaf is left unsolved
+    rather than started when it would end past the deadline."""
+    n0 = net.weights[0].shape[1]
+    return product_seconds(n0 * sum(w.shape[0] * w.shape[1] for w in net.weights[:net.depth]))
 
 
 def leaf_bound(net: Layered, rows: torch.Tensor, const: torch.Tensor, x_lo: torch.Tensor,

@@ -27,18 +27,26 @@ import numpy as np
 import torch
 
 from verifier.bab.crown import (ABS_SLACK, EXACT, FAST, REL_SLACK, Relaxation, adam, ascent_step, backward_bound,
-                                default_alpha)
+                                adam_seconds, default_alpha, pass_seconds)
 from verifier.bab.layered import Layered
+from verifier.deadline import Pace, fits
 
 
 def _tighten_layer(net: Layered, k: int, rows: torch.Tensor, const: torch.Tensor, x_lo, x_hi,
-                   lower: list, upper: list, steps: int, lr: float) -> tuple[list, list]:
-    """Layer k's unstable neurons bounded on U (module docstring); rows (m, n_L), const (m,)."""
+                   lower: list, upper: list, steps: int, lr: float,
+                   deadline: float = float("inf")) -> tuple[list, list]:
+    """Layer k's unstable neurons bounded on U (module docstring); rows (m, n_L), const (m,).
+    At lambda = 0 the bound is the plain one, so a layer is left as it is unless a step and the
+    final float64 pass fit before `deadline` (a layer of 2742 rows on oval21's wide CNN takes
+    4 s a step), and steps stop when the next would not leave time for that pass."""
     idx = torch.nonzero((lower[k][0] < 0) & (upper[k][0] > 0)).flatten()
     n = idx.numel()
     if n == 0:
         return lower, upper
     depth, m = net.depth, rows.shape[0]
+    step_cost, final_cost = pass_seconds(net, depth, 2 * n, FAST, grad=True), pass_seconds(net, depth, 2 * n)
+    if not fits(deadline, adam_seconds() + step_cost + final_cost):
+        return lower, upper
     inject = torch.zeros((1, 2 * n, lower[k].shape[1]), dtype=EXACT)
     inject[0, torch.arange(n), idx] = 1.0
     inject[0, n + torch.arange(n), idx] = -1.0
@@ -48,7 +56,10 @@ def _tighten_layer(net: Layered, k: int, rows: torch.Tensor, const: torch.Tensor
     alphas = [default_alpha(lower[j], upper[j]).to(FAST).unsqueeze(-2).expand(-1, 2 * n, -1).clone().requires_grad_()
               for j in range(depth)]
     opt = adam([{"params": alphas, "lr": 0.1}, {"params": [lam], "lr": lr}])
+    pace = Pace(deadline, step_cost, final_cost)
     for _ in range(steps):
+        if not pace.next():
+            break
         value = backward_bound(fast_net, depth, lam @ f_rows, (lam @ f_const.unsqueeze(-1)).squeeze(-1), f_lo, f_hi,
                                fast, alphas, rigorous=False, inject=(k, f_inject)).value
         ascent_step(opt, value.sum(), alphas, [lam])
@@ -82,7 +93,7 @@ def constrained_bounds(net: Layered, rows: torch.Tensor, const: torch.Tensor, to
         for k in range(max(net.depth - layers, 0), net.depth):
             if time.perf_counter() > deadline:
                 return lower, upper
-            lower, upper = _tighten_layer(net, k, rows, shifted, x_lo, x_hi, lower, upper, steps, lr)
+            lower, upper = _tighten_layer(net, k, rows, shifted, x_lo, x_hi, lower, upper, steps, lr, deadline)
             if crossed(lower, upper):  # U is empty: nothing more to learn
                 return lower, upper
     return lower, upper

@@ -27,10 +27,11 @@ import numpy as np
 import torch
 
 from verifier.bab.branching import choose_by_gap, choose_by_trial
-from verifier.bab.crown import (EXACT, FAST, Bound, Relaxation, adam, ascent_step, backward_bound, default_alpha,
-                                minimiser)
+from verifier.bab.crown import (EXACT, FAST, Bound, Relaxation, adam, adam_seconds, ascent_step, backward_bound,
+                                default_alpha, minimiser, pass_seconds)
 from verifier.bab.layered import Layered
-from verifier.bab.leaf import leaf_bound
+from verifier.bab.leaf import leaf_bound, leaf_seconds
+from verifier.deadline import Pace, fits
 
 
 @dataclass(slots=True)
@@ -143,6 +144,7 @@ class _Problem:
                 torch.cat([c, c[:1].expand(self.m - c.shape[0])])) for r, c in specs]
         self.rows = torch.stack([r for r, _ in pad])  # (S, m, n_{L-1})
         self.const = torch.stack([c for _, c in pad])  # (S, m)
+        self.exact_per_domain: float | None = None  # seconds per domain of the last float64 pass
 
     def clamped(self, spec_ids: torch.Tensor, signs: list[torch.Tensor]) -> tuple[list, list]:
         """Per-domain bounds (B, n_k): its spec's, split neurons clamped to their side."""
@@ -153,31 +155,46 @@ class _Problem:
             upper.append(torch.where(s > 0, hi.clamp(max=0), hi))
         return lower, upper
 
-    def bound(self, spec_ids: torch.Tensor, signs, alphas, betas, settings: BabSettings):
-        """Optimise alpha/beta for a batch of domains (float32 Adam steps), then bound them with
-        the final parameters in float64. Returns the bound per domain, the final alphas and
-        betas, the final Bound and the clamped layer bounds."""
+    def pass_seconds(self, domains: int, grad: bool = False) -> float:
+        """Expected seconds of one bound pass over `domains` domains: float64 (as the last one
+        took, once one has run), or with `grad` a float32 optimisation step."""
+        if not grad and self.exact_per_domain is not None:
+            return domains * self.exact_per_domain
+        return pass_seconds(self.net, self.net.depth, domains * self.m, FAST if grad else EXACT, grad)
+
+    def bound(self, spec_ids: torch.Tensor, signs, alphas, betas, settings: BabSettings,
+              deadline: float = math.inf):
+        """Optimise alpha/beta for a batch of domains (float32 Adam steps, as many as fit before
+        `deadline` with the final pass: any slopes and multipliers give valid bounds), then
+        bound them with the final parameters in float64. Returns the bound per domain, the
+        final alphas and betas, the final Bound and the clamped layer bounds."""
         lower, upper = self.clamped(spec_ids, signs)
         rows, const = self.rows[spec_ids], self.const[spec_ids]
         depth = self.net.depth
         alphas = [a.to(FAST).clone().requires_grad_() for a in alphas]
         betas = [b.to(FAST).clone().requires_grad_() for b in betas]
-        if settings.steps > 0:
+        step, final = self.pass_seconds(len(spec_ids), grad=True), self.pass_seconds(len(spec_ids))
+        if settings.steps > 0 and fits(deadline, adam_seconds() + step + final):
             fast_net, fast = self.net.to(FAST), Relaxation.of(lower, upper, FAST)
             f_rows, f_const = rows.to(FAST), const.to(FAST)
             f_lo, f_hi = self.x_lo.to(FAST), self.x_hi.to(FAST)
             f_signs = [s.to(FAST).unsqueeze(1) for s in signs]
             opt = adam([{"params": alphas, "lr": settings.lr_alpha}, {"params": betas, "lr": settings.lr_beta}])
+            pace = Pace(deadline, step, final)
             for _ in range(settings.steps):
+                if not pace.next():
+                    break
                 out = backward_bound(fast_net, depth, f_rows, f_const, f_lo, f_hi, fast, alphas, betas,
                                      f_signs, rigorous=False)
                 ascent_step(opt, out.value.max(dim=1).values.sum(), alphas, betas)
         alphas = [a.detach() for a in alphas]  # kept in float32 for the children's warm start
         betas = [b.detach() for b in betas]
+        began = time.perf_counter()
         with torch.no_grad():
             out = backward_bound(self.net, depth, rows, const, self.x_lo, self.x_hi, Relaxation.of(lower, upper),
                                  [a.to(EXACT) for a in alphas], [b.to(EXACT) for b in betas],
                                  [s.to(EXACT).unsqueeze(1) for s in signs])
+        self.exact_per_domain = (time.perf_counter() - began) / len(spec_ids)
         value = out.value.max(dim=1).values  # a disjunct's slack is the max of its rows
         return value, alphas, betas, out, lower, upper
 
@@ -226,7 +243,8 @@ def branch_and_bound(net: Layered, specs: list[tuple[torch.Tensor, torch.Tensor]
         idx = torch.tensor(keep)
         pick = lambda ts: [t[idx] for t in ts]  # noqa: E731
         sub = Bound(out.value[idx], out.lam0[idx], pick(out.mus))
-        if settings.branching == "trial":
+        trial_rows = len(keep) * 2 * settings.candidates * m
+        if settings.branching == "trial" and fits(deadline, pass_seconds(net, depth, trial_rows, FAST)):
             picked = choose_by_trial(problem, spec_ids[idx], sub, pick(lower), pick(upper), pick(alphas),
                                      pick(betas), pick(signs), settings.candidates)
         else:
@@ -259,7 +277,7 @@ def branch_and_bound(net: Layered, specs: list[tuple[torch.Tensor, torch.Tensor]
                 # A real point of the spec lies at or below this bound, so splitting here
                 # cannot raise the spec's reported bound (the min over its domains): done.
                 closed[spec] = min(closed[spec], value)
-            elif choices[i] is None and time.perf_counter() > deadline:
+            elif choices[i] is None and not fits(deadline, leaf_seconds(net)):
                 leaves.append((spec, value))  # no time left for its LP
                 unsolved_leaves[0] += 1
             elif choices[i] is None:
@@ -294,15 +312,17 @@ def branch_and_bound(net: Layered, specs: list[tuple[torch.Tensor, torch.Tensor]
     alphas = [default_alpha(problem.lower[k], problem.upper[k]).unsqueeze(1).expand(n_specs, m, -1)
               for k in range(depth)]
     betas = [torch.zeros((n_specs, m, n), dtype=FAST) for n in sizes]
-    root = problem.bound(spec_ids, signs, alphas, betas, settings)
+    if not fits(deadline, problem.pass_seconds(n_specs)):  # no time for even the root's bound
+        return BabOutcome("unknown", [-np.inf] * n_specs, None, stats)
+    root = problem.bound(spec_ids, signs, alphas, betas, settings, deadline)
     scale = [max(-v, 1e-9) for v in root[0].tolist()]
     found = absorb(spec_ids, *root, signs)
     starts = np.cumsum([0] + sizes)  # flat index of each layer's first neuron
     max_queue = settings.max_memory // domain_bytes(sum(sizes), m)
     stats["bab_max_queue"] = int(max_queue)
     while queue and found is None:
-        if time.perf_counter() > deadline:
-            break
+        if not fits(deadline, problem.pass_seconds(2 * min(settings.batch, len(queue)))):
+            break  # a round's float64 pass, which it cannot skip, would end past the deadline
         if len(queue) > max_queue:
             stats["bab_memory_full"] = 1
             break
@@ -324,7 +344,7 @@ def branch_and_bound(net: Layered, specs: list[tuple[torch.Tensor, torch.Tensor]
         signs = list(flat_signs.split(sizes, dim=-1))
         alphas = list(params[:, 0].split(sizes, dim=-1))
         betas = list(params[:, 1].split(sizes, dim=-1))
-        value, *rest = problem.bound(spec_ids, signs, alphas, betas, settings)
+        value, *rest = problem.bound(spec_ids, signs, alphas, betas, settings, deadline)
         # A child lies inside its parent, so the parent's bound holds for it too: with the max,
         # the reported bound never falls as the search goes on (a fresh child bound can come out
         # below its parent's when the warm-started steps land worse).

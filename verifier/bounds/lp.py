@@ -16,6 +16,7 @@ import numpy as np
 from solvers.base import MilpProblem, SolveOptions, SolveStatus
 from solvers.highs import HighsSolver
 from verifier.bounds.interval import Bounds, interval_bounds
+from verifier.deadline import OutOfTime, fits, model_seconds
 from verifier.encode.network import encode_network
 from verifier.network.graph import Network
 from verifier.ops.affine import Affine
@@ -89,7 +90,12 @@ def tighten_with_lp(net: Network, bounds: Bounds, deadline: float, stats: dict |
             continue
         ancestors = nx.ancestors(net.graph, pre)
         upto = [n for n in net.order if n in ancestors or n == pre]
-        enc = encode_network(net, bounds, upto)
+        try:
+            enc = encode_network(net, bounds, upto, deadline)
+        except OutOfTime:
+            break
+        if not fits(deadline, model_seconds(enc.problem.A.nnz)):
+            break
         solver = HighsSolver(enc.problem, relax=True, primal_simplex=True)
         new_lo, new_hi = p_lo.copy(), p_hi.copy()
         for i in ambiguous:

@@ -21,6 +21,7 @@ from solvers.base import EXACT_FEASIBILITY, SolveOptions, SolveStatus
 from verifier.bounds.interval import interval_bounds, output_rows_lower
 from verifier.bounds.lp import tighten_with_lp
 from verifier.bounds.symbolic import backward_lower, symbolic_bounds
+from verifier.deadline import OutOfTime, fits, model_seconds
 from verifier.distortion.boundary import MARGINS, confirm_near, logit_scale, tightened
 from verifier.distortion.examples import Checker, Example, ball
 from verifier.distortion.norms import NormEncoding, encode_norm
@@ -96,7 +97,7 @@ def direct_search(checker: Checker, upper: Example | None, deadline: float, opti
     stats: dict = {"strategy": "direct"}
     shrunk = upper is not None and norm != "l0"
     box = ball(checker.box, x0, upper.distance) if shrunk else checker.box
-    bounds = symbolic_bounds(net, interval_bounds(net, box.lo, box.hi))
+    bounds = symbolic_bounds(net, interval_bounds(net, box.lo, box.hi), deadline)
     disjuncts = [c for c in checker.goal.disjuncts if _row_ranges(net, bounds, c)[0].max() <= 0]
     if not disjuncts:  # no target class is reachable anywhere in the box
         if shrunk:  # contradicts the confirmed example: numerics, prove nothing
@@ -106,7 +107,10 @@ def direct_search(checker: Checker, upper: Example | None, deadline: float, opti
         t = time.perf_counter()
         bounds = tighten_with_lp(net, bounds, t + options.lp_budget * (deadline - t), stats)
         stats["time_lp_tightening"] = round(time.perf_counter() - t, 4)
-    enc = encode_network(net, bounds)
+    try:
+        enc = encode_network(net, bounds, deadline=deadline)
+    except OutOfTime:  # no model to solve: what is known stands (deadline.py)
+        return SearchOutcome(known_lower if upper is None else min(known_lower, upper.distance), upper, stats=stats)
     problem, choice, goal_rows = _goal_rows(enc, net, bounds, disjuncts)
     coded = encode_norm(problem, enc.input_cols, x0[enc.input_cols], box.lo, box.hi, norm)
     if norm == "linf" and known_lower > 0:
@@ -120,7 +124,7 @@ def direct_search(checker: Checker, upper: Example | None, deadline: float, opti
     start_x = upper.x if upper is not None else None
     while True:
         left = deadline - time.perf_counter()
-        if left <= 0:
+        if left <= 0 or not fits(deadline, model_seconds(coded.problem.A.nnz)):
             break
         res = _solve(coded, enc, net, choice, start_x, left, options, rel_gap, abs_gap)
         stats["mip_nodes"] += res.nodes
@@ -186,7 +190,7 @@ def _with_margin(checker: Checker, box, coded: NormEncoding, goal_rows, enc, cho
     scale = logit_scale(checker, checker.x0)
     for margin in MARGINS:
         left = deadline - time.perf_counter()
-        if left <= 0 or _closed(best, lower, rel_gap, abs_gap):
+        if left <= 0 or _closed(best, lower, rel_gap, abs_gap) or not fits(deadline, model_seconds(coded.problem.A.nnz)):
             break
         tight = replace(coded, problem=tightened(coded.problem, goal_rows, margin * scale))
         start_x = best.x if best is not None else None

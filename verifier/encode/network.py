@@ -6,12 +6,14 @@ an affine expression of those columns (see `Handle`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
 
 from solvers.base import MilpProblem
+from verifier.deadline import check
 from verifier.encode.builder import Handle, MilpBuilder
 from verifier.network.graph import Network
 
@@ -132,15 +134,19 @@ class EncodedNetwork:
         return np.clip(sol, self.problem.col_lo, self.problem.col_hi)
 
 
-def encode_network(net: Network, bounds: dict, nodes: list[str] | None = None) -> EncodedNetwork:
+def encode_network(net: Network, bounds: dict, nodes: list[str] | None = None,
+                   deadline: float = math.inf) -> EncodedNetwork:
     """Encode `nodes` (default: all, in topological order) with the given per-node bounds; the
-    input box is bounds[input]. Unstable ReLUs get binaries (relax them for an LP)."""
+    input box is bounds[input]. Unstable ReLUs get binaries (relax them for an LP). Raises
+    deadline.OutOfTime once `deadline` passes between two ops: substituted expressions fill in
+    on residual CNNs (resnet_4b: 11.5M nonzeros, 2.5 s to encode)."""
     builder = MilpBuilder()
     lo, hi = bounds[net.input_node]
     cols = builder.add_cols(lo, hi)
     handles = {net.input_node: Handle(sp.identity(lo.size, format="csr"), np.zeros(lo.size))}
     assert cols[0] == 0
     for node in nodes if nodes is not None else net.order:
+        check(deadline)
         op = net.op(node)
         handles[node] = op.encode(builder, [handles[i] for i in op.inputs], bounds[node],
                                   [bounds[i] for i in op.inputs], node=node)

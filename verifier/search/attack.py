@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from verifier.deadline import Pace
 from verifier.network.graph import Network
 from verifier.spec.ball import InputBox
 from verifier.spec.property import Conjunction
@@ -46,7 +47,7 @@ def pgd_attack(net: Network, box: InputBox, x0: np.ndarray, disjuncts: list[Conj
     start = slack_all(net.forward(x0[None, :]))[0]
     best = AttackResult(x0.copy(), float(start.min()) if count else np.inf, start.copy())
     width = box.hi - box.lo
-    if count == 0 or np.all(width == 0) or steps <= 0:
+    if count == 0 or np.all(width == 0) or steps <= 0 or time.perf_counter() > deadline:
         return best
     starts = [x0[None, :], box.lo + width * rng.random((max(restarts - 1, 0), x0.size))]
     if restarts > 2:
@@ -58,6 +59,8 @@ def pgd_attack(net: Network, box: InputBox, x0: np.ndarray, disjuncts: list[Conj
     x = np.concatenate([per_start] * count)
     owner = np.repeat(np.arange(count), per_start.shape[0])
     rows = np.arange(x.shape[0])
+    pace = Pace(deadline)  # a step (gradient, update, evaluation) starts only if it ends in time
+    pace.next()
     for step in range(steps + 1):
         values = net.forward_all(x)
         slacks = slack_all(values[net.output_node])  # (B, count)
@@ -67,7 +70,7 @@ def pgd_attack(net: Network, box: InputBox, x0: np.ndarray, disjuncts: list[Conj
         k = int(np.argmin(least))
         if least[k] < best.value:
             best.value, best.x = float(least[k]), x[k].copy()
-        if step == steps or best.value <= 0 or time.perf_counter() > deadline:
+        if step == steps or best.value <= 0 or not pace.next():
             break
         grad_out = np.empty((x.shape[0], net.output_size))
         for i, conj in enumerate(disjuncts):  # gradient of the active (largest) row

@@ -26,7 +26,7 @@ from verifier.bounds.interval import Bounds, interval_bounds
 
 
 def chain_of(run) -> Layered | None:
-    return as_layered(run.net) if run.options.bab != "off" else None
+    return as_layered(run.net, run.deadline) if run.options.bab != "off" else None
 
 
 def use_bab(run, layered: Layered | None) -> bool:
@@ -220,6 +220,9 @@ def bab_search(run, layered: Layered, bounds: Bounds, disjuncts: list[int], dead
     disjunct its own layer bounds; constrained ones are valid only where it is unproven, so
     what they prove is capped (output_bounds.proven_above). `workers` share the disjuncts out
     over processes."""
+    deadline = min(deadline, run.deadline)
+    if time.perf_counter() > deadline:  # nothing to search with: the bounds stay as they are
+        return None
     torch.set_num_threads(run.options.threads)
     x_lo, x_hi, lo, hi = _tensors(run, layered, bounds)
     capped = set()
@@ -238,8 +241,7 @@ def bab_search(run, layered: Layered, bounds: Bounds, disjuncts: list[int], dead
     start = time.perf_counter()
     specs = [layered.spec_rows(run.disjuncts[d].C, run.disjuncts[d].d) for d in disjuncts]
     settings = bab_settings(run.options, layered)
-    out = search(workers, layered, specs, x_lo, x_hi, lo, hi, run.options.tolerance, min(deadline, run.deadline),
-                 confirm, settings)
+    out = search(workers, layered, specs, x_lo, x_hi, lo, hi, run.options.tolerance, deadline, confirm, settings)
     add_stats(run.stats, out.stats)  # over the stages
     run.stats["time_bab"] = round(run.stats.get("time_bab", 0) + time.perf_counter() - start, 4)
     if out.status == "counterexample":

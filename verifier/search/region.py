@@ -24,6 +24,7 @@ from verifier.bounds.interval import interval_bounds, output_rows_lower
 from verifier.bounds.lp import lp_min, safe_lower_bound, tighten_with_lp
 from verifier.bounds.symbolic import backward_lower, symbolic_bounds
 from verifier.check import reference_logits
+from verifier.deadline import OutOfTime, check_model
 from verifier.encode.network import EncodedNetwork, encode_network
 from verifier.network.graph import Network
 from verifier.options import VerifyOptions
@@ -143,6 +144,16 @@ def check_region(net: Network, region: InputRegion, x_ref: np.ndarray, options: 
     start = time.perf_counter()
     n = len(region.disjuncts)
     run = _Run(net, region, label, options, start, np.full(n, -np.inf), x_ref.copy())
+    try:
+        return _decide(run, x_ref)
+    except OutOfTime:  # a stage that had nothing partial to give back (deadline.py)
+        return run.result(Status.UNKNOWN, "timeout")
+
+
+def _decide(run: _Run, x_ref: np.ndarray) -> Result:
+    """The stages of `check_region`, cheap to exact; each keeps to run.deadline."""
+    net, region, options, start = run.net, run.region, run.options, run.start
+    n = len(region.disjuncts)
     run.stats["prediction"] = int(np.argmax(net.forward(x_ref)))
     if run.offer(x_ref) <= 0 and not options.exact and (evidence := run.confirm(x_ref)) is not None:
         return run.result(Status.ADVERSARIAL, "clean", evidence)
@@ -153,7 +164,7 @@ def check_region(net: Network, region: InputRegion, x_ref: np.ndarray, options: 
     run.stats.update(_relu_stats(net, bounds, "interval"))
     run.lower = _per_disjunct(output_rows_lower(net, bounds, rows) - offsets, owner, n)
     if options.symbolic:
-        bounds = symbolic_bounds(net, bounds)
+        bounds = symbolic_bounds(net, bounds, run.deadline)
         symbolic = backward_lower(net, bounds, net.output_node, rows, -offsets)
         run.lower = np.maximum(run.lower, _per_disjunct(symbolic, owner, n))
         run.stats.update(_relu_stats(net, bounds, "symbolic"))
@@ -175,13 +186,15 @@ def check_region(net: Network, region: InputRegion, x_ref: np.ndarray, options: 
         run.stats.update(_relu_stats(net, bounds, "alpha"))
         if not run.open():
             return run.result(Status.ROBUST, "bounds")
+    enc = None  # the encoding of `bounds`, once made
     if uses_lp_bounds(run, layered):
-        _lp_bounds(run, encode_network(net, bounds), bounds, [d for d in order if d in run.open()])
+        enc = encode_network(net, bounds, deadline=run.deadline)
+        _lp_bounds(run, enc, bounds, [d for d in order if d in run.open()])
     if not run.open():
         return run.result(Status.ROBUST, "lp")
     if use_bab(run, layered):
         return _bab_stages(run, layered, bounds, order)
-    enc = encode_network(net, bounds)
+    enc = enc or encode_network(net, bounds, deadline=run.deadline)
     if run.open() and options.lp_tightening and run.remaining() > 0:
         t = time.perf_counter()
         solves = run.stats.get("lp_tightening_solves", 0)
@@ -189,7 +202,7 @@ def check_region(net: Network, region: InputRegion, x_ref: np.ndarray, options: 
         run.stats.update(_relu_stats(net, bounds, "lp"))
         run.stats["time_lp_tightening"] = round(time.perf_counter() - t, 4)
         if run.stats.get("lp_tightening_solves", 0) > solves:  # else the bounds, and so the LPs, are as before
-            enc = encode_network(net, bounds)
+            enc = encode_network(net, bounds, deadline=run.deadline)
             _lp_bounds(run, enc, bounds, run.open())
     if not run.open():
         return run.result(Status.ROBUST, "lp")
@@ -270,6 +283,7 @@ class _Objectives:
         return self._solver(problem), problem, c, 0.0, conj
 
     def _solver(self, problem):
+        check_model(self.run.deadline, problem.A.nnz)
         opts = self.run.options
         if self.relax:  # LP bounds stay on native HiGHS (warm-started, safe duals): only MIPs use options.solver
             return HighsSolver(problem, relax=True, threads=opts.threads, primal_simplex=True, presolve=True)
@@ -371,6 +385,7 @@ def _joint_mip(run: _Run, enc: EncodedNetwork, bounds: dict, disjuncts: list[int
     problem = enc.with_disjunction(net.output_node, conjs, row_bounds)
     c = np.zeros(problem.num_cols)
     c[-1] = 1.0
+    check_model(run.deadline, problem.A.nnz)
     solver = make_solver(run.options.solver, problem, threads=run.options.threads, presolve=run.options.mip_presolve)
     slacks = np.array([conj.slack(net.forward(seed_x))[0] for conj in conjs])
     choice = np.eye(len(conjs))[int(np.argmin(slacks))]
