@@ -193,3 +193,14 @@ def test_python_api_names_what_it_was_given():
         verifier.load(torch.nn.Linear(3, 2).state_dict())
     with pytest.raises(verifier.VerifierError, match="got a value of type int"):
         verifier.load(3)
+
+
+def test_failed_example_write_keeps_the_printed_verdict(tmp_path):
+    """The example cannot be written (here: /proc takes no new files): the verdict is printed
+    first, then one line names the file, exit code 2."""
+    images, labels = embedded_mnist()
+    np.save(tmp_path / "x.npy", images[8].astype(np.float32))
+    p = run(MODEL, "--eps", "0.1", "--input", tmp_path / "x.npy", "--json", "--save-example", "/proc/adv.npy")
+    assert p.returncode == 2 and json.loads(p.stdout)["status"] == "adversarial"
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "/proc/adv.npy" in lines[0] and "Traceback" not in p.stderr

@@ -207,8 +207,8 @@ def _counting_moves(monkeypatch):
 
     moved = []
 
-    def confirm_near(checker, x):
-        ex = boundary.confirm_near(checker, x)
+    def confirm_near(checker, x, deadline=float("inf")):
+        ex = boundary.confirm_near(checker, x, deadline)
         if ex is not None and checker.confirm(x) is None:
             moved.append(ex.distance)
         return ex

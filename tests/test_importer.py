@@ -103,3 +103,29 @@ def test_corrupt_file_is_a_model_error(tmp_path):
     bad.write_bytes(b"\x00\x01garbage")
     with pytest.raises(ModelError, match="bad.onnx"):
         verifier.load(bad)
+
+
+@pytest.mark.parametrize("shape,input_shape", [
+    ((28, 28), (1, 28, 28)), ((784,), (1, 28, 28)), ((1, 1, 28, 28), (1, 28, 28)), ((28, 28, 1), (1, 28, 28)),
+    ((28, 28), (784, 1)), ((3, 1024), (3, 32, 32)), ((2, 3, 4), (6, 4)), ((1, 1, 5), (5,)),
+])
+def test_layouts_read_in_the_models_order_are_accepted(shape, input_shape):
+    """A sample whose row-major order is the model's (axes of size 1, merged or split
+    neighbours) is read as is: its flat values are those of the same sample in the model's shape."""
+    from verifier.network.graph import check_layout
+
+    check_layout(shape, input_shape)
+
+
+@pytest.mark.parametrize("shape,input_shape,needle", [
+    ((32, 32, 3), (3, 32, 32), "a transpose of the model's input shape (3, 32, 32)"),
+    ((4, 6), (6, 4), "a transpose"),
+    ((56, 14), (1, 28, 28), "shape (56, 14) but the model's input shape is (1, 28, 28)"),
+    ((5,), (1, 28, 28), "expects 784"),
+])
+def test_layouts_read_in_another_order_are_refused(shape, input_shape, needle):
+    from verifier.network.graph import check_layout
+
+    with pytest.raises(verifier.InputError) as refused:
+        check_layout(shape, input_shape)
+    assert needle in str(refused.value) and "\n" not in str(refused.value)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional
 
@@ -25,6 +24,7 @@ import numpy as np
 import typer
 
 import verifier
+from verifier.api import _spent
 from verifier.data import embedded_slice
 from verifier.errors import InputError, VerifierError
 from verifier.options import VerifyOptions
@@ -154,24 +154,28 @@ def run(
         _internal_error(e, [model, vnnlib or input or data])
 
 
-def _spent(options: VerifyOptions, began: float) -> VerifyOptions:
-    """The options with the time since `began` (loading the model, reading the property) taken
-    off the timeout: for one sample or property, --timeout covers the whole command."""
-    return replace(options, timeout=max(options.timeout - (time.perf_counter() - began), 1e-3))
+def save_example_file(path: Optional[Path], example) -> None:
+    """Write an example after its result was printed: a failed write is the user's one-line
+    error (exit 2), and the verdict already on screen is not lost."""
+    if path is None or example is None:
+        return
+    try:
+        np.save(path, example)
+    except OSError as e:
+        raise InputError(f"--save-example {path}: cannot write the example: {e.strerror}") from None
 
 
 def _single(net, x, eps, label, options, as_json, save_example) -> None:
     r = verifier.verify(net, x, eps, label=label, timeout=options.timeout, options=options)
-    if save_example is not None and r.counterexample is not None:
-        np.save(save_example, r.counterexample)
     if as_json:
         typer.echo(json.dumps(r.to_dict(with_counterexample=False)))
-        return
-    typer.echo(f"{r.status.value}  label={r.label} prediction={r.prediction} "
-               f"margin in [{r.margin_lower:.4g}, {r.margin_upper:.4g}]  {r.time:.2f}s  ({r.decided_by})")
-    if r.adversarial_label is not None:
-        typer.echo(f"counterexample classified as {r.adversarial_label}"
-                   + (f", saved to {save_example}" if save_example else ""))
+    else:
+        typer.echo(f"{r.status.value}  label={r.label} prediction={r.prediction} "
+                   f"margin in [{r.margin_lower:.4g}, {r.margin_upper:.4g}]  {r.time:.2f}s  ({r.decided_by})")
+        if r.adversarial_label is not None:
+            typer.echo(f"counterexample classified as {r.adversarial_label}"
+                       + (f", saved to {save_example}" if save_example else ""))
+    save_example_file(save_example, r.counterexample)
 
 
 def _property(net, path, options, result_file, as_json, began: float) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 
-import numpy as np
 import typer
 
 import verifier
@@ -23,8 +22,6 @@ def distortion_command(net, norm, x, label, targets, eps_max, strategy, options,
     if x is not None:
         r = verifier.min_distortion(net, x, norm=norm, label=label, targets=targets, eps_max=eps_max,
                                     timeout=options.timeout, strategy=strategy, options=options)
-        if save_example is not None and r.example is not None:
-            np.save(save_example, r.example)
         if as_json:
             typer.echo(json.dumps(r.to_dict()))
         else:
@@ -32,6 +29,9 @@ def distortion_command(net, norm, x, label, targets, eps_max, strategy, options,
                        f" -> {r.adversarial_label}  {r.time:.2f}s  ({r.strategy})")
             if save_example is not None and r.example is not None:
                 typer.echo(f"example saved to {save_example}")
+        from verifier.cli import save_example_file
+
+        save_example_file(save_example, r.example)
         return
     indices, images, labels = embedded_slice(net.input_shape, start, limit)
     rows = []

@@ -22,6 +22,7 @@ import os
 import pickle
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Callable
 
 import numpy as np
@@ -171,14 +172,19 @@ class SpecWorkers:
         results: list = [own]
         if own.status != "counterexample":
             end = deadline + GRACE
+            lost = False
             for future in futures:
                 try:
                     results.append(future.result(timeout=max(end - time.perf_counter(), 0.0))
                                    if future is not None else None)
+                except FutureTimeout:  # late (a loaded machine): this share proves nothing
+                    results.append(None)
                 except Exception:  # a lost share proves nothing; the others still count
                     results.append(None)
-        if None in results[1:]:
-            # A helper died, hangs or never started (e.g. a script without the __main__ guard):
-            # later searches stay in this process rather than lose shares again.
-            self.close()
+                    lost = True
+            if lost or None in futures:
+                # A helper died or never started (e.g. a script without the __main__ guard):
+                # later searches stay in this process rather than lose shares again. A share
+                # that was only late keeps the helpers: they end on the same deadline.
+                self.close()
         return merge(results + [None] * (p - len(results)), [len(specs[i::p]) for i in range(p)], check)

@@ -136,7 +136,7 @@ def direct_search(checker: Checker, upper: Example | None, deadline: float, opti
             bound = res.dual_bound - _DUAL_SLACK * (1.0 + abs(res.dual_bound))
             lower = max(lower, coded.distance_bound(bound))
         candidates = _candidates(coded, res, deadline, options)
-        best = _best_of(checker, enc, box, candidates, best)
+        best = _best_of(checker, enc, box, candidates, best, deadline)
         start_x = best.x if best is not None else None
         if _closed(best, lower, rel_gap, abs_gap):
             break
@@ -168,11 +168,12 @@ def _candidates(coded: NormEncoding, res, deadline: float, options: VerifyOption
     return candidates
 
 
-def _best_of(checker: Checker, enc, box, candidates: list[np.ndarray], best: Example | None) -> Example | None:
+def _best_of(checker: Checker, enc, box, candidates: list[np.ndarray], best: Example | None,
+             deadline: float = np.inf) -> Example | None:
     """The closest confirmed example among best and the candidates (each moved across the
     decision boundary if it sits on the wrong side in float32: `boundary.confirm_near`)."""
     for point in candidates:
-        ex = confirm_near(checker, np.clip(point[enc.input_cols], box.lo, box.hi))
+        ex = confirm_near(checker, np.clip(point[enc.input_cols], box.lo, box.hi), deadline)
         if ex is not None and (best is None or ex.distance < best.distance):
             best = ex
     return best
@@ -200,7 +201,7 @@ def _with_margin(checker: Checker, box, coded: NormEncoding, goal_rows, enc, cho
         stats["margin_status"] = res.status.value
         if res.status == SolveStatus.INFEASIBLE:  # a larger margin is infeasible too
             break
-        best = _best_of(checker, enc, box, _candidates(tight, res, deadline, options), best)
+        best = _best_of(checker, enc, box, _candidates(tight, res, deadline, options), best, deadline)
     return best
 
 

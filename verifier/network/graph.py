@@ -77,10 +77,16 @@ class Network:
         return [n for n in self.order if isinstance(self.op(n), Relu)]
 
 
+def _cuts(shape: tuple[int, ...]) -> set[int]:
+    """Where row-major order starts a new index of each axis: the products of leading sizes."""
+    return {int(np.prod(shape[:k + 1])) for k in range(len(shape))} - {1}
+
+
 def check_layout(shape: tuple[int, ...], input_shape: tuple[int, ...], source: str = "input") -> None:
-    """One sample's `shape` must be the model's input shape, flat, or the same up to axes of
-    size 1 ((28, 28) for (1, 28, 28)); a model that takes a vector reads any sample flattened
-    in row-major order (an MLP on (28, 28) images). Any other shape of the right size (an image
+    """One sample's `shape` must group the model's input axes the same way in row-major order:
+    the input shape itself, flat, with axes of size 1 added or dropped ((28, 28) for
+    (1, 28, 28)), or neighbouring axes merged or split ((3, 1024) for (3, 32, 32); a model that
+    takes a vector reads any sample flattened). Any other shape of the right size (an image
     stored (32, 32, 3) for a model that takes (3, 32, 32)) would be read in the wrong layout
     without a word, so it is refused."""
     shape, input_shape = tuple(int(d) for d in shape), tuple(int(d) for d in input_shape)
@@ -88,11 +94,10 @@ def check_layout(shape: tuple[int, ...], input_shape: tuple[int, ...], source: s
     if size != expected:
         raise InputError(f"{source} has {size} values (shape {shape}) but the model expects {expected} "
                          f"(shape {input_shape})")
-    squeezed = tuple(d for d in shape if d != 1)
-    wanted = tuple(d for d in input_shape if d != 1)
-    if len(squeezed) <= 1 or len(wanted) <= 1 or squeezed == wanted:
+    mine, theirs = _cuts(shape), _cuts(input_shape)
+    if mine <= theirs or theirs <= mine:
         return
-    if sorted(squeezed) == sorted(wanted):
+    if sorted(d for d in shape if d != 1) == sorted(d for d in input_shape if d != 1):
         raise InputError(f"{source} has shape {shape}, a transpose of the model's input shape {input_shape}: "
                          f"reorder its axes (e.g. numpy.transpose) to {input_shape}, or pass it flat in that order")
     raise InputError(f"{source} has shape {shape} but the model's input shape is {input_shape}: pass it in "
