@@ -147,6 +147,8 @@ def check_region(net: Network, region: InputRegion, x_ref: np.ndarray, options: 
     try:
         return _decide(run, x_ref)
     except OutOfTime:  # a stage that had nothing partial to give back (deadline.py)
+        if run.best_value <= 0 and (evidence := run.confirm(run.best_x)) is not None:
+            return run.result(Status.ADVERSARIAL, "attack", evidence)  # a violation seen on the way
         return run.result(Status.UNKNOWN, "timeout")
 
 
