@@ -28,6 +28,7 @@ FIELDS = ["network", "property", "timeout", "result", "time", "decided_by", "mar
 def run_instance(bench: str, network: str, prop: str, timeout: float, settings: dict) -> dict:
     """One instance, in a worker process (HiGHS threads=1)."""
     import verifier
+    from verifier.errors import one_line
     from verifier.vnncomp import result_word
 
     start = time.perf_counter()
@@ -41,7 +42,7 @@ def run_instance(bench: str, network: str, prop: str, timeout: float, settings: 
         word, by, lo, hi = "error", str(e), float("nan"), float("nan")
     except Exception as e:  # a bug costs this instance (an `error` row), never the run
         word, lo, hi = "error", float("nan"), float("nan")
-        by = " ".join(f"internal error: {type(e).__name__}: {e}".split())[:300]
+        by = f"internal error: {one_line(e)}"
     return {"network": network, "property": prop, "timeout": timeout, "result": word,
             "time": round(time.perf_counter() - start, 3), "decided_by": by,
             "margin_lower": lo, "margin_upper": hi}

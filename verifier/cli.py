@@ -26,7 +26,7 @@ import typer
 import verifier
 from verifier.api import _spent
 from verifier.data import embedded_slice
-from verifier.errors import InputError, VerifierError
+from verifier.errors import InputError, VerifierError, one_line
 from verifier.options import VerifyOptions
 from verifier.vnncomp import format_result, result_word
 
@@ -56,8 +56,7 @@ def _internal_error(error: Exception, files: list) -> None:
         where = f" (traceback in {log.name})"
     except OSError:
         pass
-    message = " ".join(f"{type(error).__name__}: {error}".split())[:300]
-    _fail(f"internal error on {named}: {message}{where}", EXIT_INTERNAL)
+    _fail(f"internal error on {named}: {one_line(error)}{where}", EXIT_INTERNAL)
 
 
 def _check_output_path(path: Optional[Path], option: str) -> None:

@@ -71,11 +71,15 @@ def model_seconds(nonzeros: int) -> float:
     return MODEL_SECONDS_PER_NONZERO * float(nonzeros)
 
 
+def model_fits(deadline: float, nonzeros: int) -> bool:
+    """Whether a model of `nonzeros` entries can be handed to a solver before the deadline:
+    that is one native call, not cut short once started (1.3 s for resnet_4b's 11.5M nonzeros)."""
+    return fits(deadline, model_seconds(nonzeros))
+
+
 def check_model(deadline: float, nonzeros: int) -> None:
-    """Raise OutOfTime unless a model of `nonzeros` entries can be handed to a solver before
-    the deadline: that is one native call, not cut short once started (1.3 s for resnet_4b's
-    11.5M nonzeros)."""
-    if not fits(deadline, model_seconds(nonzeros)):
+    """Raise OutOfTime unless `model_fits`."""
+    if not model_fits(deadline, nonzeros):
         raise OutOfTime
 
 

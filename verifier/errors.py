@@ -18,6 +18,12 @@ class InputError(VerifierError):
     """A sample, label, eps or option is out of range or malformed."""
 
 
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """An unexpected error as one line, "Type: message" with its whitespace collapsed, for an
+    error row or the CLI's line about a bug."""
+    return " ".join(f"{type(error).__name__}: {error}".split())[:limit]
+
+
 def first_line(error: BaseException) -> str:
     """The first line of a third-party exception's message (its type if it has none), for the
     one-line errors above."""

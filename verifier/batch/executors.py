@@ -16,7 +16,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from verifier.batch.tasks import Job, certify_sample
-from verifier.errors import InputError
+from verifier.errors import InputError, one_line
 
 EXECUTORS = ("process", "ray", "serial")
 Task = tuple[int, np.ndarray, int]
@@ -120,7 +120,7 @@ def _ray(onnx_bytes: bytes, job: Job, tasks: Iterable[Task], workers: int, addre
                 yield ray.get(done[0])
             except ray.exceptions.RayError as e:  # a crashed worker or node: that sample is unknown
                 yield ({"index": index, "label": label, "verdict": "unknown", "solver_status": "error",
-                        "decided_by": f"error: {type(e).__name__}: {e}"[:300]}, {})
+                        "decided_by": f"error: {one_line(e)}"}, {})
     finally:
         for ref in pending:
             ray.cancel(ref, force=True)

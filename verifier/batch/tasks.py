@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from verifier.errors import one_line
 from verifier.options import VerifyOptions
 
 
@@ -44,7 +45,7 @@ def certify_sample(onnx_bytes: bytes, job: Job, index: int, image: np.ndarray, l
     try:
         return _certify(network(onnx_bytes), job, index, image, label)
     except Exception as e:  # a bug must cost one sample, not the run: record it as unknown
-        message = f"error: {type(e).__name__}: {e}"[:300]
+        message = f"error: {one_line(e)}"
         row = {"index": index, "label": label, "prediction": None, "verdict": "unknown", "decided_by": message,
                "solver_status": "error", "time": round(time.perf_counter() - start, 4)}
         return row, {}

@@ -16,7 +16,7 @@ import numpy as np
 from solvers.base import MilpProblem, SolveOptions, SolveStatus
 from solvers.highs import HighsSolver
 from verifier.bounds.interval import Bounds, interval_bounds
-from verifier.deadline import OutOfTime, fits, model_seconds
+from verifier.deadline import OutOfTime, model_fits
 from verifier.encode.network import encode_network
 from verifier.network.graph import Network
 from verifier.ops.affine import Affine
@@ -94,7 +94,7 @@ def tighten_with_lp(net: Network, bounds: Bounds, deadline: float, stats: dict |
             enc = encode_network(net, bounds, upto, deadline)
         except OutOfTime:
             break
-        if not fits(deadline, model_seconds(enc.problem.A.nnz)):
+        if not model_fits(deadline, enc.problem.A.nnz):
             break
         solver = HighsSolver(enc.problem, relax=True, primal_simplex=True)
         new_lo, new_hi = p_lo.copy(), p_hi.copy()

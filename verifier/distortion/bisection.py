@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from verifier.distortion.direct import SearchOutcome
+from verifier.distortion.direct import SearchOutcome, gap_closed
 from verifier.distortion.examples import Checker, Example, ball
 from verifier.options import VerifyOptions
 from verifier.result import Status
@@ -59,7 +59,7 @@ def bisection_search(checker: Checker, upper: Example | None, deadline: float, o
             return SearchOutcome(np.inf, None, infeasible=True, stats=stats)
         if r is None or r.status != Status.ADVERSARIAL or (best := checker.confirm(r.counterexample)) is None:
             return SearchOutcome(0.0, None, stats=stats)
-    while best.distance - lower > abs_gap + rel_gap * best.distance and deadline - time.perf_counter() > 0:
+    while not gap_closed(best, lower, rel_gap, abs_gap) and deadline - time.perf_counter() > 0:
         radius = (lower + best.distance) / 2.0
         r = decide(radius)
         if r is None:

@@ -21,7 +21,7 @@ from solvers.base import EXACT_FEASIBILITY, SolveOptions, SolveStatus
 from verifier.bounds.interval import interval_bounds, output_rows_lower
 from verifier.bounds.lp import tighten_with_lp
 from verifier.bounds.symbolic import backward_lower, symbolic_bounds
-from verifier.deadline import OutOfTime, fits, model_seconds
+from verifier.deadline import OutOfTime, model_fits
 from verifier.distortion.boundary import MARGINS, confirm_near, logit_scale, tightened
 from verifier.distortion.examples import Checker, Example, ball
 from verifier.distortion.norms import NormEncoding, encode_norm
@@ -124,7 +124,7 @@ def direct_search(checker: Checker, upper: Example | None, deadline: float, opti
     start_x = upper.x if upper is not None else None
     while True:
         left = deadline - time.perf_counter()
-        if left <= 0 or not fits(deadline, model_seconds(coded.problem.A.nnz)):
+        if left <= 0 or not model_fits(deadline, coded.problem.A.nnz):
             break
         res = _solve(coded, enc, net, choice, start_x, left, options, rel_gap, abs_gap)
         stats["mip_nodes"] += res.nodes
@@ -138,7 +138,7 @@ def direct_search(checker: Checker, upper: Example | None, deadline: float, opti
         candidates = _candidates(coded, res, deadline, options)
         best = _best_of(checker, enc, box, candidates, best, deadline)
         start_x = best.x if best is not None else None
-        if _closed(best, lower, rel_gap, abs_gap):
+        if gap_closed(best, lower, rel_gap, abs_gap):
             break
         if res.status != SolveStatus.OPTIMAL or res.x is None:
             break
@@ -153,7 +153,8 @@ def direct_search(checker: Checker, upper: Example | None, deadline: float, opti
     return SearchOutcome(lower, best, stats=stats)
 
 
-def _closed(best: Example | None, lower: float, rel_gap: float, abs_gap: float) -> bool:
+def gap_closed(best: Example | None, lower: float, rel_gap: float, abs_gap: float) -> bool:
+    """Whether the best example's distance is within the gap of the certified lower bound."""
     return best is not None and best.distance - lower <= abs_gap + rel_gap * best.distance
 
 
@@ -191,7 +192,8 @@ def _with_margin(checker: Checker, box, coded: NormEncoding, goal_rows, enc, cho
     scale = logit_scale(checker, checker.x0)
     for margin in MARGINS:
         left = deadline - time.perf_counter()
-        if left <= 0 or _closed(best, lower, rel_gap, abs_gap) or not fits(deadline, model_seconds(coded.problem.A.nnz)):
+        if left <= 0 or gap_closed(best, lower, rel_gap, abs_gap) or not model_fits(deadline,
+                                                                                coded.problem.A.nnz):
             break
         tight = replace(coded, problem=tightened(coded.problem, goal_rows, margin * scale))
         start_x = best.x if best is not None else None

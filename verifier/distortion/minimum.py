@@ -17,7 +17,7 @@ import numpy as np
 
 from verifier.api import _options, check_label, load
 from verifier.distortion.bisection import bisection_search
-from verifier.distortion.direct import SearchOutcome, direct_search
+from verifier.distortion.direct import SearchOutcome, direct_search, gap_closed
 from verifier.distortion.examples import Checker, attack_upper
 from verifier.distortion.goal import make_goal
 from verifier.distortion.norms import check_norm, measure
@@ -102,8 +102,7 @@ def _hybrid(checker, upper, deadline, options, rel_gap, abs_gap) -> SearchOutcom
     # One short try per radius: a radius too close to call is left to the MILP that follows.
     first = bisection_search(checker, upper, now + _HYBRID_BISECTION * (deadline - now), options, rel_gap, abs_gap,
                              slices=(0.25,))
-    gap_closed = first.best is not None and first.best.distance - first.lower <= abs_gap + rel_gap * first.best.distance
-    if first.infeasible or gap_closed or time.perf_counter() >= deadline:
+    if first.infeasible or gap_closed(first.best, first.lower, rel_gap, abs_gap) or time.perf_counter() >= deadline:
         first.stats["strategy"] = "hybrid"
         return first
     # Without an example (the attack found none and the whole input set was too close to call

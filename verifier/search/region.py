@@ -196,7 +196,8 @@ def _decide(run: _Run, x_ref: np.ndarray) -> Result:
         return run.result(Status.ROBUST, "lp")
     if use_bab(run, layered):
         return _bab_stages(run, layered, bounds, order)
-    enc = enc or encode_network(net, bounds, deadline=run.deadline)
+    if enc is None:
+        enc = encode_network(net, bounds, deadline=run.deadline)
     if run.open() and options.lp_tightening and run.remaining() > 0:
         t = time.perf_counter()
         solves = run.stats.get("lp_tightening_solves", 0)
