@@ -82,6 +82,17 @@ class Layered:
             biases.append(b.contiguous())
         return Layered(weights, biases, self.pre_nodes)
 
+    @property
+    def splits(self) -> list[int]:
+        """The ReLU layers a search may split (by number)."""
+        return list(range(self.depth))
+
+    def problem(self, specs, x_lo, x_hi, lower: list, upper: list):
+        """The data of one branch and bound on this chain (chain_problem.py)."""
+        from verifier.bab.chain_problem import ChainProblem
+
+        return ChainProblem(self, specs, x_lo, x_hi, lower, upper)
+
     def spec_rows(self, rows: np.ndarray, offsets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """rows @ y - offsets as (weights on the last hidden layer, constants)."""
         c = torch.as_tensor(np.asarray(rows, dtype=np.float64))

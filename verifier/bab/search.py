@@ -27,11 +27,8 @@ import numpy as np
 import torch
 
 from verifier.bab.branching import choose_by_gap, choose_by_trial
-from verifier.bab.crown import (EXACT, FAST, Bound, Relaxation, adam, adam_seconds, ascent_step, backward_bound,
-                                default_alpha, minimiser, pass_seconds)
-from verifier.bab.layered import Layered
-from verifier.bab.leaf import leaf_bound, leaf_seconds
-from verifier.deadline import Pace, fits
+from verifier.bounds.walker import EXACT, FAST, Bound, minimiser
+from verifier.deadline import fits
 
 
 @dataclass(slots=True)
@@ -121,106 +118,23 @@ def domain_bytes(neurons: int, rows: int) -> int:
     return neurons + 2 * rows * neurons * 4 + 1200
 
 
-class _Problem:
-    """The fixed data of one branch and bound: the chain, the specs' rows on its last hidden
-    layer (padded to a common row count by repeating a row, which leaves their max unchanged),
-    the box and the root bounds of every ReLU layer: (1, n_k) shared by all specs, or (S, n_k)
-    one row per spec (bounds valid only where that spec is unproven, see output_bounds.py)."""
-
-    def __init__(self, net: Layered, specs, x_lo, x_hi, lower, upper) -> None:
-        # Neurons inactive over the whole box are dropped from the chain: on mnistfc 256x4 at
-        # eps 0.03 that leaves 45, 82, 6 and 63 of 256 per layer, and every matrix shrinks.
-        lower = [l.reshape(-1, l.shape[-1]) for l in lower]
-        upper = [u.reshape(-1, u.shape[-1]) for u in upper]
-        keep = [torch.nonzero(~(u <= 0).all(0)).flatten() for u in upper]  # a NaN bound stays
-        keep = [k if k.numel() else torch.zeros(1, dtype=torch.long) for k in keep]  # never empty
-        self.net, self.x_lo, self.x_hi = net.without(keep), x_lo, x_hi
-        n_specs = len(specs)
-        self.lower = [l[:, k].expand(n_specs, -1) for l, k in zip(lower, keep)]  # (S, n_k) each
-        self.upper = [u[:, k].expand(n_specs, -1) for u, k in zip(upper, keep)]
-        specs = [(r[:, keep[-1]], c) for r, c in specs]
-        self.m = max(r.shape[0] for r, _ in specs)
-        pad = [(torch.cat([r, r[:1].expand(self.m - r.shape[0], -1)]),
-                torch.cat([c, c[:1].expand(self.m - c.shape[0])])) for r, c in specs]
-        self.rows = torch.stack([r for r, _ in pad])  # (S, m, n_{L-1})
-        self.const = torch.stack([c for _, c in pad])  # (S, m)
-        self.exact_per_domain: float | None = None  # seconds per domain of the last float64 pass
-
-    def clamped(self, spec_ids: torch.Tensor, signs: list[torch.Tensor]) -> tuple[list, list]:
-        """Per-domain bounds (B, n_k): its spec's, split neurons clamped to their side."""
-        lower, upper = [], []
-        for k, s in enumerate(signs):
-            lo, hi = self.lower[k][spec_ids], self.upper[k][spec_ids]
-            lower.append(torch.where(s < 0, lo.clamp(min=0), lo))
-            upper.append(torch.where(s > 0, hi.clamp(max=0), hi))
-        return lower, upper
-
-    def pass_seconds(self, domains: int, grad: bool = False) -> float:
-        """Expected seconds of one bound pass over `domains` domains: float64 (as the last one
-        took, once one has run), or with `grad` a float32 optimisation step."""
-        if not grad and self.exact_per_domain is not None:
-            return domains * self.exact_per_domain
-        return pass_seconds(self.net, self.net.depth, domains * self.m, FAST if grad else EXACT, grad)
-
-    def bound(self, spec_ids: torch.Tensor, signs, alphas, betas, settings: BabSettings,
-              deadline: float = math.inf):
-        """Optimise alpha/beta for a batch of domains (float32 Adam steps, as many as fit before
-        `deadline` with the final pass: any slopes and multipliers give valid bounds), then
-        bound them with the final parameters in float64. Returns the bound per domain, the
-        final alphas and betas, the final Bound and the clamped layer bounds."""
-        lower, upper = self.clamped(spec_ids, signs)
-        rows, const = self.rows[spec_ids], self.const[spec_ids]
-        depth = self.net.depth
-        alphas = [a.to(FAST).clone().requires_grad_() for a in alphas]
-        betas = [b.to(FAST).clone().requires_grad_() for b in betas]
-        step, final = self.pass_seconds(len(spec_ids), grad=True), self.pass_seconds(len(spec_ids))
-        if settings.steps > 0 and fits(deadline, adam_seconds() + step + final):
-            fast_net, fast = self.net.to(FAST), Relaxation.of(lower, upper, FAST)
-            f_rows, f_const = rows.to(FAST), const.to(FAST)
-            f_lo, f_hi = self.x_lo.to(FAST), self.x_hi.to(FAST)
-            f_signs = [s.to(FAST).unsqueeze(1) for s in signs]
-            opt = adam([{"params": alphas, "lr": settings.lr_alpha}, {"params": betas, "lr": settings.lr_beta}])
-            pace = Pace(deadline, step, final)
-            for _ in range(settings.steps):
-                if not pace.next():
-                    break
-                out = backward_bound(fast_net, depth, f_rows, f_const, f_lo, f_hi, fast, alphas, betas,
-                                     f_signs, rigorous=False)
-                ascent_step(opt, out.value.max(dim=1).values.sum(), alphas, betas)
-        alphas = [a.detach() for a in alphas]  # kept in float32 for the children's warm start
-        betas = [b.detach() for b in betas]
-        began = time.perf_counter()
-        with torch.no_grad():
-            out = backward_bound(self.net, depth, rows, const, self.x_lo, self.x_hi, Relaxation.of(lower, upper),
-                                 [a.to(EXACT) for a in alphas], [b.to(EXACT) for b in betas],
-                                 [s.to(EXACT).unsqueeze(1) for s in signs])
-        self.exact_per_domain = (time.perf_counter() - began) / len(spec_ids)
-        value = out.value.max(dim=1).values  # a disjunct's slack is the max of its rows
-        return value, alphas, betas, out, lower, upper
-
-    def slack(self, spec_ids: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The real network's disjunct slack at points x (B, n_0), domain b's spec for row b."""
-        with torch.no_grad():
-            h = self.net.last_hidden(x)
-            return ((self.rows[spec_ids] @ h.unsqueeze(-1)).squeeze(-1) + self.const[spec_ids]).max(1).values
-
-
-def branch_and_bound(net: Layered, specs: list[tuple[torch.Tensor, torch.Tensor]], x_lo, x_hi,
+def branch_and_bound(net, specs: list[tuple[torch.Tensor, torch.Tensor]], x_lo, x_hi,
                      lower: list, upper: list, tolerance: float, deadline: float,
                      is_counterexample: Callable[[np.ndarray], bool],
                      settings: BabSettings | None = None) -> BabOutcome:
-    """Prove, for every spec (rows R on the last hidden layer, constants c), that
-    min over the box of max_r (R h(x) + c)_r > tolerance — or (on_witness="stop") find x with it
+    """Prove, for every spec (rows R and constants c on the value v the search is about), that
+    min over the box of max_r (R v(x) + c)_r > tolerance — or (on_witness="stop") find x with it
     <= 0 for one.
 
-    lower/upper are root bounds of every ReLU layer's pre-activation, (1, n_k) or one row per
+    `net` is what the search runs on: a dense chain (bab/layered.py; v is its last hidden layer)
+    or a GraphTarget (graph_problem.py; v is its start node); its `problem` holds the search's
+    data. lower/upper are root bounds of every split node's input, (1, n_k) or one row per
     spec (S, n_k); `is_counterexample`
     confirms a candidate independently (e.g. with onnxruntime on the original model).
     """
     settings = settings or BabSettings()
-    problem = _Problem(net, specs, x_lo, x_hi, lower, upper)
-    net = problem.net  # the chain without its dead neurons: all indices below refer to it
-    m, depth, n_specs = problem.m, net.depth, len(specs)
+    problem = net.problem(specs, x_lo, x_hi, lower, upper)
+    m, n_specs = problem.m, len(specs)
     sizes = [l.shape[1] for l in problem.lower]
     stats = {"bab_rounds": 0, "bab_domains": n_specs, "bab_leaves_open": 0, "bab_candidates": 0,
              "bab_leaf_lps": 0}
@@ -243,12 +157,12 @@ def branch_and_bound(net: Layered, specs: list[tuple[torch.Tensor, torch.Tensor]
         idx = torch.tensor(keep)
         pick = lambda ts: [t[idx] for t in ts]  # noqa: E731
         sub = Bound(out.value[idx], out.lam0[idx], pick(out.mus))
-        trial_rows = len(keep) * 2 * settings.candidates * m
-        if settings.branching == "trial" and fits(deadline, pass_seconds(net, depth, trial_rows, FAST)):
+        if settings.branching == "trial" and fits(deadline, problem.pass_seconds(len(keep) * 2 * settings.candidates,
+                                                                                 grad=False, dtype=FAST)):
             picked = choose_by_trial(problem, spec_ids[idx], sub, pick(lower), pick(upper), pick(alphas),
                                      pick(betas), pick(signs), settings.candidates)
         else:
-            picked = choose_by_gap(sub, pick(lower), pick(upper), pick(alphas))
+            picked = choose_by_gap(problem, sub, pick(lower), pick(upper), pick(alphas))
         return dict(zip(keep, picked))
 
     def absorb(spec_ids, best, alphas, betas, out, lower, upper, signs) -> np.ndarray | None:
@@ -277,13 +191,12 @@ def branch_and_bound(net: Layered, specs: list[tuple[torch.Tensor, torch.Tensor]
                 # A real point of the spec lies at or below this bound, so splitting here
                 # cannot raise the spec's reported bound (the min over its domains): done.
                 closed[spec] = min(closed[spec], value)
-            elif choices[i] is None and not fits(deadline, leaf_seconds(net)):
+            elif choices[i] is None and not fits(deadline, problem.leaf_seconds()):
                 leaves.append((spec, value))  # no time left for its LP
                 unsolved_leaves[0] += 1
             elif choices[i] is None:
-                exact, x = leaf_bound(net, problem.rows[spec], problem.const[spec], x_lo, x_hi,
-                                      [s[i] for s in signs], [l[i] for l in lower], [u[i] for u in upper],
-                                      max(deadline - time.perf_counter(), 0.1))
+                exact, x = problem.leaf(spec, [s[i] for s in signs], [l[i] for l in lower], [u[i] for u in upper],
+                                        max(deadline - time.perf_counter(), 0.1))
                 stats["bab_leaf_lps"] += 1
                 leaf_slack = math.nan  # the LP minimiser's real slack (NaN: no point)
                 if x is not None:
@@ -309,8 +222,7 @@ def branch_and_bound(net: Layered, specs: list[tuple[torch.Tensor, torch.Tensor]
 
     spec_ids = torch.arange(n_specs)
     signs = [torch.zeros((n_specs, n), dtype=torch.int8) for n in sizes]
-    alphas = [default_alpha(problem.lower[k], problem.upper[k]).unsqueeze(1).expand(n_specs, m, -1)
-              for k in range(depth)]
+    alphas = problem.default_alphas(spec_ids)
     betas = [torch.zeros((n_specs, m, n), dtype=FAST) for n in sizes]
     if not fits(deadline, problem.pass_seconds(n_specs)):  # no time for even the root's bound
         return BabOutcome("unknown", [-np.inf] * n_specs, None, stats)

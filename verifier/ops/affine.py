@@ -8,11 +8,14 @@ when sparse (convolutions, permutations) and dense arrays otherwise.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from verifier.encode.builder import Handle, MilpBuilder
+from verifier.ops.contract import Backward, StepContext
 
 Matrix = np.ndarray | sp.csr_matrix
 
@@ -67,6 +70,9 @@ class Affine:
             out += matmul_rows(x, w)
         return out
 
+    def compile(self, device: torch.device, dtype: torch.dtype, sizes: list[int]) -> "AffineBound":
+        return AffineBound(self, device, dtype)
+
     def vjp(self, grad: np.ndarray, xs: list[np.ndarray]) -> list[np.ndarray]:
         return [np.asarray((w.T @ grad.T).T) if sp.issparse(w) else grad @ w for w in self.weights]
 
@@ -107,3 +113,59 @@ class Affine:
             const += matmul_rows(h.const[None, :], w)[0]
             expr = expr + sp.csr_matrix(w) @ h.widened(builder.num_cols)
         return Handle(sp.csr_matrix(expr), const)
+
+
+class AffineBound:
+    """An affine map in the bound engine (contract.BoundOp): exact in both directions, each
+    weight run by its linear map's own torch form (a convolution forward, a transposed
+    convolution backward; never a dense copy of a structured map)."""
+
+    linear = True
+    splittable = False
+
+    def __init__(self, op: Affine, device: torch.device, dtype: torch.dtype) -> None:
+        self.maps = [w.to_torch(device, dtype) for w in op.weights]
+        self._abs_sources = op.weights
+        self._device, self._dtype = device, dtype
+        self.bias = torch.as_tensor(op.bias, dtype=dtype, device=device)
+        self.abs_bias = self.bias.abs()
+        self.sizes = [w.n_in for w in op.weights]
+        self.cost = float(sum(w.cost for w in op.weights))
+
+    @cached_property
+    def abs_maps(self) -> list:
+        """|W_k| as maps, for interval bounds and the rounding slack (made on first use)."""
+        return [w.abs().to_torch(self._device, self._dtype) for w in self._abs_sources]
+
+    def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        out = self.bias
+        for w, x in zip(self.maps, xs):
+            out = out + w.forward(x)
+        return out
+
+    def interval(self, bounds):
+        """Exact interval image of a box, widened by a rigorous bound on float rounding (as
+        Affine.interval)."""
+        centre, radius, magnitude = self.bias, 0.0, self.abs_bias
+        for w, w_abs, (lo, hi) in zip(self.maps, self.abs_maps, bounds):
+            c, r = (lo + hi) / 2, (hi - lo) / 2
+            centre = centre + w.forward(c)
+            radius = radius + w_abs.forward(r)
+            magnitude = magnitude + w_abs.forward(c.abs() + r)
+        fan_in = sum(self.sizes)
+        slack = (fan_in + 4) * torch.finfo(self.bias.dtype).eps * magnitude + 1e-300
+        return centre - radius - slack, centre + radius + slack
+
+    def relax(self, bounds) -> None:
+        return None
+
+    def backward(self, lam: torch.Tensor, ctx: StepContext) -> Backward:
+        parts = [w.backward(lam) for w in self.maps]
+        const = lam @ self.bias
+        magnitude = 0.0
+        if ctx.rigorous:
+            with torch.no_grad():  # lam @ W_k errs by <= gamma |lam| |W_k| entrywise, met by |x_k|
+                magnitude = lam.abs() @ self.abs_bias
+                for w_abs, extent in zip(self.abs_maps, ctx.extents):
+                    magnitude = magnitude + (lam.abs() * w_abs.forward(extent).unsqueeze(-2)).sum(-1)
+        return Backward(parts, const, magnitude)

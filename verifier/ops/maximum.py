@@ -17,8 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from verifier.encode.builder import Handle, MilpBuilder
+from verifier.ops.contract import Backward, StepContext
 
 
 @dataclass
@@ -45,6 +47,10 @@ class Maximum:
 
     def forward(self, xs: list[np.ndarray]) -> np.ndarray:
         return self._gather(xs[0], -np.inf).max(axis=-1)
+
+    def compile(self, device: torch.device, dtype: torch.dtype, sizes: list[int]) -> "MaximumBound":
+        return MaximumBound(torch.as_tensor(self._safe, device=device), torch.as_tensor(self._valid, device=device),
+                            sizes[0])
 
     def vjp(self, grad: np.ndarray, xs: list[np.ndarray]) -> list[np.ndarray]:
         """The gradient flows to each group's (first) largest candidate."""
@@ -132,3 +138,74 @@ class Maximum:
         builder.add_entries(r3[owner_pos], a, ones)
         builder.max_binaries.append((node, open_groups, y, owner_pos, cand, a))
         return y
+
+
+@dataclass
+class MaximumRelaxation:
+    """Per group (B or 1, outputs): the leading candidate (largest lower bound), whether it is
+    the only live one (then y = x_leader exactly), and y's upper bound otherwise."""
+
+    leader: torch.Tensor  # long
+    exact: torch.Tensor  # bool
+    upper: torch.Tensor  # 0 where exact
+
+
+class MaximumBound:
+    """The maximum of groups in the bound engine (contract.BoundOp): y >= x_leader below, and
+    y = x_leader or y <= max_i u_i above. Not split (its candidates are narrowed by bounds)."""
+
+    linear = False
+    splittable = False
+    cost = 0.0
+
+    def __init__(self, groups: torch.Tensor, valid: torch.Tensor, n_in: int) -> None:
+        self.groups, self.valid, self.n_in = groups, valid, n_in  # (outputs, width) each
+
+    def _gather(self, values: torch.Tensor, fill: float) -> torch.Tensor:
+        """values[..., groups] with the padding set to `fill`: (..., outputs, width)."""
+        picked = values[..., self.groups]
+        return torch.where(self.valid, picked, torch.full_like(picked, fill))
+
+    def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        return self._gather(xs[0], -torch.inf).amax(-1)
+
+    def interval(self, bounds):
+        lo, hi = bounds[0]
+        return self._gather(lo, -torch.inf).amax(-1), self._gather(hi, -torch.inf).amax(-1)
+
+    def relax(self, bounds) -> MaximumRelaxation:
+        lo, hi = bounds[0]
+        g_lo, g_hi = self._gather(lo, -torch.inf), self._gather(hi, -torch.inf)
+        # the largest lower bound, ties broken by the larger upper bound (as Maximum.candidates)
+        best_lo = g_lo.amax(-1, keepdim=True)
+        slot = torch.where(g_lo == best_lo, g_hi, torch.full_like(g_hi, -torch.inf)).argmax(-1)
+        leader = self.groups.expand(slot.shape[:-1] + self.groups.shape).gather(-1, slot.unsqueeze(-1)).squeeze(-1)
+        alive = self.valid & (g_hi > best_lo)
+        alive = alive.scatter(-1, slot.unsqueeze(-1), True)
+        exact = alive.sum(-1) == 1
+        upper = torch.where(exact, torch.zeros_like(best_lo[..., 0]), g_hi.amax(-1))
+        return MaximumRelaxation(leader, exact, upper)
+
+    def uncertain(self, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+        """Inputs whose tighter bounds could change the relaxation: the candidates of every group
+        with more than one live candidate."""
+        r = self.relax([(lower[None], upper[None])])
+        open_groups = ~r.exact[0]
+        mask = torch.zeros(self.n_in, dtype=torch.bool, device=lower.device)
+        mask[self.groups[open_groups][self.valid[open_groups]]] = True
+        return mask
+
+    def backward(self, lam: torch.Tensor, ctx: StepContext) -> Backward:
+        r = ctx.relaxation
+        neg = lam.clamp(max=0)
+        exact = r.exact.unsqueeze(-2).to(lam.dtype)
+        onto_leader = lam - neg + neg * exact  # (B, m, outputs)
+        const = (neg * (1 - exact) * r.upper.unsqueeze(-2)).sum(-1)
+        leader = r.leader.unsqueeze(-2).expand_as(lam)
+        part = torch.zeros(lam.shape[:-1] + (self.n_in,), dtype=lam.dtype, device=lam.device)
+        part = part.scatter_add(-1, leader, onto_leader)
+        magnitude = 0.0
+        if ctx.rigorous:
+            with torch.no_grad():
+                magnitude = const.abs() + (neg.abs() * r.upper.abs().unsqueeze(-2)).sum(-1)
+        return Backward([part], const, magnitude)

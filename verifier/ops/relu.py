@@ -10,8 +10,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from verifier.encode.builder import Handle, MilpBuilder
+from verifier.ops.contract import Backward, StepContext
+
+#: float32 relaxations clamp bounds to this (no inf, no inf * 0): they only steer steps.
+FAST_LIMIT = 1e30
 
 
 @dataclass
@@ -20,6 +25,9 @@ class Relu:
 
     def forward(self, xs: list[np.ndarray]) -> np.ndarray:
         return np.maximum(xs[0], 0.0)
+
+    def compile(self, device: torch.device, dtype: torch.dtype, sizes: list[int]) -> "ReluBound":
+        return ReluBound()
 
     def vjp(self, grad: np.ndarray, xs: list[np.ndarray]) -> list[np.ndarray]:
         return [grad * (xs[0] > 0)]
@@ -79,3 +87,96 @@ class Relu:
         picks = sp.csr_matrix((np.ones(unstable.size), (unstable, y)), shape=(lo.size, builder.num_cols))
         kept = sp.csr_matrix((kept.data, kept.indices, kept.indptr), shape=(lo.size, builder.num_cols))
         return Handle(sp.csr_matrix(kept + picks), const)
+
+
+@dataclass
+class ReluRelaxation:
+    """The triangle relaxation's fixed parts for a batch, each (B or 1, 1, n): the upper line
+    y <= up_slope z + up_offset, the slope of stable neurons (1 active, 0 inactive), the mask of
+    unstable ones, CROWN's default lower slope, and max(|l|, |u|) for the rounding slack."""
+
+    up_slope: torch.Tensor
+    up_offset: torch.Tensor
+    fixed_slope: torch.Tensor
+    unstable: torch.Tensor
+    default_slope: torch.Tensor
+    extent: torch.Tensor
+
+    def fix(self, rows: torch.Tensor, neurons: torch.Tensor, active: bool) -> None:
+        """In place: domains `rows` get neuron `neurons` fixed to one side, as `relax` would give
+        for a split neuron (active: identity; inactive: zero)."""
+        value = 1.0 if active else 0.0
+        self.up_slope[rows, 0, neurons] = value
+        self.fixed_slope[rows, 0, neurons] = value
+        self.up_offset[rows, 0, neurons] = 0.0
+        self.unstable[rows, 0, neurons] = 0.0
+
+    def repeated(self, reps: int) -> "ReluRelaxation":
+        """Each domain's relaxation repeated `reps` times in a row (copies, safe to `fix`)."""
+        return ReluRelaxation(*(t.expand(max(t.shape[0], 1), -1, -1).repeat_interleave(reps, 0)
+                                for t in (self.up_slope, self.up_offset, self.fixed_slope, self.unstable,
+                                          self.default_slope, self.extent)))
+
+
+class ReluBound:
+    """ReLU in the bound engine (contract.BoundOp); the only op branch and bound splits."""
+
+    linear = False
+    splittable = True
+    cost = 0.0  # elementwise: negligible beside the linear maps
+
+    def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        return torch.relu(xs[0])
+
+    def interval(self, bounds):
+        lo, hi = bounds[0]
+        return lo.clamp(min=0), hi.clamp(min=0)
+
+    def relax(self, bounds) -> ReluRelaxation:
+        lo, hi = bounds[0]
+        if lo.dtype != torch.float64:  # keep float32 finite: its relaxation only steers steps
+            lo, hi = lo.clamp(-FAST_LIMIT, FAST_LIMIT), hi.clamp(-FAST_LIMIT, FAST_LIMIT)
+        unstable = (lo < 0) & (hi > 0)
+        active = (lo >= 0).to(lo.dtype)
+        slope = torch.where(unstable, hi / torch.where(unstable, hi - lo, 1.0), active)
+        parts = (slope, torch.where(unstable, -slope * lo, 0.0), active, unstable.to(lo.dtype),
+                 (hi > -lo).to(lo.dtype), torch.maximum(lo.abs(), hi.abs()))
+        return ReluRelaxation(*(t.unsqueeze(-2) for t in parts))
+
+    def backward(self, lam: torch.Tensor, ctx: StepContext) -> Backward:
+        """Upper line where the coefficient is negative, lower line alpha z (alpha in [0, 1])
+        where positive; a split's constraint enters as beta * sign * z (beta >= 0)."""
+        r = ctx.relaxation
+        alpha = r.default_slope if ctx.alpha is None else ctx.alpha
+        lo_slope = r.fixed_slope + r.unstable * alpha
+        neg = lam.clamp(max=0)
+        intercept = (neg * r.up_offset).sum(-1)
+        a = (lam - neg) * lo_slope + neg * r.up_slope
+        if ctx.beta is not None:
+            a = a + ctx.beta * ctx.sign
+        magnitude = 0.0
+        if ctx.rigorous:
+            with torch.no_grad():  # the relaxation's products, over |z| <= extent
+                magnitude = (lam.abs() * r.extent).sum(-1) + intercept.abs()
+        return Backward([a], intercept, magnitude)
+
+    @staticmethod
+    def uncertain(lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+        """Inputs whose tighter bounds would change the relaxation: the unstable ones."""
+        return (lower < 0) & (upper > 0)
+
+    @staticmethod
+    def clamp(lower: torch.Tensor, upper: torch.Tensor, signs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-domain input bounds with split neurons clamped to their side (signs (B, n))."""
+        return torch.where(signs < 0, lower.clamp(min=0), lower), torch.where(signs > 0, upper.clamp(max=0), upper)
+
+    @staticmethod
+    def split_scores(mu: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """(B, n) BaBSR-style estimate of what splitting each neuron gains: its relaxation gap,
+        weighted by its coefficient mu (B, m, n) in the bound; 0 where stable."""
+        unstable = (lower < 0) & (upper > 0)
+        width = torch.where(unstable, upper - lower, torch.ones_like(upper))
+        upper_gap = (upper * -lower / width).unsqueeze(1)
+        lower_gap = torch.maximum((1 - alpha) * upper.unsqueeze(1), -alpha * lower.unsqueeze(1))
+        score = (mu.clamp(max=0).neg() * upper_gap + mu.clamp(min=0) * lower_gap).sum(1)
+        return torch.where(unstable, score + 1e-12, torch.zeros_like(score))

@@ -1,0 +1,157 @@
+"""alpha-CROWN over a bound graph: optimised slopes for one set of bound rows, and the bounds of
+every relaxed node's input (ReLU pre-activations, Maximum candidates) tightened in turn.
+
+Any slopes in [0, 1] give valid bounds, so they are optimised by Adam steps in float32 (twice
+as fast on a CPU) and only the final walk, in float64 with the rounding slack, is taken as a
+bound; it is never worse than CROWN's default slopes. Every loop keeps the deadline: a step
+starts only if it and the final float64 walk end in time (deadline.Pace).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Mapping
+
+import torch
+
+from verifier.bounds.graph import BoundGraph, Box
+from verifier.bounds.walker import EXACT, FAST, Relaxation, backward_bound, extents_of, walk_cost
+from verifier.deadline import Pace, fits, product_seconds
+
+#: Entries of the coefficient tensors one walk may hold per node (2^23 float64: 64 MB): the rows
+#: of a wide layer's bounds are walked in chunks of at most this many entries.
+CHUNK_ENTRIES = 1 << 23
+
+#: Seconds the first optimiser of a process may take to create: torch.optim then imports
+#: torch._dynamo (1.4-2.5 s measured), inside whichever run comes first.
+FIRST_OPTIMISER_SECONDS = 3.0
+
+
+def adam_seconds() -> float:
+    """Expected seconds to create an optimiser here and now (see FIRST_OPTIMISER_SECONDS)."""
+    return 0.0 if "torch._dynamo" in sys.modules else FIRST_OPTIMISER_SECONDS
+
+
+def adam(groups) -> torch.optim.Adam:
+    """Adam over slopes and multipliers: the fused kernel where torch has it (5x faster than the
+    foreach one on these many small tensors, measured on a CPU), else the foreach one."""
+    try:
+        return torch.optim.Adam(groups, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(groups, foreach=True)
+
+
+def ascent_step(opt: torch.optim.Optimizer, objective: torch.Tensor, slopes, multipliers=()) -> None:
+    """One optimiser step raising `objective`, then back into the set where every value gives a
+    valid bound: slopes in [0, 1], multipliers (split betas, output-constraint lambdas) >= 0."""
+    opt.zero_grad()
+    (-objective).backward()
+    opt.step()
+    with torch.no_grad():
+        for a in slopes:
+            a.clamp_(0.0, 1.0)
+        for b in multipliers:
+            b.clamp_(min=0.0)
+
+
+def pass_seconds(graph: BoundGraph, start: int, rows: int, dtype: torch.dtype = EXACT, grad: bool = False) -> float:
+    """Expected seconds of one walk of `rows` rows in all from `start`; with `grad`, of an
+    optimisation step (the walk and its gradient)."""
+    return product_seconds(rows * walk_cost(graph, start) * (2 if grad else 1), dtype)
+
+
+def split_ancestors(graph: BoundGraph, start: int) -> list[int]:
+    """The split nodes a walk from `start` passes."""
+    return [s for s in graph.splits if s in graph.ancestors[start]]
+
+
+def optimise_alpha(graph: BoundGraph, start: int, rows: torch.Tensor, const: torch.Tensor, x_lo, x_hi,
+                   bounds: Mapping[int, Box], steps: int, lr: float = 0.1,
+                   deadline: float = math.inf) -> torch.Tensor:
+    """Lower bounds (B, m) on rows @ value(start) + const over the box, with the slopes of every
+    split node on the way optimised for the sum of the rows; `bounds` holds every node's box.
+    -inf where not even CROWN's walk fits before `deadline`."""
+    b, m = rows.shape[:2]
+    if not fits(deadline, pass_seconds(graph, start, b * m)):
+        return torch.full((b, m), -torch.inf, dtype=EXACT, device=rows.device)
+    exact = Relaxation.of(graph, bounds, extents_of(bounds))
+    began = time.perf_counter()
+    best = backward_bound(graph, start, rows, const, x_lo, x_hi, exact).value
+    splits = split_ancestors(graph, start)
+    step, final = pass_seconds(graph, start, b * m, FAST, grad=True), time.perf_counter() - began
+    if steps <= 0 or not splits or not fits(deadline, adam_seconds() + step + final):
+        return best
+    fast_graph = graph.to(FAST)
+    fast = Relaxation.of(fast_graph, bounds, nodes=splits + [r for r in graph.relaxed if r not in splits])
+    f_rows, f_const, f_lo, f_hi = (t.to(FAST) for t in (rows, const, x_lo, x_hi))
+    alphas = {s: fast.data[s].default_slope.expand(-1, m, -1).clone().requires_grad_() for s in splits}
+    opt = adam([{"params": list(alphas.values()), "lr": lr}])
+    pace = Pace(deadline, step, final)
+    taken = 0
+    for _ in range(steps):
+        if not pace.next():
+            break
+        value = backward_bound(fast_graph, start, f_rows, f_const, f_lo, f_hi, fast, alphas).value
+        ascent_step(opt, value.sum(), list(alphas.values()))
+        taken += 1
+    if taken == 0:
+        return best
+    with torch.no_grad():
+        value = backward_bound(graph, start, rows, const, x_lo, x_hi, exact,
+                               {s: a.detach().to(EXACT) for s, a in alphas.items()}).value
+    return torch.fmax(best, value)
+
+
+def _selection(idx: torch.Tensor, size: int, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows (1, 2k, size) picking +x[idx] then -x[idx], and their zero constants."""
+    k = idx.numel()
+    rows = torch.zeros((1, 2 * k, size), dtype=dtype, device=device)
+    rows[0, torch.arange(k), idx] = 1.0
+    rows[0, k + torch.arange(k), idx] = -1.0
+    return rows, torch.zeros((1, 2 * k), dtype=dtype, device=device)
+
+
+def node_bounds(graph: BoundGraph, node: int, x_lo, x_hi, bounds: list, idx: torch.Tensor, steps: int,
+                deadline: float = math.inf) -> Box:
+    """The box of `node` with entries `idx` tightened by (alpha-)CROWN, in chunks of rows that
+    keep each walk within CHUNK_ENTRIES per node; `bounds` holds the boxes of its ancestors.
+    Entries not reached in time keep their bounds."""
+    lo, hi = (t.clone() for t in bounds[node])
+    widest = max(graph.nodes[i].size for i in graph.ancestors[node] | {node})
+    per_chunk = max(1, CHUNK_ENTRIES // (2 * widest))
+    known = {i: b for i, b in enumerate(bounds) if b is not None}
+    for part in idx.split(per_chunk):
+        if time.perf_counter() > deadline:
+            break
+        rows, const = _selection(part, graph.nodes[node].size, EXACT, lo.device)
+        value = optimise_alpha(graph, node, rows, const, x_lo, x_hi, known, steps, deadline=deadline)[0]
+        k = part.numel()
+        lo[0, part] = torch.fmax(lo[0, part], value[:k])
+        hi[0, part] = torch.fmin(hi[0, part], -value[k:])
+    return lo, hi
+
+
+def layer_bounds(graph: BoundGraph, x_lo, x_hi, known: Mapping[int, Box] | None = None, steps: int = 0,
+                 deadline: float = math.inf, nodes: list[int] | None = None) -> dict[int, Box]:
+    """Bounds (1, n) of the input of every relaxed node (or of `nodes`, relaxed nodes), each by
+    (alpha-)CROWN on the bounds before it, in topological order; intersected with `known` and
+    never looser. Returns `known` updated with the new boxes (keyed by the input node)."""
+    known = dict(known or {})
+    relaxed = set(graph.relaxed)
+    for r in graph.relaxed if nodes is None else nodes:
+        p = graph.pre(r)
+        if time.perf_counter() > deadline:
+            break
+        boxes = graph.interval(x_lo, x_hi, known, upto=p)
+        lo, hi = boxes[p]
+        if not graph.ancestors[p] & relaxed:  # an affine map of the box alone: intervals are exact
+            known[p] = (lo, hi)
+            continue
+        idx = torch.nonzero(graph.nodes[r].op.uncertain(lo[0], hi[0])).flatten()
+        if idx.numel():
+            known[p] = node_bounds(graph, p, x_lo, x_hi, boxes, idx, steps, deadline)
+        else:
+            known[p] = (lo, hi)
+    return known
