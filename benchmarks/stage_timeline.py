@@ -8,20 +8,19 @@ it into an answer (RESULTS, "Sessions 12–13": from -0.65 it proved 256x6 prop_
     python benchmarks/stage_timeline.py ../shared/benchmarks/vnncomp2021/mnistfc 256x6 prop_10_0.05 300 \\
         --set processes=2
 
-It wraps the stage functions of verifier.search (diagnostic only: the verdict and the bounds
-are the verifier's own, printed at the end with its stats).
+It listens to the verifier's stage log (verifier.search.run_state.stage_log): the verdict and
+the bounds are the verifier's own, printed at the end with its stats.
 """
 import argparse
-import inspect
 import json
+import logging
 import time
 from pathlib import Path
 
 import verifier
-import verifier.search.bab_stage as stages
-import verifier.search.region as region
 from verifier.errors import VerifierError
 from verifier.options import parse_setting
+from verifier.search.run_state import stage_log
 from verifier.vnncomp import result_word
 
 START = time.perf_counter()
@@ -31,33 +30,16 @@ def _stamp() -> str:
     return f"[{time.perf_counter() - START:7.1f} s]"
 
 
-def _wrap_stages() -> None:
-    """Log around refined_bounds (one refinement pass), _prove_disjuncts (the bound after it)
-    and bab_search (probe and final searches), which region.py and bab_stage.py call by name."""
-    refined_bounds, prove, bab_search = stages.refined_bounds, stages._prove_disjuncts, region.bab_search
-    signature = inspect.signature(refined_bounds)
+class _Timeline(logging.Handler):
+    """Prints the verifier's stage events (search.run_state.stage_log) as they come."""
 
-    def logged_pass(*args, **kwargs):
-        start = time.perf_counter()
-        out = refined_bounds(*args, **kwargs)
-        stats = out[2]
-        per_layer = signature.bind(*args, **kwargs).arguments["layer_budget"]
-        print(f"{_stamp()} refinement pass: {per_layer:.1f} s per layer planned, took {time.perf_counter() - start:.1f} s, "
-              f"{stats.get('refine_domains', 0)} domains, {stats.get('refine_skipped', 0)} layers skipped", flush=True)
-        return out
-
-    def logged_prove(run, *args, **kwargs):
-        prove(run, *args, **kwargs)
-        print(f"{_stamp()} worst open disjunct bound {run.worst_open():.4f} ({len(run.open())} open)", flush=True)
-
-    def logged_search(run, *args, **kwargs):
-        start = time.perf_counter()
-        out = bab_search(run, *args, **kwargs)
-        print(f"{_stamp()} search took {time.perf_counter() - start:.1f} s: worst open {run.worst_open():.4f} "
-              f"({len(run.open())} open)", flush=True)
-        return out
-
-    stages.refined_bounds, stages._prove_disjuncts, region.bab_search = logged_pass, logged_prove, logged_search
+    def emit(self, record: logging.LogRecord) -> None:
+        extra = ""
+        if record.stage == "refinement pass":
+            extra = (f", {record.per_layer:.1f} s per layer planned, {record.domains} domains, "
+                     f"{record.skipped} layers skipped")
+        print(f"{_stamp()} {record.stage} took {record.seconds:.1f} s{extra}: worst open disjunct bound "
+              f"{record.worst_open:.4f} ({record.open} open)", flush=True)
 
 
 def main() -> None:
@@ -76,7 +58,8 @@ def main() -> None:
         spec = verifier.Property.from_vnnlib(bench / f"vnnlib/{args.prop}.vnnlib")
     except VerifierError as error:
         parser.exit(2, f"stage_timeline: {error}\n")
-    _wrap_stages()
+    stage_log.addHandler(_Timeline())
+    stage_log.setLevel(logging.INFO)
     result = verifier.check(net, spec, timeout=args.timeout, options=verifier.VerifyOptions(**settings))
     print(f"{_stamp()} {args.network} {args.prop} {settings}: {result_word(result)} ({result.decided_by}), "
           f"margin bounds [{result.margin_lower:.4f}, {result.margin_upper:.4f}]")

@@ -382,7 +382,7 @@ def test_leaf_lp_called_infeasible_without_a_certificate_proves_nothing(monkeypa
 
 
 def test_deep_chains_skip_the_whole_network_lp_only_when_searched_by_bab():
-    """On 3+ ReLU layers the search replaces the LP bounds (region.uses_lp_bounds); with the MIP
+    """On 3+ ReLU layers the search replaces the LP bounds (plan._lp_bounds); with the MIP
     path they still run. Verdicts agree with enumeration either way."""
     reached = {"on": 0, "off": 0}
     for seed in range(16):

@@ -104,6 +104,7 @@ def run(
     address: Optional[str] = typer.Option(None, help="With --executor ray: the cluster address (default: start Ray locally)."),
     processes: int = typer.Option(1, help="Processes one sample's searches may share (an instance with the machine to itself, as in VNN-COMP); for batch runs use --workers."),
     solver: str = typer.Option("highs", help="MIP solver: highs (native, default), or through PuLP: cbc (bundled), gurobi, cplex, glpk, scip, xpress, copt, mosek, pulp-highs. Bounds always use HiGHS."),
+    device: str = typer.Option("cpu", help="Where the bound engine runs: cpu, or cuda (cuda:N) where torch sees a GPU."),
 ) -> None:
     """Verify MODEL on one sample (--input), a VNN-LIB property (--vnnlib) or the embedded MNIST slice."""
     began = time.perf_counter()
@@ -120,8 +121,8 @@ def run(
             raise InputError("--result writes a VNN-COMP result file: it needs --vnnlib PROPERTY")
         _check_output_path(save_example, "--save-example")
         _check_output_path(result_file, "--result")
-        # First: a bad --solver or --processes fails fast.
-        options = VerifyOptions(timeout=timeout, solver=solver, processes=processes)
+        # First: a bad --solver, --processes or --device fails fast.
+        options = VerifyOptions(timeout=timeout, solver=solver, processes=processes, device=device)
         net = verifier.load(model)
         if data is not None and report is None:
             raise InputError("--data needs --report FOLDER (a batch run keeps its results there)")
@@ -132,7 +133,7 @@ def run(
             from verifier.cli_batch import batch_command
 
             code = batch_command(net, eps, data, report, start, limit, timeout, workers, executor, address,
-                                 distortion, eps_max, as_json, solver)
+                                 distortion, eps_max, as_json, options)
             raise typer.Exit(code)
         if distortion is not None:
             from verifier.cli_distortion import distortion_command

@@ -10,12 +10,12 @@ from verifier.batch import certify_dataset
 
 
 def batch_command(net, eps, data, report, start, limit, timeout, workers, executor, address, distortion, eps_max,
-                  as_json, solver: str = "highs") -> int:
+                  as_json, options=None) -> int:
     """Runs the batch and prints the summary; returns the exit code (130 when interrupted: the
     results so far are stored and reported, and the same command resumes)."""
     result = certify_dataset(net, eps=eps, report=report, data=data, start=start, limit=limit, timeout=timeout,
                              workers=workers, executor=executor, address=address, distortion=distortion,
-                             eps_max=eps_max, solver=solver)
+                             eps_max=eps_max, options=options)
     s = result.summary
     if as_json:
         typer.echo(json.dumps(s))

@@ -1,5 +1,5 @@
 """Keeping the time limit: a run has one deadline, a `time.perf_counter()` value set when its
-region search starts (`region._Run.deadline`), handed down as a float to every stage; a stage
+region search starts (`run_state.RunState.deadline`), handed down as a float to every stage; a stage
 with a budget of its own passes the earlier of the two. These helpers keep work inside it.
 
 Checking the deadline only before each loop iteration is not enough when one iteration costs

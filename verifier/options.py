@@ -81,6 +81,8 @@ class VerifyOptions:
     # The MIP solver: "highs" (native, the default) or a PuLP one ("cbc", "gurobi", ...; see
     # solvers.SOLVERS). Only the MIPs use it: LP bounds and QPs always run on native HiGHS.
     solver: str = "highs"
+    # Where the bound engine runs: "cpu", or "cuda" ("cuda:1", ...) where torch sees a GPU.
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         for name, allowed in _CHOICES.items():
@@ -97,6 +99,9 @@ class VerifyOptions:
             value = getattr(self, name)
             if value is not None and (isinstance(value, (str, bool)) or not low <= value <= high):
                 raise InputError(f"option {name}={value!r}: expected a number in [{low}, {high}] or None")
+        from verifier.bounds.graph import resolve_device
+
+        resolve_device(self.device)  # a clear InputError for a device torch cannot use
         try:
             check_solver(self.solver)
         except ValueError as e:

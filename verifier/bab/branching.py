@@ -42,7 +42,7 @@ def choose_by_trial(problem, spec_ids, out, lower, upper, alphas, betas, signs,
     values, picks = flat.topk(top, dim=1)  # (B, K)
     batch = flat.shape[0]
     reps = 2 * top  # per domain: K candidates x 2 sides, in that order
-    rows_of = torch.arange(batch * reps).reshape(batch, top, 2)
+    rows_of = torch.arange(batch * reps, device=flat.device).reshape(batch, top, 2)
     flat_picks = picks.reshape(-1)
     fixes = []
     for k in range(len(lower)):

@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from verifier.bab.crown import (EXACT, FAST, Bound, Relaxation, adam, adam_seconds, ascent_step, backward_bound,
+from verifier.bab.crown import (EXACT, FAST, Relaxation, adam, adam_seconds, ascent_step, backward_bound,
                                 default_alpha, pass_seconds)
 from verifier.bab.layered import Layered
 from verifier.bab.leaf import leaf_bound, leaf_seconds

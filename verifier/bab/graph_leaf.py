@@ -47,12 +47,12 @@ def leaf_bound(problem, spec: int, signs: list, lower: list, upper: list, time_l
     if any(bool((b[0] > b[1]).any()) for b in boxes if b is not None):
         return np.inf, None  # crossed bounds: the domain holds no input
     names = [graph.nodes[i].name for i in range(1, problem.start + 1) if boxes[i] is not None]
-    bounds = {graph.nodes[i].name: (b[0][0].numpy(), b[1][0].numpy()) for i, b in enumerate(boxes) if b is not None}
+    bounds = {graph.nodes[i].name: (b[0][0].cpu().numpy(), b[1][0].cpu().numpy()) for i, b in enumerate(boxes) if b is not None}
     enc = encode_network(net, bounds, names)
     rows, lo_rows, hi_rows = [], [], []
     for p, s in zip(problem.pre, signs):
         h = enc.handles[graph.nodes[p].name]
-        s = s.numpy()
+        s = s.cpu().numpy()
         for side, picked in ((-1, np.flatnonzero(s < 0)), (1, np.flatnonzero(s > 0))):
             if picked.size:
                 rows.append(h.widened(enc.problem.num_cols)[picked])
@@ -63,7 +63,7 @@ def leaf_bound(problem, spec: int, signs: list, lower: list, upper: list, time_l
     if rows:
         base, _ = extend(base, rows=sp.vstack(rows), row_lo=np.concatenate(lo_rows), row_hi=np.concatenate(hi_rows))
     enc.problem = base
-    C, d = problem.rows[spec].numpy(), -problem.const[spec].numpy()
+    C, d = problem.rows[spec].cpu().numpy(), -problem.const[spec].cpu().numpy()
     start_lo, start_hi = bounds[graph.nodes[problem.start].name]
     centre, radius = (start_lo + start_hi) / 2, (start_hi - start_lo) / 2
     t_hi = float((C @ centre + np.abs(C) @ radius - d).max()) + 1.0

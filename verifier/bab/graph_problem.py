@@ -114,8 +114,8 @@ class GraphProblem:
         keyed = lambda ts: None if ts is None else dict(zip(self.splits, ts))  # noqa: E731
         out = backward_bound(graph, self.start, rows, const, x_lo, x_hi, relax, keyed(alphas), keyed(betas),
                              keyed(signs))
-        zeros = lambda s: torch.zeros(rows.shape[:2] + (graph.nodes[s].size,), dtype=rows.dtype)  # noqa: E731
-        return Bound(out.value, out.lam0, [out.mus.get(s, None) if s in out.mus else zeros(s) for s in self.splits])
+        zeros = lambda s: torch.zeros(rows.shape[:2] + (graph.nodes[s].size,), dtype=rows.dtype, device=rows.device)  # noqa: E731
+        return Bound(out.value, out.lam0, [out.mus[s] if s in out.mus else zeros(s) for s in self.splits])
 
     def pass_seconds(self, domains: int, grad: bool = False) -> float:
         """Expected seconds of one bound pass over `domains` domains: float64 (as the last one

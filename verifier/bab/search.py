@@ -135,6 +135,7 @@ def branch_and_bound(net, specs: list[tuple[torch.Tensor, torch.Tensor]], x_lo, 
     settings = settings or BabSettings()
     problem = net.problem(specs, x_lo, x_hi, lower, upper)
     m, n_specs = problem.m, len(specs)
+    dev = x_lo.device  # domains live where the problem's tensors do
     sizes = [l.shape[1] for l in problem.lower]
     stats = {"bab_rounds": 0, "bab_domains": n_specs, "bab_leaves_open": 0, "bab_candidates": 0,
              "bab_leaf_lps": 0}
@@ -154,7 +155,7 @@ def branch_and_bound(net, specs: list[tuple[torch.Tensor, torch.Tensor]], x_lo, 
                 if value <= tolerance and spec not in refuted]
         if not keep:
             return {}
-        idx = torch.tensor(keep)
+        idx = torch.tensor(keep, device=dev)
         pick = lambda ts: [t[idx] for t in ts]  # noqa: E731
         sub = Bound(out.value[idx], out.lam0[idx], pick(out.mus))
         if settings.branching == "trial" and fits(deadline, problem.pass_seconds(len(keep) * 2 * settings.candidates,
@@ -171,15 +172,15 @@ def branch_and_bound(net, specs: list[tuple[torch.Tensor, torch.Tensor]], x_lo, 
         flat = corners.reshape(-1, corners.shape[-1])
         row_specs = spec_ids.repeat_interleave(m)
         slack = problem.slack(row_specs, flat)
-        seen = torch.full((n_specs,), torch.inf, dtype=EXACT).scatter_reduce_(
+        seen = torch.full((n_specs,), torch.inf, dtype=EXACT, device=dev).scatter_reduce_(
             0, row_specs, torch.nan_to_num(slack.to(EXACT), nan=torch.inf), "amin")
         best_real[:] = map(min, best_real, seen.tolist())
         for i in torch.nonzero(slack <= 0).flatten().tolist():
             stats["bab_candidates"] += 1
             if settings.on_witness == "drop":
                 refuted.add(int(row_specs[i]))
-            elif settings.on_witness == "stop" and is_counterexample(flat[i].numpy()):
-                return flat[i].numpy()
+            elif settings.on_witness == "stop" and is_counterexample(flat[i].cpu().numpy()):
+                return flat[i].cpu().numpy()
         choices = choose(spec_ids, best, alphas, betas, out, lower, upper, signs)
         packed = None  # the batch's signs and parameters as (B, N) and (B, 2, m, N), once needed
         for i, (spec, value) in enumerate(zip(spec_ids.tolist(), best.tolist())):
@@ -200,7 +201,8 @@ def branch_and_bound(net, specs: list[tuple[torch.Tensor, torch.Tensor]], x_lo, 
                 stats["bab_leaf_lps"] += 1
                 leaf_slack = math.nan  # the LP minimiser's real slack (NaN: no point)
                 if x is not None:
-                    leaf_slack = float(problem.slack(torch.tensor([spec]), torch.as_tensor(x)[None])[0])
+                    leaf_slack = float(problem.slack(torch.tensor([spec], device=dev),
+                                                     torch.as_tensor(x, device=dev)[None])[0])
                 if not math.isnan(leaf_slack):
                     best_real[spec] = min(best_real[spec], leaf_slack)
                 if leaf_slack <= 0:
@@ -220,10 +222,10 @@ def branch_and_bound(net, specs: list[tuple[torch.Tensor, torch.Tensor]], x_lo, 
                 heapq.heappush(queue, (key, next(tie), dom))
         return None
 
-    spec_ids = torch.arange(n_specs)
-    signs = [torch.zeros((n_specs, n), dtype=torch.int8) for n in sizes]
+    spec_ids = torch.arange(n_specs, device=dev)
+    signs = [torch.zeros((n_specs, n), dtype=torch.int8, device=dev) for n in sizes]
     alphas = problem.default_alphas(spec_ids)
-    betas = [torch.zeros((n_specs, m, n), dtype=FAST) for n in sizes]
+    betas = [torch.zeros((n_specs, m, n), dtype=FAST, device=dev) for n in sizes]
     if not fits(deadline, problem.pass_seconds(n_specs)):  # no time for even the root's bound
         return BabOutcome("unknown", [-np.inf] * n_specs, None, stats)
     root = problem.bound(spec_ids, signs, alphas, betas, settings, deadline)
@@ -248,11 +250,11 @@ def branch_and_bound(net, specs: list[tuple[torch.Tensor, torch.Tensor]], x_lo, 
         if not picked:
             break
         flat_signs = torch.stack([d.signs for d in picked] * 2)  # (2P, N): first all -1 children, then +1
-        split = torch.tensor([int(starts[d.branch[0]]) + d.branch[1] for d in picked] * 2)
-        side = torch.tensor([-1] * len(picked) + [1] * len(picked), dtype=torch.int8)
-        flat_signs[torch.arange(split.numel()), split] = side
+        split = torch.tensor([int(starts[d.branch[0]]) + d.branch[1] for d in picked] * 2, device=dev)
+        side = torch.tensor([-1] * len(picked) + [1] * len(picked), dtype=torch.int8, device=dev)
+        flat_signs[torch.arange(split.numel(), device=dev), split] = side
         params = torch.stack([d.params for d in picked] * 2)  # (2P, 2, m, N)
-        spec_ids = torch.tensor([d.spec for d in picked] * 2)
+        spec_ids = torch.tensor([d.spec for d in picked] * 2, device=dev)
         signs = list(flat_signs.split(sizes, dim=-1))
         alphas = list(params[:, 0].split(sizes, dim=-1))
         betas = list(params[:, 1].split(sizes, dim=-1))
@@ -260,7 +262,7 @@ def branch_and_bound(net, specs: list[tuple[torch.Tensor, torch.Tensor]], x_lo, 
         # A child lies inside its parent, so the parent's bound holds for it too: with the max,
         # the reported bound never falls as the search goes on (a fresh child bound can come out
         # below its parent's when the warm-started steps land worse).
-        parents = torch.tensor([d.bound for d in picked] * 2, dtype=value.dtype)
+        parents = torch.tensor([d.bound for d in picked] * 2, dtype=value.dtype, device=dev)
         found = absorb(spec_ids, torch.maximum(value, parents), *rest, signs)
         stats["bab_rounds"] += 1
         stats["bab_domains"] += split.numel()

@@ -1,6 +1,6 @@
 """The bound-propagation stages of a region search, for networks that are plain ReLU chains:
 alpha-CROWN on every layer's bounds and on each disjunct, refinement of the layer bounds, and
-branch and bound over ReLU splits in place of the MIP (see `use_bab`).
+branch and bound over ReLU splits in place of the MIP (when the plan says so, plan.py).
 
 The tightened pre-activation bounds go back into the network-level bounds dict, so the LP and
 MIP stages that may follow profit from them too — except the per-disjunct bounds of `constrain`,
@@ -10,7 +10,6 @@ valid only where their disjunct is unproven, which stay with the final search.
 from __future__ import annotations
 
 import math
-import os
 import time
 
 import numpy as np
@@ -21,22 +20,14 @@ from verifier.bab.layered import Layered, as_layered
 from verifier.bab.output_bounds import constrained_bounds, crossed, proven_above
 from verifier.bab.parallel import SpecWorkers, search
 from verifier.bab.refine import refined_bounds
-from verifier.bab.search import BabSettings, add_stats
+from verifier.bab.search import add_stats
 from verifier.bounds.interval import Bounds, interval_bounds
+from verifier.search.threads import set_threads
 
 
 def chain_of(run) -> Layered | None:
+    """The run's network as a dense ReLU chain (the fast path), or None."""
     return as_layered(run.net, run.deadline) if run.options.bab != "off" else None
-
-
-def use_bab(run, layered: Layered | None) -> bool:
-    """Branch and bound replaces the MIP on chains ("auto": bab_min_depth ReLU layers or more;
-    measured on mnistfc 256x2 at 60 s: 29 of 30 answered against 27 with the MIP; on RSL18a's
-    single hidden layer it proved samples 12 and 16 in 9 s and 21 s, which the MIP left open at
-    120 s) or when asked for."""
-    if layered is None or layered.depth == 0 or run.options.exact:  # exact minima need the MIP
-        return False
-    return run.options.bab == "on" or layered.depth >= run.options.bab_min_depth
 
 
 def _tensors(run, layered: Layered, bounds: Bounds):
@@ -64,33 +55,13 @@ def _write_back(run, layered: Layered, bounds: Bounds, lo, hi) -> Bounds:
 def alpha_crown(run, layered: Layered, bounds: Bounds, budget: float) -> Bounds:
     """Tighten every ReLU layer's bounds and each open disjunct's lower bound with alpha-CROWN
     within `budget` seconds; returns the bounds dict with the tighter pre-activation bounds."""
-    torch.set_num_threads(run.options.threads)
+    set_threads(run.options)
     start = time.perf_counter()
     x_lo, x_hi, lo, hi = _tensors(run, layered, bounds)
     lo, hi = intermediate_bounds(layered, x_lo, x_hi, lo, hi, run.options.alpha_steps, start + budget)
     _prove_disjuncts(run, layered, x_lo, x_hi, lo, hi)
     run.stats["time_alpha_crown"] = round(time.perf_counter() - start, 4)
     return _write_back(run, layered, bounds, lo, hi)
-
-
-def refine_share(options, layered: Layered) -> float:
-    """The share of the remaining time for refining layer bounds (see `refine_budget`); with
-    one ReLU layer there is nothing to refine, and `refine` returns at once."""
-    if options.refine_budget is not None:
-        return options.refine_budget
-    return 0.1 if layered.depth <= 2 else 0.8
-
-
-def refine_mode(layered: Layered) -> dict:
-    """How the refinement treats a neuron that a real point shows unstable (see refine.py).
-    On two ReLU layers only the second is refined, and the final search gains most from
-    neurons proven stable, so such a neuron is dropped and the specs progress alike: 256x2
-    prop_1 eps 0.03 is robust in 88 s that way and at -0.053 after 120 s with the deeper
-    nets' mode. Deeper, tightening the truly unstable neurons pays (refine.py's table): that is
-    refined_bounds' default, so nothing is passed."""
-    if layered.depth <= 2:
-        return {"order": "relative", "on_witness": "drop"}
-    return {}
 
 
 def refine(run, layered: Layered, bounds: Bounds, budget: float, workers: SpecWorkers | None = None) -> Bounds:
@@ -102,24 +73,27 @@ def refine(run, layered: Layered, bounds: Bounds, budget: float, workers: SpecWo
     layers = min(run.options.refine_layers, layered.depth - 1)
     if layers <= 0:
         return bounds
-    torch.set_num_threads(run.options.threads)
+    set_threads(run.options)
     start = time.perf_counter()
     end = start + budget
     x_lo, x_hi, lo, hi = _tensors(run, layered, bounds)
     per_layer = run.options.refine_first_pass
-    stall = refine_stall(run.options, layered)
+    stall = run.plan.refine_stall
     worst = -math.inf
     finished: dict = {}  # layers whose search closed every domain (see refined_bounds)
     while run.open() and time.perf_counter() < end:
+        began = time.perf_counter()
         per_layer = min(per_layer, (end - time.perf_counter()) / layers)
         lo, hi, stats = refined_bounds(layered, x_lo, x_hi, lo, hi, run.options.alpha_steps, per_layer,
-                                       layers, end, max_memory=memory_budget(run.options), finished=finished,
-                                       workers=workers, **refine_mode(layered))
+                                       layers, end, max_memory=run.plan.settings.max_memory, finished=finished,
+                                       workers=workers, **run.plan.refine_mode)
         for key, value in stats.items():
             run.stats[key] = round(run.stats.get(key, 0) + value, 4)
         if stats.get("refine_skipped", 0) >= layers:  # every refined layer finished: nothing left to gain
             break
         _prove_disjuncts(run, layered, x_lo, x_hi, lo, hi)
+        run.note("refinement pass", began, per_layer=per_layer, domains=stats.get("refine_domains", 0),
+                 skipped=stats.get("refine_skipped", 0))
         per_layer *= 2
         before, worst = worst, run.worst_open()
         if math.isfinite(before) and worst - before < stall * abs(before):
@@ -139,36 +113,13 @@ def spec_workers(options) -> SpecWorkers | None:
         return None
 
 
-def refine_stall(options, layered: Layered) -> float:
-    """Refinement stops after a pass that lifts the least open disjunct bound recorded so far
-    (which includes the earlier stages' bounds, so a pass that stays below the probe search's
-    bound counts as no gain) by less than this share of its magnitude, leaving its time to the
-    search (option `refine_stall`): None is 0.05 on chains of 3+ ReLU layers and 0 (never) on
-    two, whose short share is spent anyway."""
-    if options.refine_stall is not None:
-        return options.refine_stall
-    return 0.05 if layered.depth >= 3 else 0.0
-
-
-def uses_output_bounds(options, layered: Layered) -> bool:
-    """Whether the final search bounds each disjunct's domains with layer bounds under its own
-    negation (output_bounds.py): "auto" on chains of 3 or more ReLU layers, where refinement
-    has brought the disjuncts near 0 and the constraint bites (on two layers unmeasured, and
-    256x2 is already answered in full)."""
-    if options.output_bound_layers == 0 or options.output_bound_rounds == 0:
-        return False
-    if options.output_bounds == "auto":
-        return layered.depth >= 3
-    return options.output_bounds == "on"
-
-
 def constrain(run, layered: Layered, bounds: Bounds, disjuncts: list[int], budget: float) -> dict:
     """Per open disjunct, the layer bounds valid where it is not yet proven (its last
     `output_bound_layers` layers tightened in `output_bound_rounds` passes) within `budget`
     seconds; a disjunct they prove is recorded and left out. Returns {d: (lower, upper,
     constrained)}: a disjunct reached after the budget keeps the plain bounds (constrained
     False), whose search results need no capping (see `bab_search`)."""
-    torch.set_num_threads(run.options.threads)
+    set_threads(run.options)
     start = time.perf_counter()
     end = start + budget
     x_lo, x_hi, lo, hi = _tensors(run, layered, bounds)
@@ -193,25 +144,6 @@ def constrain(run, layered: Layered, bounds: Bounds, disjuncts: list[int], budge
     return out
 
 
-def bab_settings(options, layered: Layered) -> BabSettings:
-    """The search's settings; "auto" branching and unset steps depend on the depth (see options)."""
-    shallow = layered.depth == 1
-    branching = options.bab_branching if options.bab_branching != "auto" else ("gap" if shallow else "trial")
-    steps = options.bab_steps if options.bab_steps is not None else (4 if shallow else 12)
-    return BabSettings(batch=options.bab_batch, steps=steps, branching=branching, max_memory=memory_budget(options))
-
-
-def memory_budget(options) -> int:
-    """Bytes for one search's open domains (see `bab_memory`)."""
-    if options.bab_memory is not None:
-        return int(options.bab_memory * 1e9)
-    try:
-        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # not a POSIX system: assume 8 GB
-        physical = 8_000_000_000
-    return int(min(3e9, physical // 8))
-
-
 def bab_search(run, layered: Layered, bounds: Bounds, disjuncts: list[int], deadline: float,
                per_disjunct: dict | None = None, workers: SpecWorkers | None = None):
     """One branch and bound over all open disjuncts (their domains share the rounds). Returns
@@ -223,7 +155,7 @@ def bab_search(run, layered: Layered, bounds: Bounds, disjuncts: list[int], dead
     deadline = min(deadline, run.deadline)
     if time.perf_counter() > deadline:  # nothing to search with: the bounds stay as they are
         return None
-    torch.set_num_threads(run.options.threads)
+    set_threads(run.options)
     x_lo, x_hi, lo, hi = _tensors(run, layered, bounds)
     capped = set()
     if per_disjunct is not None:
@@ -240,7 +172,7 @@ def bab_search(run, layered: Layered, bounds: Bounds, disjuncts: list[int], dead
 
     start = time.perf_counter()
     specs = [layered.spec_rows(run.disjuncts[d].C, run.disjuncts[d].d) for d in disjuncts]
-    settings = bab_settings(run.options, layered)
+    settings = run.plan.settings
     out = search(workers, layered, specs, x_lo, x_hi, lo, hi, run.options.tolerance, deadline, confirm, settings)
     add_stats(run.stats, out.stats)  # over the stages
     run.stats["time_bab"] = round(run.stats.get("time_bab", 0) + time.perf_counter() - start, 4)

@@ -11,9 +11,7 @@ that onnxruntime confirms; everything else is `unknown` with the bounds reached.
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,88 +21,17 @@ from solvers.highs import HighsSolver
 from verifier.bounds.interval import interval_bounds, output_rows_lower
 from verifier.bounds.lp import lp_min, safe_lower_bound, tighten_with_lp
 from verifier.bounds.symbolic import backward_lower, symbolic_bounds
-from verifier.check import reference_logits
 from verifier.deadline import OutOfTime, check_model
 from verifier.encode.network import EncodedNetwork, encode_network
 from verifier.network.graph import Network
 from verifier.options import VerifyOptions
 from verifier.result import Result, Status
+from verifier.search import graph_stage
 from verifier.search.attack import pgd_attack
-from verifier.search.bab_stage import (alpha_crown, bab_search, chain_of, constrain, refine, refine_share,
-                                       spec_workers, use_bab, uses_output_bounds)
+from verifier.search.bab_stage import alpha_crown, bab_search, chain_of, constrain, refine, spec_workers
+from verifier.search.plan import make_plan
+from verifier.search.run_state import RunState
 from verifier.spec.property import Conjunction, InputRegion
-
-
-@dataclass
-class _Run:
-    net: Network
-    region: InputRegion
-    label: int | None
-    options: VerifyOptions
-    start: float
-    lower: np.ndarray  # proven lower bound on min over the region of each disjunct's slack
-    best_x: np.ndarray
-    best_value: float = np.inf  # min over disjuncts of the slack at best_x
-    stats: dict = field(default_factory=dict)
-
-    @property
-    def disjuncts(self) -> list[Conjunction]:
-        return self.region.disjuncts
-
-    @property
-    def deadline(self) -> float:
-        return self.start + self.options.timeout
-
-    def remaining(self) -> float:
-        return self.deadline - time.perf_counter()
-
-    def open(self) -> list[int]:
-        """Disjuncts not yet proven impossible (all of them in exact mode)."""
-        if self.options.exact:
-            return list(range(len(self.disjuncts)))
-        return [d for d in range(len(self.disjuncts)) if self.lower[d] <= self.options.tolerance]
-
-    def worst_open(self) -> float:
-        """The least recorded lower bound among the open disjuncts (inf once all are proven)."""
-        return min((float(self.lower[d]) for d in self.open()), default=math.inf)
-
-    def prove(self, d: int, bound: float) -> None:
-        self.lower[d] = max(self.lower[d], bound)
-
-    def slacks(self, y: np.ndarray) -> np.ndarray:
-        return np.array([c.slack(y)[0] for c in self.disjuncts])
-
-    def offer(self, x: np.ndarray) -> float:
-        """Record a point of the region; returns its least slack (float64 forward)."""
-        value = float(self.slacks(self.net.forward(x)).min())
-        if value < self.best_value:
-            self.best_value, self.best_x = value, x.copy()
-        return value
-
-    def confirm(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """(float32 input inside the box, its onnxruntime outputs) if they violate the property."""
-        box = self.region.box
-        x32 = box.clip_float32(x)
-        if not box.contains(x32):  # the box holds no float32 point here (e.g. eps = 0)
-            return None
-        y = reference_logits(self.net, x32)
-        if self.slacks(y).min() <= 0:
-            self.offer(x32.astype(np.float64))
-            return x32, y
-        return None
-
-    def result(self, status: Status, decided_by: str, evidence=None) -> Result:
-        ce, outputs = evidence if evidence is not None else (None, None)
-        upper = self.best_value
-        lower = min(float(self.lower.min()), upper)  # the minimum is at most any point's value
-        adversarial_label = None
-        if outputs is not None and self.label is not None:
-            others = np.delete(np.arange(outputs.size), self.label)
-            adversarial_label = int(others[np.argmax(outputs[others])])
-        self.stats["disjuncts_open"] = len(self.open())
-        return Result(status, self.label, int(self.stats.get("prediction", -1)), lower, upper, ce,
-                      adversarial_label, time.perf_counter() - self.start, decided_by, self.stats,
-                      counterexample_outputs=outputs)
 
 
 def _stack(disjuncts: list[Conjunction]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -143,7 +70,7 @@ def check_region(net: Network, region: InputRegion, x_ref: np.ndarray, options: 
     x_ref is a point of the box tried first (the sample itself for robustness)."""
     start = time.perf_counter()
     n = len(region.disjuncts)
-    run = _Run(net, region, label, options, start, np.full(n, -np.inf), x_ref.copy())
+    run = RunState(net, region, label, options, start, np.full(n, -np.inf), x_ref.copy())
     try:
         return _decide(run, x_ref)
     except OutOfTime:  # a stage that had nothing partial to give back (deadline.py)
@@ -152,7 +79,7 @@ def check_region(net: Network, region: InputRegion, x_ref: np.ndarray, options: 
         return run.result(Status.UNKNOWN, "timeout")
 
 
-def _decide(run: _Run, x_ref: np.ndarray) -> Result:
+def _decide(run: RunState, x_ref: np.ndarray) -> Result:
     """The stages of `check_region`, cheap to exact; each keeps to run.deadline."""
     net, region, options, start = run.net, run.region, run.options, run.start
     n = len(region.disjuncts)
@@ -183,19 +110,31 @@ def _decide(run: _Run, x_ref: np.ndarray) -> Result:
     order = sorted(run.open(), key=lambda d: attacked[d])
 
     layered = chain_of(run)
-    if layered is not None and run.open():
-        bounds = alpha_crown(run, layered, bounds, options.alpha_budget * run.remaining())
+    graph = graph_stage.graph_of(run) if layered is None and options.bab != "off" else None
+    kind = "chain" if layered is not None else "graph" if graph is not None else "none"
+    run.plan = plan = make_plan(options, kind, layered.depth if layered is not None else
+                                len(graph.splits) if graph is not None else 0)
+    engine = None  # the bound engine's state on graphs that are not dense chains
+    if plan.alpha_crown and run.open():
+        began = time.perf_counter()
+        if layered is not None:
+            bounds = alpha_crown(run, layered, bounds, options.alpha_budget * run.remaining())
+        else:
+            bounds, engine = graph_stage.alpha_crown(run, graph, bounds, options.alpha_budget * run.remaining())
         run.stats.update(_relu_stats(net, bounds, "alpha"))
+        run.note("alpha-CROWN", began)
         if not run.open():
             return run.result(Status.ROBUST, "bounds")
     enc = None  # the encoding of `bounds`, once made
-    if uses_lp_bounds(run, layered):
+    if plan.lp_bounds:
         enc = encode_network(net, bounds, deadline=run.deadline)
         _lp_bounds(run, enc, bounds, [d for d in order if d in run.open()])
     if not run.open():
         return run.result(Status.ROBUST, "lp")
-    if use_bab(run, layered):
+    if plan.bab and layered is not None:
         return _bab_stages(run, layered, bounds, order)
+    if plan.bab and engine is not None:
+        return _graph_bab(run, engine, order)
     if enc is None:
         enc = encode_network(net, bounds, deadline=run.deadline)
     if run.open() and options.lp_tightening and run.remaining() > 0:
@@ -212,23 +151,24 @@ def _decide(run: _Run, x_ref: np.ndarray) -> Result:
     return _mip_search(run, enc, bounds, [d for d in order if d in run.open()], attack.x)
 
 
-def uses_lp_bounds(run: _Run, layered) -> bool:
-    """Whether each open disjunct gets an LP bound over the whole network before the search.
-    Not on one hidden layer: optimised slopes reach the LP's bound already (the triangle
-    relaxation's dual), so the LPs would only repeat it; measured on RSL18a they took 15 s of
-    40. Not on chains of 3+ ReLU layers searched by branch and bound either: there the LP, on
-    the same layer bounds as alpha-CROWN, sits hundreds below 0 and cannot prove a disjunct,
-    yet took 51 s of 300 on mnistfc 256x6 prop_10 eps 0.05 (5.7 s per disjunct), time the
-    refinement needs; adding it before refinement had answered no more instances (58 of 90
-    at 60 s with or without it, RESULTS)."""
-    if layered is None:
-        return True
-    if layered.depth == 1:
-        return False
-    return not (use_bab(run, layered) and layered.depth >= 3)
+def _graph_bab(run: RunState, engine, order: list[int]) -> Result:
+    """Branch and bound on the bound graph with the time left (graph_stage.py)."""
+    workers = spec_workers(run.options)
+    began = time.perf_counter()
+    try:
+        evidence = graph_stage.bab_search(run, engine, [d for d in order if d in run.open()], run.deadline, workers)
+        run.note("graph search", began)
+    finally:
+        if workers is not None:
+            workers.close()
+    if evidence is not None:
+        return run.result(Status.ADVERSARIAL, "bab", evidence)
+    if not run.open():
+        return run.result(Status.ROBUST, "bab")
+    return run.result(Status.UNKNOWN, "timeout" if run.remaining() <= 0 else "bab")
 
 
-def _bab_stages(run: _Run, layered, bounds: dict, order: list[int]) -> Result:
+def _bab_stages(run: RunState, layered, bounds: dict, order: list[int]) -> Result:
     """Branch and bound for a short probe (easy instances end here), then refine the layer
     bounds by branch and bound over earlier layers and search again with the time left."""
     workers = spec_workers(run.options)
@@ -239,23 +179,27 @@ def _bab_stages(run: _Run, layered, bounds: dict, order: list[int]) -> Result:
             workers.close()
 
 
-def _bab_stage_run(run: _Run, layered, bounds: dict, order: list[int], workers) -> Result:
+def _bab_stage_run(run: RunState, layered, bounds: dict, order: list[int], workers) -> Result:
     options = run.options
     # One hidden layer: no earlier layer to refine, so a probe would only restart the search.
-    for stage in ("probe", "refined") if layered.depth > 1 else ("refined",):
+    for stage in ("probe", "refined") if run.plan.probe else ("refined",):
+        began = time.perf_counter()
         if stage == "refined":
-            bounds = refine(run, layered, bounds, refine_share(options, layered) * run.remaining(), workers)
+            bounds = refine(run, layered, bounds, run.plan.refine_share * run.remaining(), workers)
+            run.note("refinement", began)
             if not run.open():
                 return run.result(Status.ROBUST, "bounds")
         per_disjunct = None
-        if stage == "refined" and uses_output_bounds(options, layered):
+        if stage == "refined" and run.plan.output_bounds:
             per_disjunct = constrain(run, layered, bounds, [d for d in order if d in run.open()],
                                      options.output_bound_budget * run.remaining())
             if not run.open():
                 return run.result(Status.ROBUST, "bounds")
         share = options.bab_probe if stage == "probe" else 1.0
+        began = time.perf_counter()
         evidence = bab_search(run, layered, bounds, [d for d in order if d in run.open()],
                               time.perf_counter() + share * run.remaining(), per_disjunct, workers)
+        run.note(f"{stage} search", began)
         if evidence is not None:
             return run.result(Status.ADVERSARIAL, "bab", evidence)
         if not run.open():
@@ -267,7 +211,7 @@ class _Objectives:
     """The LP/MIP of one disjunct: single-row disjuncts share the network's model (only the
     objective changes); a multi-row one gets its own with t >= C_k y - d_k, minimising t."""
 
-    def __init__(self, run: _Run, enc: EncodedNetwork, bounds: dict, relax: bool) -> None:
+    def __init__(self, run: RunState, enc: EncodedNetwork, bounds: dict, relax: bool) -> None:
         self.run, self.enc, self.bounds, self.relax = run, enc, bounds, relax
         self.shared = None
 
@@ -293,7 +237,7 @@ class _Objectives:
         return make_solver(opts.solver, problem, threads=opts.threads, presolve=opts.mip_presolve)
 
 
-def _lp_bounds(run: _Run, enc: EncodedNetwork, bounds: dict, disjuncts: list[int]) -> None:
+def _lp_bounds(run: RunState, enc: EncodedNetwork, bounds: dict, disjuncts: list[int]) -> None:
     start = time.perf_counter()
     objectives = _Objectives(run, enc, bounds, relax=True)
     for d in disjuncts:
@@ -304,7 +248,7 @@ def _lp_bounds(run: _Run, enc: EncodedNetwork, bounds: dict, disjuncts: list[int
     run.stats["time_lp_bounds"] = round(run.stats.get("time_lp_bounds", 0) + time.perf_counter() - start, 4)
 
 
-def _mip_search(run: _Run, enc: EncodedNetwork, bounds: dict, disjuncts: list[int],
+def _mip_search(run: RunState, enc: EncodedNetwork, bounds: dict, disjuncts: list[int],
                 seed_x: np.ndarray) -> Result:
     """The exact search over the open disjuncts: one MIP each ("split", most threatening first)
     or one MIP choosing among them ("joint"); stop at the first confirmed violation."""
@@ -323,7 +267,7 @@ def _mip_search(run: _Run, enc: EncodedNetwork, bounds: dict, disjuncts: list[in
     return run.result(Status.UNKNOWN, "timeout" if run.remaining() <= 0 else "numerics")
 
 
-def _solve(run: _Run, solver, problem, c, offset: float, initial: np.ndarray, time_limit: float):
+def _solve(run: RunState, solver, problem, c, offset: float, initial: np.ndarray, time_limit: float):
     """One MIP solve with the early stops: cutoff (nothing below the tolerance) and target (an
     incumbent at or below 0). Returns the result and whether it finished (a proof)."""
     solver.set_objective(c)
@@ -340,7 +284,7 @@ def _solve(run: _Run, solver, problem, c, offset: float, initial: np.ndarray, ti
                                                       and np.isfinite(solve.cutoff))
 
 
-def _incumbent(run: _Run, enc: EncodedNetwork, res, d: int):
+def _incumbent(run: RunState, enc: EncodedNetwork, res, d: int):
     """Evidence from a MIP incumbent, after onnxruntime's (and if needed PGD's) say."""
     if res.x is None:
         return None
@@ -350,7 +294,7 @@ def _incumbent(run: _Run, enc: EncodedNetwork, res, d: int):
     return None
 
 
-def _split_mips(run: _Run, enc: EncodedNetwork, bounds: dict, disjuncts: list[int], seed_x: np.ndarray):
+def _split_mips(run: RunState, enc: EncodedNetwork, bounds: dict, disjuncts: list[int], seed_x: np.ndarray):
     objectives = _Objectives(run, enc, bounds, relax=False)
     seed = enc.assignment(run.net, seed_x)
     unresolved = list(disjuncts)
@@ -381,7 +325,7 @@ def _split_mips(run: _Run, enc: EncodedNetwork, bounds: dict, disjuncts: list[in
     return None
 
 
-def _joint_mip(run: _Run, enc: EncodedNetwork, bounds: dict, disjuncts: list[int], seed_x: np.ndarray):
+def _joint_mip(run: RunState, enc: EncodedNetwork, bounds: dict, disjuncts: list[int], seed_x: np.ndarray):
     net = run.net
     conjs = [run.disjuncts[d] for d in disjuncts]
     row_bounds = [_row_ranges(net, bounds, c) for c in conjs]
@@ -401,7 +345,7 @@ def _joint_mip(run: _Run, enc: EncodedNetwork, bounds: dict, disjuncts: list[int
     return _incumbent(run, enc, res, chosen)
 
 
-def _polish(run: _Run, x: np.ndarray, d: int):
+def _polish(run: RunState, x: np.ndarray, d: int):
     """A MIP point at slack ~0 may not survive float32: push it further with a short PGD."""
     attack = pgd_attack(run.net, run.region.box, x, [run.disjuncts[d]], restarts=1, steps=20,
                         seed=run.options.seed, deadline=run.deadline)

@@ -1,0 +1,114 @@
+"""The bound-engine stages of a region search on any graph the engine compiles (residual adds,
+convolutions kept as convolutions, pooling, LeakyReLU/Clip lowered to ReLUs): alpha-CROWN on
+every relaxed node's input and on each disjunct, then branch and bound over ReLU splits on the
+graph in place of the MIP. Dense ReLU chains keep their measured fast path (bab_stage.py).
+
+Bounds stay torch tensors on the run's device between these stages; the numpy bounds dict the
+LP/MIP stages read is written once, on the way out.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from verifier.bab.graph_problem import GraphTarget, spec_rows
+from verifier.bab.parallel import search
+from verifier.bab.search import add_stats
+from verifier.bounds.alpha import layer_bounds, optimise_alpha
+from verifier.bounds.graph import BoundGraph, compiled, resolve_device
+from verifier.bounds.walker import EXACT
+from verifier.search.threads import set_threads
+
+
+def graph_of(run) -> BoundGraph:
+    """The run's network compiled on its device (cached with the network)."""
+    return compiled(run.net, resolve_device(run.options.device), EXACT)
+
+
+class GraphBounds:
+    """The engine's view of a run's bounds: the box and every node's (1, n) bounds on the device."""
+
+    def __init__(self, run, graph: BoundGraph, bounds: dict) -> None:
+        self.graph = graph
+        dev = graph.device
+        box = run.region.box
+        self.x_lo = torch.as_tensor(box.lo, dtype=EXACT, device=dev)
+        self.x_hi = torch.as_tensor(box.hi, dtype=EXACT, device=dev)
+        self.known = {i: (torch.as_tensor(bounds[n.name][0], dtype=EXACT, device=dev).reshape(1, -1),
+                          torch.as_tensor(bounds[n.name][1], dtype=EXACT, device=dev).reshape(1, -1))
+                      for i, n in enumerate(graph.nodes) if i > 0 and n.name in bounds}
+
+    def boxes(self) -> list:
+        return self.graph.interval(self.x_lo, self.x_hi, self.known)
+
+    def numpy(self, bounds: dict) -> dict:
+        """The bounds dict with every node's bounds intersected with the engine's."""
+        out = dict(bounds)
+        for i, (lo, hi) in enumerate(self.boxes()):
+            name = self.graph.nodes[i].name
+            lo, hi = lo[0].cpu().numpy(), hi[0].cpu().numpy()
+            if name in out:
+                lo, hi = np.maximum(lo, out[name][0]), np.minimum(hi, out[name][1])
+            out[name] = (lo, hi)
+        return out
+
+
+def _disjunct_rows(run, graph: BoundGraph, d: int):
+    rows, const = spec_rows(graph, run.disjuncts[d].C, run.disjuncts[d].d)
+    return rows.to(graph.device), const.to(graph.device)
+
+
+def alpha_crown(run, graph: BoundGraph, bounds: dict, budget: float) -> tuple[dict, GraphBounds]:
+    """Tighten every relaxed node's input bounds and each open disjunct's lower bound with
+    alpha-CROWN within `budget` seconds; returns the numpy bounds dict (tightened) and the
+    engine's bounds for the stages that follow."""
+    set_threads(run.options)
+    start = time.perf_counter()
+    end = min(run.deadline, start + budget)
+    state = GraphBounds(run, graph, bounds)
+    state.known = layer_bounds(graph, state.x_lo, state.x_hi, state.known, run.options.alpha_steps, end)
+    boxes = dict(enumerate(state.boxes()))
+    for d in run.open():
+        rows, const = _disjunct_rows(run, graph, d)
+        value = optimise_alpha(graph, graph.output, rows[None], const[None], state.x_lo, state.x_hi, boxes,
+                               run.options.alpha_steps, deadline=run.deadline)
+        run.prove(d, float(value.max()))
+    run.stats["time_alpha_crown"] = round(time.perf_counter() - start, 4)
+    return state.numpy(bounds), state
+
+
+def bab_search(run, state: GraphBounds, disjuncts: list[int], deadline: float, workers=None):
+    """One branch and bound on the graph over the open disjuncts (their domains share the
+    rounds). Returns the evidence of a violation or None; proven bounds go to the run."""
+    deadline = min(deadline, run.deadline)
+    if time.perf_counter() > deadline or not disjuncts:
+        return None
+    set_threads(run.options)
+    graph = state.graph
+    boxes = state.boxes()
+    target = GraphTarget(graph, graph.output, {i: b for i, b in enumerate(boxes) if b is not None})
+    pres = [graph.pre(s) for s in target.splits]
+    evidence: list = []
+
+    def confirm(x) -> bool:
+        found = run.confirm(np.asarray(x.cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64))
+        if found is not None:
+            evidence.append(found)
+        return found is not None
+
+    start = time.perf_counter()
+    specs = [_disjunct_rows(run, graph, d) for d in disjuncts]
+    settings = run.plan.settings
+    out = search(workers, target, specs, state.x_lo, state.x_hi, [boxes[p][0] for p in pres],
+                 [boxes[p][1] for p in pres], run.options.tolerance, deadline, confirm, settings)
+    add_stats(run.stats, out.stats)
+    run.stats["bab_engine"] = "graph"
+    run.stats["time_bab"] = round(run.stats.get("time_bab", 0) + time.perf_counter() - start, 4)
+    if out.status == "counterexample":
+        return evidence[0] if evidence else None
+    for d, value in zip(disjuncts, out.lower):
+        run.prove(d, value)
+    return None

@@ -1,0 +1,123 @@
+"""What a region search will do, decided once: the options' "auto" and None settings resolved
+against the network into a typed plan of stages. Every rule that depends on the network's shape
+lives here; the stages read the plan and never decide again. (The measurements behind each rule
+are in benchmarks/RESULTS.md.)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from verifier.bab.search import BabSettings
+from verifier.options import VerifyOptions
+
+
+@dataclass(frozen=True)
+class Plan:
+    #: "chain": the dense ReLU chain engine (bab/layered.py; the measured fast path on MLPs);
+    #: "graph": the bound engine over the whole graph (graph_stage.py); "none": intervals,
+    #: symbolic bounds, LP and MIP only (option bab="off").
+    engine: str
+    depth: int  # ReLU layers (chain) or split nodes (graph) the searches may split
+    alpha_crown: bool  # alpha-CROWN on every layer's bounds and on each disjunct
+    lp_bounds: bool  # an LP bound per open disjunct over the whole network before the search
+    bab: bool  # branch and bound in place of the MIP
+    probe: bool  # a short search before the refinement (easy instances end there)
+    refine_share: float  # share of the remaining time for refining layer bounds
+    refine_mode: dict = field(default_factory=dict)  # order / on_witness of the refinement searches
+    refine_stall: float = 0.0  # a pass gaining less than this share of the worst bound ends it
+    output_bounds: bool = False  # layer bounds under each disjunct's negation for the final search
+    settings: BabSettings = field(default_factory=BabSettings)
+
+
+def make_plan(options: VerifyOptions, engine: str, depth: int) -> Plan:
+    """The plan for a network whose engine is `engine` with `depth` split layers."""
+    if engine == "none" or options.exact:  # exact minima need the MIP
+        bab = False
+    elif engine == "graph":
+        bab = True
+    else:  # measured on chains: see options.bab_min_depth
+        bab = depth > 0 and (options.bab == "on" or depth >= options.bab_min_depth)
+    return Plan(engine=engine, depth=depth, alpha_crown=engine != "none", lp_bounds=_lp_bounds(engine, depth, bab),
+                bab=bab, probe=engine == "chain" and depth > 1, refine_share=_refine_share(options, depth),
+                refine_mode=_refine_mode(depth), refine_stall=_refine_stall(options, depth),
+                output_bounds=engine == "chain" and _output_bounds(options, depth),
+                settings=bab_settings(options, depth))
+
+
+def _lp_bounds(engine: str, depth: int, bab: bool) -> bool:
+    """Whether each open disjunct gets an LP bound over the whole network before the search.
+    Not on one hidden layer: optimised slopes reach the LP's bound already (the triangle
+    relaxation's dual), so the LPs would only repeat it; measured on RSL18a they took 15 s of
+    40. Not on chains of 3+ ReLU layers searched by branch and bound either: there the LP, on
+    the same layer bounds as alpha-CROWN, sits hundreds below 0 and cannot prove a disjunct,
+    yet took 51 s of 300 on mnistfc 256x6 prop_10 eps 0.05; adding it before refinement had
+    answered no more instances. Not before a graph search (on CNNs the whole-network LP has
+    millions of nonzeros: resnet_4b's 11.5M)."""
+    if engine == "none":
+        return True
+    if engine == "graph":
+        return not bab
+    if depth == 1:
+        return False
+    return not (bab and depth >= 3)
+
+
+def _refine_share(options: VerifyOptions, depth: int) -> float:
+    """The share of the remaining time for refining layer bounds: with one ReLU layer there is
+    nothing to refine; 0.1 on two, 0.8 deeper (option `refine_budget`)."""
+    if options.refine_budget is not None:
+        return options.refine_budget
+    return 0.1 if depth <= 2 else 0.8
+
+
+def _refine_mode(depth: int) -> dict:
+    """How the refinement treats a neuron that a real point shows unstable (bab/refine.py). On
+    two ReLU layers only the second is refined, and the final search gains most from neurons
+    proven stable, so such a neuron is dropped and the specs progress alike; deeper, tightening
+    the truly unstable neurons pays (refined_bounds' default)."""
+    if depth <= 2:
+        return {"order": "relative", "on_witness": "drop"}
+    return {}
+
+
+def _refine_stall(options: VerifyOptions, depth: int) -> float:
+    """Option `refine_stall`; None is 0.05 on chains of 3+ ReLU layers and 0 (never) on two,
+    whose short share is spent anyway."""
+    if options.refine_stall is not None:
+        return options.refine_stall
+    return 0.05 if depth >= 3 else 0.0
+
+
+def _output_bounds(options: VerifyOptions, depth: int) -> bool:
+    """Whether the final search bounds each disjunct's domains with layer bounds under its own
+    negation: "auto" on chains of 3 or more ReLU layers, where refinement has brought the
+    disjuncts near 0 and the constraint bites."""
+    if options.output_bound_layers == 0 or options.output_bound_rounds == 0:
+        return False
+    if options.output_bounds == "auto":
+        return depth >= 3
+    return options.output_bounds == "on"
+
+
+def bab_settings(options: VerifyOptions, depth: int) -> BabSettings:
+    """The search's settings; "auto" branching and unset steps depend on the depth: on one
+    split layer cheap rounds win (gap branching, 4 steps), deeper the better splits (trial
+    branching, 12 steps)."""
+    shallow = depth <= 1
+    branching = options.bab_branching if options.bab_branching != "auto" else ("gap" if shallow else "trial")
+    steps = options.bab_steps if options.bab_steps is not None else (4 if shallow else 12)
+    return BabSettings(batch=options.bab_batch, steps=steps, branching=branching, max_memory=memory_budget(options))
+
+
+def memory_budget(options: VerifyOptions) -> int:
+    """Bytes for one search's open domains (option `bab_memory`; None: 3 GB, or an eighth of the
+    machine's memory if that is less)."""
+    if options.bab_memory is not None:
+        return int(options.bab_memory * 1e9)
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: assume 8 GB
+        physical = 8_000_000_000
+    return int(min(3e9, physical // 8))
