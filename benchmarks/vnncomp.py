@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import argparse
 import csv
+import multiprocessing
 import os
+import resource
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-FIELDS = ["network", "property", "timeout", "result", "time", "decided_by", "margin_lower", "margin_upper"]
+FIELDS = ["network", "property", "timeout", "result", "time", "decided_by", "margin_lower", "margin_upper",
+          "engine", "bab_domains", "peak_mb"]
 
 
 def run_instance(bench: str, network: str, prop: str, timeout: float, settings: dict) -> dict:
@@ -32,12 +35,13 @@ def run_instance(bench: str, network: str, prop: str, timeout: float, settings: 
     from verifier.vnncomp import result_word
 
     start = time.perf_counter()
+    stats: dict = {}
     try:
         net = verifier.load(Path(bench) / network)
         spec = verifier.Property.from_vnnlib(Path(bench) / prop)
         r = verifier.check(net, spec, timeout=max(timeout - (time.perf_counter() - start), 1e-3),
                            options=verifier.VerifyOptions(**settings))
-        word, by, lo, hi = result_word(r), r.decided_by, r.margin_lower, r.margin_upper
+        word, by, lo, hi, stats = result_word(r), r.decided_by, r.margin_lower, r.margin_upper, r.stats
     except verifier.VerifierError as e:
         word, by, lo, hi = "error", str(e), float("nan"), float("nan")
     except Exception as e:  # a bug costs this instance (an `error` row), never the run
@@ -45,7 +49,10 @@ def run_instance(bench: str, network: str, prop: str, timeout: float, settings: 
         by = f"internal error: {one_line(e)}"
     return {"network": network, "property": prop, "timeout": timeout, "result": word,
             "time": round(time.perf_counter() - start, 3), "decided_by": by,
-            "margin_lower": lo, "margin_upper": hi}
+            "margin_lower": lo, "margin_upper": hi, "engine": stats.get("engine", ""),
+            "bab_domains": stats.get("bab_domains", 0),
+            # peak resident memory of this process, which ran this instance alone (see run_pool)
+            "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
 def run_pool(bench: str, todo: list, workers: int, settings: dict, record) -> list:
@@ -54,7 +61,10 @@ def run_pool(bench: str, todo: list, workers: int, settings: dict, record) -> li
     died (killed, or out of memory), which breaks the whole pool."""
     finished = set()
     try:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        # One process per instance (spawned: max_tasks_per_child needs it), so that its peak
+        # memory is the instance's own; the import it repeats is not in the instance's time.
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                 max_tasks_per_child=1) as pool:
             futures = {pool.submit(run_instance, bench, n, q, t, settings): (n, q, t) for n, q, t in todo}
             for fut in as_completed(futures):
                 try:

@@ -105,7 +105,6 @@ def bab_search(run, state: GraphBounds, disjuncts: list[int], deadline: float, w
     out = search(workers, target, specs, state.x_lo, state.x_hi, [boxes[p][0] for p in pres],
                  [boxes[p][1] for p in pres], run.options.tolerance, deadline, confirm, settings)
     add_stats(run.stats, out.stats)
-    run.stats["bab_engine"] = "graph"
     run.stats["time_bab"] = round(run.stats.get("time_bab", 0) + time.perf_counter() - start, 4)
     if out.status == "counterexample":
         return evidence[0] if evidence else None

@@ -114,6 +114,7 @@ def _decide(run: RunState, x_ref: np.ndarray) -> Result:
     kind = "chain" if layered is not None else "graph" if graph is not None else "none"
     run.plan = plan = make_plan(options, kind, layered.depth if layered is not None else
                                 len(graph.splits) if graph is not None else 0)
+    run.stats["engine"] = plan.engine
     engine = None  # the bound engine's state on graphs that are not dense chains
     if plan.alpha_crown and run.open():
         began = time.perf_counter()
