@@ -13,7 +13,7 @@ from verifier.network.graph import Network
 
 
 def _session(net: Network):
-    session = net.info.get("_ort_session")
+    session = net.cache.get("ort_session")
     if session is None:
         import onnxruntime as ort
 
@@ -25,7 +25,7 @@ def _session(net: Network):
         except Exception as e:  # onnxruntime raises its own exception types
             raise ModelError(f"{net.name}: onnxruntime cannot run this model, so counterexamples "
                              f"cannot be re-checked ({first_line(e)})") from None
-        net.info["_ort_session"] = session
+        net.cache["ort_session"] = session
     return session
 
 

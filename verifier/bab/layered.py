@@ -111,7 +111,7 @@ def as_layered(net: Network, deadline: float = math.inf) -> Layered | None:
     """The chain form of `net`, or None if it is not Affine -> ReLU -> ... -> Affine, or if
     `deadline` passes while its dense matrices are made (then nothing is cached, so a later
     call with more time may still build it)."""
-    cached = net.info.get("layered", False)
+    cached = net.cache.get("layered", False)
     if cached is not False:
         return cached
     affine = _chain_affines(net)
@@ -120,7 +120,7 @@ def as_layered(net: Network, deadline: float = math.inf) -> Layered | None:
         layered = _densify(net, affine, deadline)
         if layered is _OUT_OF_TIME:
             return None
-    net.info["layered"] = layered
+    net.cache["layered"] = layered
     return layered
 
 

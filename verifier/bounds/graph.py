@@ -116,10 +116,10 @@ class BoundGraph:
 
 
 def compiled(net: Network, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64) -> BoundGraph:
-    """The Network's bound graph on `device` in `dtype`, made once and kept in net.info."""
+    """The Network's bound graph on `device` in `dtype`, made once and kept in net.cache."""
     device = torch.device(device)
     key = ("bound_graph", str(device), dtype)
-    graph = net.info.get(key)
+    graph = net.cache.get(key)
     if graph is None:
-        graph = net.info[key] = BoundGraph(net, device, dtype)
+        graph = net.cache[key] = BoundGraph(net, device, dtype)
     return graph

@@ -25,6 +25,15 @@ class Network:
     onnx_input_shape: tuple[int, ...] = ()  # full ONNX input shape, batch included
     name: str = "network"
     info: dict = field(default_factory=dict)
+    #: Objects derived from the network and kept with it (an onnxruntime session, the dense
+    #: chain, compiled bound graphs); never pickled: a process that receives the network
+    #: makes its own.
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["cache"] = {}
+        return state
 
     @cached_property
     def order(self) -> list[str]:
