@@ -20,6 +20,7 @@ import torch
 
 from verifier.network.graph import Network
 from verifier.ops.affine import Affine
+from verifier.ops.linear import LinearMap
 from verifier.ops.relu import Relu
 
 #: Dense copies of sparse weights above this many entries are refused (memory).
@@ -99,10 +100,12 @@ class Layered:
         return c @ self.weights[-1], c @ self.biases[-1] - torch.as_tensor(np.asarray(offsets, dtype=np.float64))
 
 
-def _dense(matrix) -> torch.Tensor | None:
-    rows, cols = matrix.shape
+def _dense(weight: LinearMap) -> torch.Tensor | None:
+    """W as a dense float64 tensor, or None if too large (checked before any matrix is built)."""
+    rows, cols = weight.shape
     if rows * cols > MAX_DENSE_ENTRIES:
         return None
+    matrix = weight.matrix
     array = matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix)
     return torch.as_tensor(np.asarray(array, dtype=np.float64))
 

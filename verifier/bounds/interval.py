@@ -34,7 +34,7 @@ def output_rows_lower(net: Network, bounds: Bounds, rows: np.ndarray) -> np.ndar
     rows = np.atleast_2d(np.asarray(rows, dtype=np.float64))
     op = net.op(net.output_node)
     if isinstance(op, Affine) and len(op.inputs) == 1:
-        w = op.weights[0]
+        w = op.weights[0].matrix
         combined = Affine(list(op.inputs), [np.asarray(sp.csr_matrix(w).T @ rows.T).T], rows @ op.bias)
         return combined.interval([bounds[op.inputs[0]]])[0]
     lo, hi = bounds[net.output_node]

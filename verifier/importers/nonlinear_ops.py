@@ -12,10 +12,10 @@ intervals stay exact because each chain is monotone.
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
 
 from verifier.importers.tracing import Sym, Tracer, const_arg, image_of, pooling_windows
 from verifier.ops import Maximum, Relu
+from verifier.ops.linear import DiagonalMap
 
 
 def _relu(t: Tracer, args, attrs):
@@ -28,7 +28,7 @@ def _relu(t: Tracer, args, attrs):
 def _shifted(t: Tracer, x: Sym, scale: float, shift) -> Sym:
     """scale * x + shift as an Affine node (shift broadcast to x's shape)."""
     bias = np.broadcast_to(np.asarray(shift, dtype=np.float64), x.shape).ravel()
-    return t.affine(x, scale * sp.identity(x.size, format="csr"), bias, x.shape)
+    return t.affine(x, DiagonalMap(np.full(x.size, float(scale))), bias, x.shape)
 
 
 def _leaky_relu(t: Tracer, args, attrs):
@@ -36,8 +36,8 @@ def _leaky_relu(t: Tracer, args, attrs):
     if not isinstance(x, Sym):
         return [np.where(x >= 0, x, alpha * x)]
     relu = t.add(Relu([x.node]), x.shape)
-    eye = sp.identity(x.size, format="csr")
-    return [t.affine([x, relu], [alpha * eye, (1.0 - alpha) * eye], None, x.shape)]
+    return [t.affine([x, relu], [DiagonalMap(np.full(x.size, alpha)), DiagonalMap(np.full(x.size, 1.0 - alpha))],
+                     None, x.shape)]
 
 
 def _clip_bound(t: Tracer, args, attrs, position: int, key: str):

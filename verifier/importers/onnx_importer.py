@@ -13,7 +13,6 @@ import os
 
 import numpy as np
 import onnx
-import scipy.sparse as sp
 from onnx import helper, numpy_helper
 
 from verifier.errors import ModelError
@@ -25,6 +24,7 @@ from verifier.importers.tracing import (INPUT_NODE, Sym, Tracer, attrs_of, const
                                         shape_of, window_pads)
 from verifier.network.graph import Network
 from verifier.network.simplify import fold_affine_chains
+from verifier.ops.linear import ConvMap, DiagonalMap
 
 # ---- handlers: (tracer, args, attrs) -> list of outputs -------------------------------------
 
@@ -121,7 +121,7 @@ def _scale_shift(t, x, scale, shift):
     if isinstance(x, Sym):
         if scale == 1.0 and shift is None:
             return x
-        return t.affine(x, scale * sp.identity(x.size, format="csr"), shift, x.shape)
+        return t.affine(x, DiagonalMap(np.full(x.size, float(scale))), shift, x.shape)
     return x * scale
 
 
@@ -156,8 +156,8 @@ def _binary(t, args, op_type):
             raise t.fail("the product or quotient of two input-dependent tensors is not piecewise linear")
         if x.shape != y.shape:
             raise t.fail(f"broadcasting between input-dependent tensors {x.shape} and {y.shape} is not supported")
-        eye = sp.identity(x.size, format="csr")
-        return t.affine([x, y], [eye, eye if op_type == "Add" else -eye], None, x.shape)
+        ones = np.ones(x.size)
+        return t.affine([x, y], [DiagonalMap(ones), DiagonalMap(ones if op_type == "Add" else -ones)], None, x.shape)
     sym, const, sym_first = (x, y, True) if isinstance(x, Sym) else (y, x, False)
     const = np.asarray(const, dtype=np.float64)
     try:
@@ -167,18 +167,18 @@ def _binary(t, args, op_type):
     if tuple(full) != sym.shape:
         raise t.fail(f"a constant of shape {const.shape} would enlarge input-dependent {sym.shape}")
     c = np.broadcast_to(const, sym.shape).ravel()
-    eye = sp.identity(sym.size, format="csr")
+    eye, minus = DiagonalMap(np.ones(sym.size)), DiagonalMap(-np.ones(sym.size))
     if op_type == "Add":
         return t.affine(sym, eye, c, sym.shape)
     if op_type == "Sub":
-        return t.affine(sym, eye, -c, sym.shape) if sym_first else t.affine(sym, -eye, c, sym.shape)
+        return t.affine(sym, eye, -c, sym.shape) if sym_first else t.affine(sym, minus, c, sym.shape)
     if op_type == "Mul":
-        return t.affine(sym, lm.diagonal(c), None, sym.shape)
+        return t.affine(sym, DiagonalMap(c), None, sym.shape)
     if not sym_first:
         raise t.fail("dividing by an input-dependent tensor is not piecewise linear")
     if np.any(c == 0):
         raise t.fail("division by zero in a constant divisor")
-    return t.affine(sym, lm.diagonal(1.0 / c), None, sym.shape)
+    return t.affine(sym, DiagonalMap(1.0 / c), None, sym.shape)
 
 
 def _neg(t, args, attrs):
@@ -199,9 +199,13 @@ def _conv(t, args, attrs):
     if channels != weight.shape[1] * group or weight.shape[0] % group:
         raise t.fail(f"weight {weight.shape} does not fit input {x.shape} with group={group}")
     pads = window_pads(t, attrs, (height, width), (kh, kw), strides, dilations)
-    matrix, (m, oh, ow) = lm.conv2d((channels, height, width), weight, strides, pads, dilations, group)
+    try:
+        conv = ConvMap(weight, (channels, height, width), strides, pads, dilations, group)
+    except ValueError as e:
+        raise t.fail(str(e)) from None
+    m, oh, ow = conv.out_shape
     b = None if bias is None else np.repeat(np.asarray(bias, dtype=np.float64), oh * ow)
-    return [t.affine(x, matrix, b, (1, m, oh, ow))]
+    return [t.affine(x, conv, b, (1, m, oh, ow))]
 
 
 def _batchnorm(t, args, attrs):
@@ -214,7 +218,7 @@ def _batchnorm(t, args, attrs):
         shape = (1, -1) + (1,) * (np.ndim(x) - 2)
         return [x * gain.reshape(shape) + offset.reshape(shape)]
     spatial = int(np.prod(x.shape[2:])) if len(x.shape) > 2 else 1
-    return [t.affine(x, lm.diagonal(np.repeat(gain, spatial)), np.repeat(offset, spatial), x.shape)]
+    return [t.affine(x, DiagonalMap(np.repeat(gain, spatial)), np.repeat(offset, spatial), x.shape)]
 
 
 def _shape(t, args, attrs):

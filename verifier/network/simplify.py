@@ -2,32 +2,26 @@
 
 Normalisation layers, BatchNorm, permutations and Gemm chains without a ReLU between them are
 one affine map; folding them shrinks the MILP and tightens interval bounds (interval arithmetic
-through two maps is looser than through their product). A fold that would densify a sparse map
-(conv followed by conv) is skipped.
+through two maps is looser than through their product). The maps compose by
+`verifier.ops.linear.compose`: scales fold into convolutions, which stay convolutions; a fold
+that would densify a sparse map (conv followed by conv) is skipped.
 """
 
 from __future__ import annotations
 
 import networkx as nx
-import scipy.sparse as sp
 
 from verifier.ops.affine import Affine
-
-
-def _nnz(w) -> int:
-    return w.nnz if sp.issparse(w) else w.size
+from verifier.ops.linear import compose
 
 
 def _compose(outer: Affine, inner: Affine) -> Affine | None:
-    """outer(inner(x)) as one Affine, or None if the product is denser than both factors."""
-    w_out, w_in = outer.weights[0], inner.weights[0]
-    product = w_out @ w_in
-    if sp.issparse(product):
-        product = product.tocsr()
-        product.eliminate_zeros()
-    if _nnz(product) > _nnz(w_out) + _nnz(w_in):
+    """outer(inner(x)) as one Affine, or None if its map is not worth folding (see compose)."""
+    w_out = outer.weights[0]
+    product = compose(w_out, inner.weights[0])
+    if product is None:
         return None
-    bias = outer.bias + (w_out @ inner.bias)
+    bias = outer.bias + w_out.apply(inner.bias[None])[0]
     return Affine(list(inner.inputs), [product], bias, inner.origin + outer.origin)
 
 

@@ -1,8 +1,9 @@
 """Affine maps on flat vectors: z = sum_k W_k x_k + b.
 
 Every linear ONNX op (Gemm, MatMul, Conv, BatchNorm, normalisation, Transpose, residual Add)
-lowers to this one op, so bounds and encodings are written once. Weights are scipy CSR matrices
-when sparse (convolutions, permutations) and dense arrays otherwise.
+lowers to this one op, so bounds and encodings are written once. Each W_k is a `LinearMap`
+(verifier/ops/linear.py) that keeps its structure (convolution, diagonal, matrix) for the torch
+engine; the numpy methods here use its matrix (dense or CSR by fill) or its own products.
 """
 
 from __future__ import annotations
@@ -16,49 +17,25 @@ import torch
 
 from verifier.encode.builder import Handle, MilpBuilder
 from verifier.ops.contract import Backward, StepContext
-
-Matrix = np.ndarray | sp.csr_matrix
-
-#: Above this fill ratio a sparse weight matrix is stored dense (faster products).
-DENSE_FILL = 0.25
-
-
-def as_weight(matrix: Matrix) -> Matrix:
-    """Store `matrix` dense or CSR, whichever suits its fill ratio."""
-    rows, cols = matrix.shape
-    nnz = matrix.nnz if sp.issparse(matrix) else np.count_nonzero(matrix)
-    if nnz > DENSE_FILL * rows * cols:
-        return matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix, dtype=np.float64)
-    return sp.csr_matrix(matrix, dtype=np.float64)
-
-
-def matmul_rows(x: np.ndarray, weight: Matrix) -> np.ndarray:
-    """x @ weight.T for a batch of row vectors x (B, n), with weight dense or sparse."""
-    if sp.issparse(weight):
-        return np.asarray((weight @ x.T).T)
-    return x @ weight.T
-
-
-def abs_weight(weight: Matrix) -> Matrix:
-    return abs(weight) if sp.issparse(weight) else np.abs(weight)
+from verifier.ops.linear import DENSE_FILL, LinearMap, MatrixMap, matmul_rows
 
 
 @dataclass
 class Affine:
-    """z = sum_k weights[k] @ x_k + bias, one weight matrix per input node."""
+    """z = sum_k weights[k] @ x_k + bias, one linear map per input node (raw matrices given
+    here, dense or sparse, are wrapped in MatrixMap)."""
 
     inputs: list[str]
-    weights: list[Matrix]
+    weights: list[LinearMap]
     bias: np.ndarray
     origin: list[str] = field(default_factory=list)  # ONNX nodes folded into this one
 
     def __post_init__(self) -> None:
         self.bias = np.asarray(self.bias, dtype=np.float64).ravel()
-        self.weights = [as_weight(w) for w in self.weights]
-        self._abs = [abs_weight(w) for w in self.weights]
+        self.weights = [w if isinstance(w, LinearMap) else MatrixMap(w) for w in self.weights]
         for w in self.weights:
-            if w.shape[0] != self.bias.size:
-                raise ValueError(f"weight rows {w.shape[0]} != bias size {self.bias.size}")
+            if w.n_out != self.bias.size:
+                raise ValueError(f"weight rows {w.n_out} != bias size {self.bias.size}")
 
     @property
     def size(self) -> int:
@@ -67,20 +44,20 @@ class Affine:
     def forward(self, xs: list[np.ndarray]) -> np.ndarray:
         out = np.broadcast_to(self.bias, (xs[0].shape[0], self.size)).copy()
         for w, x in zip(self.weights, xs):
-            out += matmul_rows(x, w)
+            out += w.apply(x)
         return out
 
     def compile(self, device: torch.device, dtype: torch.dtype, sizes: list[int]) -> "AffineBound":
         return AffineBound(self, device, dtype)
 
     def vjp(self, grad: np.ndarray, xs: list[np.ndarray]) -> list[np.ndarray]:
-        return [np.asarray((w.T @ grad.T).T) if sp.issparse(w) else grad @ w for w in self.weights]
+        return [w.apply_t(grad) for w in self.weights]
 
     def backward_lower(self, lam, bounds):
         """Back-substitution: lam @ z = sum_k (lam @ W_k) @ x_k + lam @ b (exact)."""
         parts = []
         for w in self.weights:
-            part = lam @ w
+            part = lam @ w.matrix
             if sp.issparse(part) and part.nnz > DENSE_FILL * part.shape[0] * part.shape[1]:
                 part = part.toarray()
             parts.append(part)
@@ -92,11 +69,11 @@ class Affine:
         radius = np.zeros(self.size)
         magnitude = np.abs(self.bias)
         fan_in = 0
-        for w, w_abs, (lo, hi) in zip(self.weights, self._abs, bounds):
+        for w, (lo, hi) in zip(self.weights, bounds):
             c = (lo + hi) / 2.0
             r = (hi - lo) / 2.0
-            centre += matmul_rows(c[None, :], w)[0]
-            both = matmul_rows(np.stack([r, np.abs(c) + r]), w_abs)
+            centre += w.apply(c[None, :])[0]
+            both = matmul_rows(np.stack([r, np.abs(c) + r]), w.abs_matrix)
             radius += both[0]
             magnitude += both[1]
             fan_in += lo.size
@@ -110,8 +87,8 @@ class Affine:
         const = self.bias.copy()
         expr = sp.csr_matrix((self.size, builder.num_cols))
         for w, h in zip(self.weights, handles):
-            const += matmul_rows(h.const[None, :], w)[0]
-            expr = expr + sp.csr_matrix(w) @ h.widened(builder.num_cols)
+            const += w.apply(h.const[None, :])[0]
+            expr = expr + sp.csr_matrix(w.matrix) @ h.widened(builder.num_cols)
         return Handle(sp.csr_matrix(expr), const)
 
 
