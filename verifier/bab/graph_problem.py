@@ -117,12 +117,13 @@ class GraphProblem:
         zeros = lambda s: torch.zeros(rows.shape[:2] + (graph.nodes[s].size,), dtype=rows.dtype, device=rows.device)  # noqa: E731
         return Bound(out.value, out.lam0, [out.mus[s] if s in out.mus else zeros(s) for s in self.splits])
 
-    def pass_seconds(self, domains: int, grad: bool = False) -> float:
+    def pass_seconds(self, domains: int, grad: bool = False, dtype: torch.dtype | None = None) -> float:
         """Expected seconds of one bound pass over `domains` domains: float64 (as the last one
-        took, once one has run), or with `grad` a float32 optimisation step."""
-        if not grad and self.exact_per_domain is not None:
+        took, once one has run), with `grad` a float32 optimisation step, or in `dtype`."""
+        dtype = dtype or (FAST if grad else EXACT)
+        if not grad and dtype == EXACT and self.exact_per_domain is not None:
             return domains * self.exact_per_domain
-        return pass_seconds(self.graph, self.start, domains * self.m, FAST if grad else EXACT, grad)
+        return pass_seconds(self.graph, self.start, domains * self.m, dtype, grad)
 
     def default_alphas(self, spec_ids: torch.Tensor) -> list[torch.Tensor]:
         lower, upper = [l[spec_ids] for l in self.lower], [u[spec_ids] for u in self.upper]

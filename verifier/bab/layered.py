@@ -1,10 +1,10 @@
-"""A feed-forward chain view of a Network, as dense float64 torch tensors, for batched bounds.
+"""A dense chain view of a Network: the fast path for MLPs, as dense float64 torch tensors.
 
-Branch and bound evaluates bounds for hundreds of subproblems at once; that is a batch of
-matrix products through the layers, which torch does well. It needs the network as
-z_k = W_k h_{k-1} + b_k, h_k = relu(z_k), output = z_L — the shape of every MLP and of CNNs
-once their convolutions are written as (dense) matrices. Other graphs (residual adds, a ReLU
-feeding a ReLU) get None and stay with the MILP.
+For z_k = W_k h_{k-1} + b_k, h_k = relu(z_k), output = z_L with plain matrices (every MLP)
+branch and bound runs on this copy (chain_problem.py): it can drop the neurons that are dead
+over the whole box from every matrix, and its refinement and output-constraint stages are
+written for it. Every other network (convolutions, residual adds, pooling, a ReLU feeding a
+ReLU) gets None and runs on the bound engine over the graph (verifier/bounds/graph.py).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 
 from verifier.network.graph import Network
 from verifier.ops.affine import Affine
+from verifier.ops.linear import MatrixMap
 from verifier.ops.linear import LinearMap
 from verifier.ops.relu import Relu
 
@@ -131,9 +132,11 @@ _OUT_OF_TIME = object()
 
 
 def _chain_affines(net: Network) -> list[str] | None:
-    """The affine nodes of `net` in order if it is a chain Affine -> ReLU -> ... -> Affine
-    (checked before any matrix is made dense: a residual network fails at its first add,
-    after its first layers would have been densified for nothing), else None."""
+    """The affine nodes of `net` in order if it is a chain Affine -> ReLU -> ... -> Affine of
+    plain matrices (checked before any matrix is made dense: a residual network fails at its
+    first add, after its first layers would have been densified for nothing), else None. A
+    convolution or another structured map is never made dense: such networks go to the bound
+    engine over the graph, which keeps it as it is."""
     affine, relus = [], 0
     current = net.input_node
     for node in net.order:
@@ -142,6 +145,8 @@ def _chain_affines(net: Network) -> list[str] | None:
             return None
         if isinstance(op, Affine):
             if affine and len(affine) != relus:  # two affine ops in a row
+                return None
+            if not all(isinstance(w, MatrixMap) for w in op.weights):
                 return None
             affine.append(node)
         elif isinstance(op, Relu):
