@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from verifier.bounds.alpha import adam, adam_seconds, ascent_step, pass_seconds, split_ancestors
+from verifier.bounds.alpha import CHUNK_ENTRIES, adam, adam_seconds, ascent_step, pass_seconds, split_ancestors
 from verifier.bounds.graph import BoundGraph, Box
 from verifier.bounds.walker import EXACT, FAST, Bound, Relaxation, backward_bound, extents_of
 from verifier.deadline import Pace, fits
@@ -84,7 +84,12 @@ class GraphProblem:
         self.extents = extents_of(self.graph.interval(x_lo, x_hi, fixed, upto=self.start))
         others = [r for r in self.graph.relaxed if r not in self.splits and r in self.graph.ancestors[self.start]]
         self.others = others
-        self.exact_per_domain: float | None = None  # seconds per domain of the last float64 pass
+        # Seconds per domain measured on the last pass of each kind: "exact" (the float64 pass),
+        # "step" (an Adam step), "trial" (a branching trial, per repeated domain). Estimates from
+        # matrix-product rates miss a CPU's convolutions by several times.
+        self.measured: dict[str, float] = {}
+        width = sum(self.graph.nodes[i].size for i in self.graph.ancestors[self.start] | {self.start})
+        self.chunk_domains = max(1, CHUNK_ENTRIES // (self.m * width))
 
     @property
     def sizes(self) -> list[int]:
@@ -118,22 +123,48 @@ class GraphProblem:
         return Bound(out.value, out.lam0, [out.mus[s] if s in out.mus else zeros(s) for s in self.splits])
 
     def pass_seconds(self, domains: int, grad: bool = False, dtype: torch.dtype | None = None) -> float:
-        """Expected seconds of one bound pass over `domains` domains: float64 (as the last one
-        took, once one has run), with `grad` a float32 optimisation step, or in `dtype`."""
+        """Expected seconds of one bound pass over `domains` domains: float64, with `grad` a
+        float32 optimisation step, or a float32 trial pass (dtype FAST); as the last one took
+        once one has run, else estimated."""
         dtype = dtype or (FAST if grad else EXACT)
-        if not grad and dtype == EXACT and self.exact_per_domain is not None:
-            return domains * self.exact_per_domain
+        kind = "step" if grad else "exact" if dtype == EXACT else "trial"
+        if kind in self.measured:
+            return domains * self.measured[kind]
         return pass_seconds(self.graph, self.start, domains * self.m, dtype, grad)
 
     def default_alphas(self, spec_ids: torch.Tensor) -> list[torch.Tensor]:
         lower, upper = [l[spec_ids] for l in self.lower], [u[spec_ids] for u in self.upper]
         return [(u > -l).to(FAST).unsqueeze(1).expand(-1, self.m, -1) for l, u in zip(lower, upper)]
 
+    def chunks(self, count: int, reps: int = 1) -> list[slice]:
+        """Slices of a batch of `count` domains (each walked `reps` times) that keep every walk
+        within CHUNK_ENTRIES coefficients per node: domains are independent, so a batch bounded
+        chunk by chunk gives the same bounds, and a CNN's round stays within memory."""
+        per = max(1, self.chunk_domains // reps)
+        return [slice(i, min(i + per, count)) for i in range(0, count, per)]
+
     def bound(self, spec_ids: torch.Tensor, signs, alphas, betas, settings, deadline: float = math.inf):
         """Optimise slopes and multipliers for a batch of domains (float32 Adam steps, as many as
         fit before `deadline` with the final pass: any values give valid bounds), then bound them
-        with the final parameters in float64. Returns the bound per domain, the final alphas and
-        betas, the final Bound and the clamped bounds."""
+        with the final parameters in float64, chunk by chunk (`chunks`). Returns the bound per
+        domain, the final alphas and betas, the final Bound (its mus in float32, for branching)
+        and the clamped bounds."""
+        chunks = self.chunks(len(spec_ids))
+        parts = []
+        for c in chunks:  # each chunk's steps leave time for the later chunks' float64 passes
+            later = self.pass_seconds(len(spec_ids) - c.stop)
+            parts.append(self._bound_chunk(spec_ids[c], [t[c] for t in signs], [t[c] for t in alphas],
+                                           [t[c] for t in betas], settings, deadline - later))
+        if len(parts) == 1:
+            return parts[0]
+        cat = lambda i: torch.cat([p[i] for p in parts])  # noqa: E731
+        cat_list = lambda i: [torch.cat(ts) for ts in zip(*(p[i] for p in parts))]  # noqa: E731
+        outs = [p[3] for p in parts]
+        out = Bound(torch.cat([o.value for o in outs]), torch.cat([o.lam0 for o in outs]),
+                    [torch.cat(ts) for ts in zip(*(o.mus for o in outs))])
+        return cat(0), cat_list(1), cat_list(2), out, cat_list(4), cat_list(5)
+
+    def _bound_chunk(self, spec_ids: torch.Tensor, signs, alphas, betas, settings, deadline: float):
         lower, upper = self.clamped(spec_ids, signs)
         rows, const = self.rows[spec_ids], self.const[spec_ids]
         alphas = [a.to(FAST).clone().requires_grad_() for a in alphas]
@@ -145,26 +176,52 @@ class GraphProblem:
             f_signs = [s.to(FAST).unsqueeze(1) for s in signs]
             opt = adam([{"params": alphas, "lr": settings.lr_alpha}, {"params": betas, "lr": settings.lr_beta}])
             pace = Pace(deadline, step, final)
+            taken, began = 0, time.perf_counter()
             for _ in range(settings.steps):
                 if not pace.next():
                     break
                 out = self.walk(f_rows, f_const, fast, alphas, betas, f_signs)
                 ascent_step(opt, out.value.max(dim=1).values.sum(), alphas, betas)
+                taken += 1
+            if taken:
+                self.measured["step"] = (time.perf_counter() - began) / taken / len(spec_ids)
         alphas = [a.detach() for a in alphas]  # kept in float32 for the children's warm start
         betas = [b.detach() for b in betas]
         began = time.perf_counter()
         with torch.no_grad():
             out = self.walk(rows, const, self.relaxation(lower, upper, EXACT), [a.to(EXACT) for a in alphas],
                             [b.to(EXACT) for b in betas], [s.to(EXACT).unsqueeze(1) for s in signs])
-        self.exact_per_domain = (time.perf_counter() - began) / len(spec_ids)
+        self.measured["exact"] = (time.perf_counter() - began) / len(spec_ids)
         value = out.value.max(dim=1).values  # a disjunct's slack is the max of its rows
+        out = Bound(out.value, out.lam0, [mu.to(FAST) for mu in out.mus])
         return value, alphas, betas, out, lower, upper
 
     def trial(self, spec_ids, lower: list, upper: list, alphas: list, betas: list, signs: list, reps: int,
               fixes: list) -> torch.Tensor:
         """Float32 bounds (B * reps, m) of each domain repeated `reps` times, with the parents'
         slopes and multipliers and the neurons of `fixes` ((split k, rows, neurons, active)
-        entries) fixed to a side in their rows."""
+        entries) fixed to a side in their rows; chunk by chunk (`chunks`)."""
+        values = []
+        for c in self.chunks(len(spec_ids), reps):
+            first, last = c.start * reps, c.stop * reps
+            local = []
+            for k, rows_of, neurons, active in fixes:
+                inside = (rows_of >= first) & (rows_of < last)
+                if inside.any():
+                    local.append((k, rows_of[inside] - first, neurons[inside], active))
+            pick = lambda ts: [t[c] for t in ts]  # noqa: E731
+            values.append(self._trial_chunk(spec_ids[c], pick(lower), pick(upper), pick(alphas), pick(betas),
+                                            pick(signs), reps, local))
+        return torch.cat(values)
+
+    def _trial_chunk(self, spec_ids, lower, upper, alphas, betas, signs, reps: int, fixes: list) -> torch.Tensor:
+        began = time.perf_counter()
+        try:
+            return self._trial_walk(spec_ids, lower, upper, alphas, betas, signs, reps, fixes)
+        finally:
+            self.measured["trial"] = (time.perf_counter() - began) / (len(spec_ids) * reps)
+
+    def _trial_walk(self, spec_ids, lower, upper, alphas, betas, signs, reps: int, fixes: list) -> torch.Tensor:
         relax = self.relaxation(lower, upper, FAST).repeated(reps)
         for k, rows_of, neurons, active in fixes:
             relax.data[self.splits[k]].fix(rows_of, neurons, active)

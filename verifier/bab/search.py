@@ -148,6 +148,9 @@ def branch_and_bound(net, specs: list[tuple[torch.Tensor, torch.Tensor]], x_lo, 
     refuted: set[int] = set()  # on_witness="drop": specs a real point refutes, no longer split
     best_real = [math.inf] * n_specs  # least real slack seen per spec (the "gap" order; closing in "continue")
 
+    overhead = [0.0]  # seconds per domain of a round's work after its bound, trial excluded (measured)
+    trial_seconds = [0.0]  # the last round's branching trial
+
     def choose(spec_ids, best, alphas, betas, out, lower, upper, signs) -> dict[int, tuple[int, int] | None]:
         """The branching choice of each domain that stays open (closed ones need none; the
         trial rule costs a bound pass per candidate, so it is not spent on them)."""
@@ -158,10 +161,13 @@ def branch_and_bound(net, specs: list[tuple[torch.Tensor, torch.Tensor]], x_lo, 
         idx = torch.tensor(keep, device=dev)
         pick = lambda ts: [t[idx] for t in ts]  # noqa: E731
         sub = Bound(out.value[idx], out.lam0[idx], pick(out.mus))
-        if settings.branching == "trial" and fits(deadline, problem.pass_seconds(len(keep) * 2 * settings.candidates,
-                                                                                 grad=False, dtype=FAST)):
+        trial_seconds[0] = 0.0
+        trial = problem.pass_seconds(len(keep) * 2 * settings.candidates, dtype=FAST)
+        if settings.branching == "trial" and fits(deadline, trial + overhead[0] * len(spec_ids)):
+            began = time.perf_counter()
             picked = choose_by_trial(problem, spec_ids[idx], sub, pick(lower), pick(upper), pick(alphas),
                                      pick(betas), pick(signs), settings.candidates)
+            trial_seconds[0] = time.perf_counter() - began
         else:
             picked = choose_by_gap(problem, sub, pick(lower), pick(upper), pick(alphas))
         return dict(zip(keep, picked))
@@ -235,7 +241,8 @@ def branch_and_bound(net, specs: list[tuple[torch.Tensor, torch.Tensor]], x_lo, 
     max_queue = settings.max_memory // domain_bytes(sum(sizes), m)
     stats["bab_max_queue"] = int(max_queue)
     while queue and found is None:
-        if not fits(deadline, problem.pass_seconds(2 * min(settings.batch, len(queue)))):
+        domains = 2 * min(settings.batch, len(queue))
+        if not fits(deadline, problem.pass_seconds(domains) + overhead[0] * domains):
             break  # a round's float64 pass, which it cannot skip, would end past the deadline
         if len(queue) > max_queue:
             stats["bab_memory_full"] = 1
@@ -258,12 +265,17 @@ def branch_and_bound(net, specs: list[tuple[torch.Tensor, torch.Tensor]], x_lo, 
         signs = list(flat_signs.split(sizes, dim=-1))
         alphas = list(params[:, 0].split(sizes, dim=-1))
         betas = list(params[:, 1].split(sizes, dim=-1))
-        value, *rest = problem.bound(spec_ids, signs, alphas, betas, settings, deadline)
+        # The bound's steps leave time for what follows it in the round: its corners' check, the
+        # branching and the queueing (measured per domain on the last round; a trial is checked
+        # on its own).
+        value, *rest = problem.bound(spec_ids, signs, alphas, betas, settings, deadline - overhead[0] * domains)
+        began = time.perf_counter()
         # A child lies inside its parent, so the parent's bound holds for it too: with the max,
         # the reported bound never falls as the search goes on (a fresh child bound can come out
         # below its parent's when the warm-started steps land worse).
         parents = torch.tensor([d.bound for d in picked] * 2, dtype=value.dtype, device=dev)
         found = absorb(spec_ids, torch.maximum(value, parents), *rest, signs)
+        overhead[0] = max(time.perf_counter() - began - trial_seconds[0], 0.0) / domains
         stats["bab_rounds"] += 1
         stats["bab_domains"] += split.numel()
     stats["bab_leaves_open"] = len(leaves)

@@ -92,30 +92,33 @@ class Relu:
 @dataclass
 class ReluRelaxation:
     """The triangle relaxation's fixed parts for a batch, each (B or 1, 1, n): the upper line
-    y <= up_slope z + up_offset, the slope of stable neurons (1 active, 0 inactive), the mask of
-    unstable ones, CROWN's default lower slope, and max(|l|, |u|) for the rounding slack."""
+    y <= up_slope z + up_offset, and the masks of active (slope 1) and unstable neurons (kept as
+    bool: a batch of domains holds one per split node, and on CNNs these are the bulk of a
+    round's memory). Inactive neurons are neither."""
 
     up_slope: torch.Tensor
     up_offset: torch.Tensor
-    fixed_slope: torch.Tensor
+    active: torch.Tensor
     unstable: torch.Tensor
-    default_slope: torch.Tensor
-    extent: torch.Tensor
+
+    @property
+    def default_slope(self) -> torch.Tensor:
+        """CROWN's lower slope: 1 where the ReLU is closer to identity (u > -l, i.e. an upper
+        slope above 1/2), 0 elsewhere; 1 on active neurons."""
+        return (self.active | (self.unstable & (self.up_slope > 0.5))).to(self.up_slope.dtype)
 
     def fix(self, rows: torch.Tensor, neurons: torch.Tensor, active: bool) -> None:
         """In place: domains `rows` get neuron `neurons` fixed to one side, as `relax` would give
         for a split neuron (active: identity; inactive: zero)."""
-        value = 1.0 if active else 0.0
-        self.up_slope[rows, 0, neurons] = value
-        self.fixed_slope[rows, 0, neurons] = value
+        self.up_slope[rows, 0, neurons] = 1.0 if active else 0.0
+        self.active[rows, 0, neurons] = active
         self.up_offset[rows, 0, neurons] = 0.0
-        self.unstable[rows, 0, neurons] = 0.0
+        self.unstable[rows, 0, neurons] = False
 
     def repeated(self, reps: int) -> "ReluRelaxation":
         """Each domain's relaxation repeated `reps` times in a row (copies, safe to `fix`)."""
-        return ReluRelaxation(*(t.expand(max(t.shape[0], 1), -1, -1).repeat_interleave(reps, 0)
-                                for t in (self.up_slope, self.up_offset, self.fixed_slope, self.unstable,
-                                          self.default_slope, self.extent)))
+        return ReluRelaxation(*(t.repeat_interleave(reps, 0)
+                                for t in (self.up_slope, self.up_offset, self.active, self.unstable)))
 
 
 class ReluBound:
@@ -137,10 +140,9 @@ class ReluBound:
         if lo.dtype != torch.float64:  # keep float32 finite: its relaxation only steers steps
             lo, hi = lo.clamp(-FAST_LIMIT, FAST_LIMIT), hi.clamp(-FAST_LIMIT, FAST_LIMIT)
         unstable = (lo < 0) & (hi > 0)
-        active = (lo >= 0).to(lo.dtype)
-        slope = torch.where(unstable, hi / torch.where(unstable, hi - lo, 1.0), active)
-        parts = (slope, torch.where(unstable, -slope * lo, 0.0), active, unstable.to(lo.dtype),
-                 (hi > -lo).to(lo.dtype), torch.maximum(lo.abs(), hi.abs()))
+        active = lo >= 0
+        slope = torch.where(unstable, hi / torch.where(unstable, hi - lo, 1.0), active.to(lo.dtype))
+        parts = (slope, torch.where(unstable, -slope * lo, 0.0), active, unstable)
         return ReluRelaxation(*(t.unsqueeze(-2) for t in parts))
 
     def backward(self, lam: torch.Tensor, ctx: StepContext) -> Backward:
@@ -148,7 +150,7 @@ class ReluBound:
         where positive; a split's constraint enters as beta * sign * z (beta >= 0)."""
         r = ctx.relaxation
         alpha = r.default_slope if ctx.alpha is None else ctx.alpha
-        lo_slope = r.fixed_slope + r.unstable * alpha
+        lo_slope = torch.where(r.unstable, alpha, r.active.to(lam.dtype))
         neg = lam.clamp(max=0)
         intercept = (neg * r.up_offset).sum(-1)
         a = (lam - neg) * lo_slope + neg * r.up_slope
@@ -156,8 +158,8 @@ class ReluBound:
             a = a + ctx.beta * ctx.sign
         magnitude = 0.0
         if ctx.rigorous:
-            with torch.no_grad():  # the relaxation's products, over |z| <= extent
-                magnitude = (lam.abs() * r.extent).sum(-1) + intercept.abs()
+            with torch.no_grad():  # the relaxation's products, over |z| <= extent (of the root box)
+                magnitude = (lam.abs() * ctx.extents[0].unsqueeze(-2)).sum(-1) + intercept.abs()
         return Backward([a], intercept, magnitude)
 
     @staticmethod
