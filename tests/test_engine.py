@@ -286,3 +286,41 @@ def test_cuda_gives_the_cpu_verdicts(name):
     gpu, _ = _graph_search(net, lo, hi, 1, device="cuda")
     assert cpu.status == gpu.status
     assert all(math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6) for a, b in zip(cpu.lower, gpu.lower)) or cpu.status != "proved"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_whole_pipeline_on_either_engine_matches_enumeration(seed):
+    """verifier.check on deep MLPs with the dense chain engine (auto) and the graph engine (no
+    attack, so verdicts come from bounds and search): both agree with enumeration, and the
+    stats name the engine that ran."""
+    from tests.oracles import enumerate_min_slack
+    from tests.test_bab import SIZES, _case
+    from verifier import InputRegion, Property, Status, VerifyOptions
+
+    ws, bs, box, conj = _case(200 + seed)
+    expected = enumerate_min_slack(ws, bs, box.lo, box.hi, [(conj.C, conj.d)])
+    net = verifier.load(mlp_onnx(ws, bs))
+    prop = Property([InputRegion(box, [conj])], SIZES[0], SIZES[-1])
+    for engine, name in (("auto", "chain"), ("graph", "graph")):
+        options = VerifyOptions(engine=engine, attack_steps=0, attack_restarts=0, lp_tightening=False)
+        r = verifier.check(net, prop, timeout=60, options=options)
+        assert r.stats.get("engine", name) == name
+        if expected > 1e-4:
+            assert r.status == Status.ROBUST
+        elif expected < -1e-4:
+            assert r.status == Status.ADVERSARIAL
+            assert conj.slack(net.forward(r.counterexample))[0] <= 0
+        assert r.margin_lower <= expected + 1e-9
+
+
+def test_unknown_engine_or_device_is_a_clear_error():
+    from verifier import VerifyOptions
+    from verifier.errors import InputError
+
+    with pytest.raises(InputError, match="engine"):
+        VerifyOptions(engine="fast")
+    with pytest.raises(InputError, match="device 'tpu'"):
+        VerifyOptions(device="tpu")
+    if not CUDA:
+        with pytest.raises(InputError, match="no CUDA device"):
+            VerifyOptions(device="cuda")

@@ -9,7 +9,7 @@ from verifier.errors import InputError
 
 #: The options that take one of a few words, and those words.
 _CHOICES = {"disjunctions": ("joint", "split"), "bab": ("auto", "on", "off"), "bab_branching": ("auto", "gap", "trial"),
-            "output_bounds": ("auto", "on", "off")}
+            "output_bounds": ("auto", "on", "off"), "engine": ("auto", "graph")}
 
 
 @dataclass
@@ -83,6 +83,10 @@ class VerifyOptions:
     solver: str = "highs"
     # Where the bound engine runs: "cpu", or "cuda" ("cuda:1", ...) where torch sees a GPU.
     device: str = "cpu"
+    # Which bound engine: "auto" (MLPs, i.e. chains of plain matrices and ReLUs on the CPU, take
+    # the dense chain engine with its refinement stages, measured faster there; every other
+    # network, and every network on a GPU, the engine over the graph) or "graph" (always).
+    engine: str = "auto"
 
     def __post_init__(self) -> None:
         for name, allowed in _CHOICES.items():

@@ -26,8 +26,11 @@ from verifier.search.threads import set_threads
 
 
 def chain_of(run) -> Layered | None:
-    """The run's network as a dense ReLU chain (the fast path), or None."""
-    return as_layered(run.net, run.deadline) if run.options.bab != "off" else None
+    """The run's network as a dense ReLU chain (the fast path for MLPs on the CPU), or None."""
+    options = run.options
+    if options.bab == "off" or options.engine != "auto" or options.device != "cpu":
+        return None
+    return as_layered(run.net, run.deadline)
 
 
 def _tensors(run, layered: Layered, bounds: Bounds):
