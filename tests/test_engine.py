@@ -111,7 +111,7 @@ def test_crown_and_alpha_crown_equal_the_chain_engine_on_mlps(seed):
             np.testing.assert_allclose(ours.numpy(), old.numpy(), atol=1e-6)
         rows, const = chain.spec_rows(C, np.zeros(3))
         old = chain_alpha(chain, chain.depth, rows[None], const[None], x_lo, x_hi, lower, upper, steps)
-        g_rows, g_const = spec_rows(graph, C, np.zeros(3))
+        g_rows, g_const = spec_rows(C, np.zeros(3))
         ours = optimise_alpha(graph, graph.output, g_rows[None], g_const[None], x_lo, x_hi, boxes, steps)
         np.testing.assert_allclose(ours.numpy(), old.numpy(), atol=1e-6)
 
@@ -153,7 +153,7 @@ def _graph_search(net, lo, hi, label, device="cpu", deadline=30.0, settings=None
     for j in range(n_out):
         if j != label:
             C = (np.eye(n_out)[label] - np.eye(n_out)[j])[None]
-            r, c = spec_rows(graph, C, np.zeros(1))
+            r, c = spec_rows(C, np.zeros(1))
             specs.append((r.to(graph.device), c.to(graph.device)))
     pres = [graph.pre(s) for s in target.splits]
     found = []

@@ -252,6 +252,6 @@ class GraphProblem:
         return leaf_bound(self, spec, signs, lower, upper, time_limit)
 
 
-def spec_rows(graph: BoundGraph, C: np.ndarray, d: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def spec_rows(C: np.ndarray, d: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """A disjunct's rows C @ y - d on the output node, as float64 tensors."""
     return torch.as_tensor(np.asarray(C, dtype=np.float64)), -torch.as_tensor(np.asarray(d, dtype=np.float64))

@@ -15,7 +15,7 @@ to those that can still move or close. Measured on mnistfc 256x4 (300 s, whole p
 dropping refuted specs and sharing effort by relative bound left prop_3 eps 0.03 at -0.37 and
 prop_6 eps 0.05 at -0.51; splitting them with the same order, -0.22 and -1.94 (stuck specs took
 the effort); splitting them with the gap order, prop_3 robust in 282 s and prop_6 at -0.03.
-On two ReLU layers the old way is better (search.bab_stage.refine_mode picks per depth).
+On two ReLU layers the old way is better (search.plan picks per depth).
 With splitting continued, a domain whose bound reaches the least real value seen for its spec
 is closed (splitting it cannot raise the spec's bound), and a layer whose domains are all
 closed ends early (the pass, and so the next one, starts sooner).

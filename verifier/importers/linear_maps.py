@@ -2,16 +2,14 @@
 
 Each function returns the sparse matrix M with flat(op(x)) = M @ flat(x), built by index
 arithmetic (never by probing the op with basis vectors). Convolutions and elementwise scales are
-not here: they stay structured as ConvMap and DiagonalMap (verifier/ops/linear.py); conv2d's
-matrix lives in verifier/ops/conv_matrix.py and is importable from here as before.
+not here: they stay structured as ConvMap and DiagonalMap (verifier/ops/linear.py), whose
+matrices verifier/ops/conv_matrix.py builds.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-
-from verifier.ops.conv_matrix import conv2d, conv_output_size  # noqa: F401  (importable from here too)
 
 
 def permutation(shape: tuple[int, ...], perm: tuple[int, ...]) -> sp.csr_matrix:

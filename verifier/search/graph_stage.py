@@ -1,7 +1,7 @@
 """The bound-engine stages of a region search on any graph the engine compiles (residual adds,
 convolutions kept as convolutions, pooling, LeakyReLU/Clip lowered to ReLUs): alpha-CROWN on
 every relaxed node's input and on each disjunct, then branch and bound over ReLU splits on the
-graph in place of the MIP. Dense ReLU chains keep their measured fast path (bab_stage.py).
+graph in place of the MIP. Dense ReLU chains keep their measured fast path (chain_stage.py).
 
 Bounds stay torch tensors on the run's device between these stages; the numpy bounds dict the
 LP/MIP stages read is written once, on the way out.
@@ -57,7 +57,7 @@ class GraphBounds:
 
 
 def _disjunct_rows(run, graph: BoundGraph, d: int):
-    rows, const = spec_rows(graph, run.disjuncts[d].C, run.disjuncts[d].d)
+    rows, const = spec_rows(run.disjuncts[d].C, run.disjuncts[d].d)
     return rows.to(graph.device), const.to(graph.device)
 
 

@@ -1,7 +1,8 @@
 """Deciding one input region of a property: the stages from cheap to exact.
 
 reference point -> interval + symbolic bounds -> PGD attack -> alpha-CROWN (ReLU chains) -> LP
-bounds -> on chains: branch and bound, refined layer bounds, branch and bound (bab_stage.py);
+bounds -> on MLPs: branch and bound, refined layer bounds, branch and bound (chain_stage.py); on
+other graphs branch and bound on the bound engine's graph (graph_stage.py);
 otherwise LP tightening and a MIP over the disjuncts still open. Each disjunct d has a slack s_d
 (<= 0 means violated); the run keeps a proven lower bound per disjunct and the best point found.
 `robust` only comes from lower bounds above the tolerance (bound propagation, a branch and bound
@@ -28,7 +29,7 @@ from verifier.options import VerifyOptions
 from verifier.result import Result, Status
 from verifier.search import graph_stage
 from verifier.search.attack import pgd_attack
-from verifier.search.bab_stage import alpha_crown, bab_search, chain_of, constrain, refine, spec_workers
+from verifier.search.chain_stage import alpha_crown, bab_search, chain_of, constrain, refine, spec_workers
 from verifier.search.plan import make_plan
 from verifier.search.run_state import RunState
 from verifier.spec.property import Conjunction, InputRegion
