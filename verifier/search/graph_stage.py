@@ -62,22 +62,32 @@ def _disjunct_rows(run, graph: BoundGraph, d: int):
 
 
 def alpha_crown(run, graph: BoundGraph, bounds: dict, budget: float) -> tuple[dict, GraphBounds]:
-    """Tighten every relaxed node's input bounds and each open disjunct's lower bound with
-    alpha-CROWN within `budget` seconds; returns the numpy bounds dict (tightened) and the
-    engine's bounds for the stages that follow."""
+    """alpha-CROWN within `budget` seconds: each open disjunct first on the layer bounds the
+    symbolic stage left (one walk per step from the output: cheap, and on easy instances all it
+    takes), then every relaxed node's input bounds (one walk per step from each of them: most
+    of the cost on CNNs) and the disjuncts again. Returns the numpy bounds dict (tightened) and
+    the engine's bounds for the stages that follow."""
     set_threads(run.options)
     start = time.perf_counter()
     end = min(run.deadline, start + budget)
     state = GraphBounds(run, graph, bounds)
-    state.known = layer_bounds(graph, state.x_lo, state.x_hi, state.known, run.options.alpha_steps, end)
+    _prove(run, state, end)
+    if run.open():
+        state.known = layer_bounds(graph, state.x_lo, state.x_hi, state.known, run.options.alpha_steps, end)
+        _prove(run, state, run.deadline)
+    run.stats["time_alpha_crown"] = round(time.perf_counter() - start, 4)
+    return state.numpy(bounds), state
+
+
+def _prove(run, state: GraphBounds, deadline: float) -> None:
+    """alpha-CROWN on each open disjunct with the current layer bounds."""
+    graph = state.graph
     boxes = dict(enumerate(state.boxes()))
     for d in run.open():
         rows, const = _disjunct_rows(run, graph, d)
         value = optimise_alpha(graph, graph.output, rows[None], const[None], state.x_lo, state.x_hi, boxes,
-                               run.options.alpha_steps, deadline=run.deadline)
+                               run.options.alpha_steps, deadline=deadline)
         run.prove(d, float(value.max()))
-    run.stats["time_alpha_crown"] = round(time.perf_counter() - start, 4)
-    return state.numpy(bounds), state
 
 
 def bab_search(run, state: GraphBounds, disjuncts: list[int], deadline: float, workers=None):
