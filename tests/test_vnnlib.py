@@ -217,8 +217,11 @@ def test_cli_bad_processes_is_one_line_and_exit_2(tmp_path):
     model = tmp_path / "net.onnx"
     ws, bs = random_mlp(np.random.default_rng(0), [3, 4, 2])
     model.write_bytes(mlp_onnx(ws, bs))
-    for args, needle in ((["--processes", "0"], "processes"), (["--processes", "2", "--report", str(tmp_path / "r")],
-                                                                 "--processes")):
+    cases = [(["--processes", "0"], "processes"), (["--processes", "2", "--report", str(tmp_path / "r")], "--processes"),
+             (["--device", "tpu"], "device 'tpu'")]
+    if not __import__("torch").cuda.is_available():
+        cases.append((["--device", "cuda"], "no CUDA device"))
+    for args, needle in cases:
         p = subprocess.run([sys.executable, "-m", "verifier.cli", str(model), *args], capture_output=True, text=True)
         assert p.returncode == 2
         lines = p.stderr.strip().splitlines()
