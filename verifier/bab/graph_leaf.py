@@ -6,7 +6,7 @@ bounds with the split constraints added.
 The split constraints z >= 0 / z <= 0 are loosened by LOOSEN so that solver tolerance cannot cut
 off real inputs on the boundary. An LP's value is replaced by the dual-derived safe bound; an
 infeasible LP counts only with a checked Farkas certificate (as the chain leaves, bab/leaf.py);
-a MILP counts only when finished, by its dual bound.
+a MILP counts only when finished, by its dual bound (an infeasible one proves nothing).
 """
 
 from __future__ import annotations
@@ -76,8 +76,8 @@ def leaf_bound(problem, spec: int, signs: list, lower: list, upper: list, time_l
     if milp.integer.any():
         solver = make_solver("highs", milp)
         res = solver.solve(SolveOptions(time_limit=time_limit))
-        if res.status == SolveStatus.INFEASIBLE:
-            return np.inf, None
+        # "Infeasible" from a MILP comes without a certificate to check (an LP's does, below):
+        # it proves nothing, and the leaf stays open.
         finished = res.status == SolveStatus.OPTIMAL
         return (res.dual_bound if finished else -np.inf), (res.x[cols] if res.x is not None else None)
     solver = HighsSolver(milp, relax=True)
