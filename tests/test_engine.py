@@ -135,9 +135,10 @@ def test_layer_bounds_contain_sampled_values_on_mlps():
                 assert (values[p] >= new[p][0]).all() and (values[p] <= new[p][1]).all()
 
 
-#: Networks whose search runs on the graph engine: residual, conv, pooling, LeakyReLU, Clip.
+#: Networks whose search runs on the graph engine: residual, conv, pooling, LeakyReLU, Clip; max
+#: pools alone (nothing to split: every domain is a leaf, closed by a MILP over the live candidates).
 GRAPH_NETS = ["residual_add", "maxpool", "average_pool", "leaky_relu", "clip", "sub_concat", "pad_constant",
-              "batchnorm"]
+              "batchnorm", "maxpool_padded", "global_max_pool"]
 
 
 def _graph_search(net, lo, hi, label, device="cpu", deadline=30.0, settings=None, root_steps=5):

@@ -20,6 +20,8 @@ def gap_scores(problem, out, lower: list, upper: list, alphas: list) -> tuple[to
     split node in the flat index."""
     scores = [problem.split_scores(k, out.mus[k], lower[k], upper[k], alphas[k]) for k in range(len(lower))]
     offsets = np.cumsum([0] + [s.shape[1] for s in scores])
+    if not scores:  # nothing to split (e.g. a network of max-pools only): every domain is a leaf
+        return torch.zeros((out.value.shape[0], 0), dtype=out.value.dtype, device=out.value.device), offsets
     return torch.cat(scores, dim=1), offsets
 
 
@@ -30,6 +32,8 @@ def _unflatten(index: int, offsets: np.ndarray) -> tuple[int, int]:
 
 def choose_by_gap(problem, out, lower, upper, alphas) -> list[tuple[int, int] | None]:
     flat, offsets = gap_scores(problem, out, lower, upper, alphas)
+    if flat.shape[1] == 0:
+        return [None] * flat.shape[0]
     best = flat.argmax(dim=1)
     ok = flat.gather(1, best[:, None]).squeeze(1) > 0
     return [_unflatten(j, offsets) if good else None for j, good in zip(best.tolist(), ok.tolist())]
@@ -38,6 +42,8 @@ def choose_by_gap(problem, out, lower, upper, alphas) -> list[tuple[int, int] | 
 def choose_by_trial(problem, spec_ids, out, lower, upper, alphas, betas, signs,
                     candidates: int = 4) -> list[tuple[int, int] | None]:
     flat, offsets = gap_scores(problem, out, lower, upper, alphas)
+    if flat.shape[1] == 0:
+        return [None] * flat.shape[0]
     top = min(candidates, flat.shape[1])
     values, picks = flat.topk(top, dim=1)  # (B, K)
     batch = flat.shape[0]
