@@ -10,8 +10,9 @@ import time
 
 import torch
 
-from verifier.bab.crown import (EXACT, FAST, Relaxation, adam, adam_seconds, ascent_step, backward_bound,
-                                default_alpha, pass_seconds)
+from verifier.bab.crown import Relaxation, backward_bound, default_alpha, pass_seconds
+from verifier.bounds.alpha import adam, adam_seconds, ascent_step
+from verifier.bounds.walker import EXACT, FAST
 from verifier.bab.layered import Layered
 from verifier.bab.leaf import leaf_bound, leaf_seconds
 from verifier.deadline import Pace, fits

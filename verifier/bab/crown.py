@@ -2,6 +2,8 @@
 multipliers (beta): CROWN, alpha-CROWN and beta-CROWN in one backward pass, batched over
 subproblems.
 
+This is the dense chain engine's walk (the fast path for MLPs, chain_problem.py); the graph
+engine's is bounds/walker.py, and the two agree to 1e-6 on the same bounds (tests/test_engine.py).
 The bound of rows @ h_K + c over the input box is found by walking back through the layers,
 replacing each ReLU by a linear relaxation: the upper line u(z-l)/(u-l) where the coefficient
 is negative and a lower line alpha*z (any alpha in [0, 1]) where it is positive. A ReLU split
@@ -14,23 +16,16 @@ with an outward slack for rounding, is taken as a bound.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 
 import torch
 
 from verifier.bab.layered import Layered
+from verifier.bounds.alpha import adam, adam_seconds, ascent_step
+from verifier.bounds.walker import ABS_SLACK, EXACT, FAST, REL_SLACK
 from verifier.deadline import Pace, fits, product_seconds
-
-#: Outward slack on every bound: relative to the magnitude of the terms (products and sums, with
-#: |a| |W| |h| for each matrix product, so cancellation is covered), plus absolute. float64
-#: rounding errs by at most n * 2^-53 ~ 1e-12 of that magnitude for n < 10^4 terms.
-REL_SLACK = 1e-9
-ABS_SLACK = 1e-9
-FAST = torch.float32  # precision of the optimisation steps
-FAST_LIMIT = 1e30  # bounds clamped to this in float32 relaxations (no inf, no inf * 0)
-EXACT = torch.float64  # precision of the bounds that count
+from verifier.ops.relu import FAST_LIMIT
 
 
 @dataclass
@@ -86,39 +81,6 @@ class Bound:
     value: torch.Tensor  # (B, m) lower bounds (slack subtracted when rigorous)
     lam0: torch.Tensor  # (B, m, n_0) coefficients on the input
     mus: list[torch.Tensor]  # per ReLU layer k, (B, m, n_k) coefficients on h_k
-
-
-#: Seconds the first optimiser of a process may take to create: torch.optim then imports
-#: torch._dynamo (1.4-2.5 s measured), inside whichever run comes first.
-FIRST_OPTIMISER_SECONDS = 3.0
-
-
-def adam_seconds() -> float:
-    """Expected seconds to create an optimiser here and now (see FIRST_OPTIMISER_SECONDS)."""
-    return 0.0 if "torch._dynamo" in sys.modules else FIRST_OPTIMISER_SECONDS
-
-
-def adam(groups) -> torch.optim.Adam:
-    """Adam over the slopes and multipliers: the fused CPU kernel where torch has it (5x faster
-    than the foreach one on these many small tensors, measured), else the foreach one."""
-    try:
-        return torch.optim.Adam(groups, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(groups, foreach=True)
-
-
-def ascent_step(opt: torch.optim.Optimizer, objective: torch.Tensor, slopes: list,
-                multipliers: list = ()) -> None:
-    """One optimiser step raising `objective`, then back into the set where every value gives a
-    valid bound: slopes in [0, 1], multipliers (split betas, output-constraint lambdas) >= 0."""
-    opt.zero_grad()
-    (-objective).backward()
-    opt.step()
-    with torch.no_grad():
-        for a in slopes:
-            a.clamp_(0.0, 1.0)
-        for b in multipliers:
-            b.clamp_(min=0.0)
 
 
 def default_alpha(lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
@@ -183,11 +145,6 @@ def pass_seconds(net: Layered, upto: int, rows: int, dtype: torch.dtype = EXACT,
     (the pass and its gradient). Its matrix products dominate on wide layers (deadline.py)."""
     products = rows * sum(w.shape[0] * w.shape[1] for w in net.weights[:upto])
     return product_seconds(products * (2 if grad else 1), dtype)
-
-
-def minimiser(lam0: torch.Tensor, x_lo: torch.Tensor, x_hi: torch.Tensor) -> torch.Tensor:
-    """The corner of the box where the relaxed bound is attained (a candidate counterexample)."""
-    return torch.where(lam0 >= 0, x_lo, x_hi)
 
 
 def _layer_rows(net: Layered, k: int, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

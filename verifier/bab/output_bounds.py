@@ -26,8 +26,9 @@ import time
 import numpy as np
 import torch
 
-from verifier.bab.crown import (ABS_SLACK, EXACT, FAST, REL_SLACK, Relaxation, adam, ascent_step, backward_bound,
-                                adam_seconds, default_alpha, pass_seconds)
+from verifier.bab.crown import Relaxation, backward_bound, default_alpha, pass_seconds
+from verifier.bounds.alpha import adam, adam_seconds, ascent_step
+from verifier.bounds.walker import ABS_SLACK, EXACT, FAST, REL_SLACK
 from verifier.bab.layered import Layered
 from verifier.deadline import Pace, fits
 
