@@ -116,13 +116,13 @@ def _decide(run: RunState, x_ref: np.ndarray) -> Result:
     run.plan = plan = make_plan(options, kind, layered.depth if layered is not None else
                                 len(graph.splits) if graph is not None else 0)
     run.stats["engine"] = plan.engine
-    engine = None  # the bound engine's state on graphs that are not dense chains
+    graph_bounds = None  # the graph engine's bounds (torch, on the device), once alpha-CROWN made them
     if plan.alpha_crown and run.open():
         began = time.perf_counter()
         if layered is not None:
             bounds = alpha_crown(run, layered, bounds, options.alpha_budget * run.remaining())
         else:
-            bounds, engine = graph_stage.alpha_crown(run, graph, bounds, options.alpha_budget * run.remaining())
+            bounds, graph_bounds = graph_stage.alpha_crown(run, graph, bounds, options.alpha_budget * run.remaining())
         run.stats.update(_relu_stats(net, bounds, "alpha"))
         run.note("alpha-CROWN", began)
         if not run.open():
@@ -135,8 +135,8 @@ def _decide(run: RunState, x_ref: np.ndarray) -> Result:
         return run.result(Status.ROBUST, "lp")
     if plan.bab and layered is not None:
         return _bab_stages(run, layered, bounds, order)
-    if plan.bab and engine is not None:
-        return _graph_bab(run, engine, order)
+    if plan.bab and graph_bounds is not None:
+        return _graph_bab(run, graph_bounds, order)
     if enc is None:
         enc = encode_network(net, bounds, deadline=run.deadline)
     if run.open() and options.lp_tightening and run.remaining() > 0:
@@ -153,12 +153,13 @@ def _decide(run: RunState, x_ref: np.ndarray) -> Result:
     return _mip_search(run, enc, bounds, [d for d in order if d in run.open()], attack.x)
 
 
-def _graph_bab(run: RunState, engine, order: list[int]) -> Result:
+def _graph_bab(run: RunState, graph_bounds, order: list[int]) -> Result:
     """Branch and bound on the bound graph with the time left (graph_stage.py)."""
     workers = spec_workers(run.options)
     began = time.perf_counter()
     try:
-        evidence = graph_stage.bab_search(run, engine, [d for d in order if d in run.open()], run.deadline, workers)
+        evidence = graph_stage.bab_search(run, graph_bounds, [d for d in order if d in run.open()], run.deadline,
+                                          workers)
         run.note("graph search", began)
     finally:
         if workers is not None:
