@@ -404,11 +404,9 @@ def test_deep_chains_skip_the_whole_network_lp_only_when_searched_by_bab():
     assert min(reached.values()) > 0  # cases got past the bounds both ways: the rule was exercised
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_disjuncts_shared_over_two_processes_match_enumeration(seed):
-    """Robustness (one disjunct per other label) with the searches' specs dealt out over two
-    processes (option `processes`, bab/parallel.py), no attack: verdicts and bounds agree with
-    enumeration, and a counterexample holds on the real network."""
+def robustness_case(seed: int):
+    """A small MLP, a point, a radius and its predicted label; the other labels, and the exact
+    minimum of the worst margin by enumeration: (net, x, eps, label, others, expected)."""
     rng = np.random.default_rng(100 + seed)
     sizes = [3, 5, 5, 4]
     ws, bs = random_mlp(rng, sizes)
@@ -419,7 +417,15 @@ def test_disjuncts_shared_over_two_processes_match_enumeration(seed):
     box_lo, box_hi = np.clip(x - eps, 0, 1), np.clip(x + eps, 0, 1)
     others = [j for j in range(sizes[-1]) if j != label]
     conjunctions = [((np.eye(sizes[-1])[label] - np.eye(sizes[-1])[j])[None], np.zeros(1)) for j in others]
-    expected = enumerate_min_slack(ws, bs, box_lo, box_hi, conjunctions)
+    return net, x, eps, label, others, enumerate_min_slack(ws, bs, box_lo, box_hi, conjunctions)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_disjuncts_shared_over_two_processes_match_enumeration(seed):
+    """Robustness (one disjunct per other label) with the searches' specs dealt out over two
+    processes (option `processes`, bab/parallel.py), no attack: verdicts and bounds agree with
+    enumeration, and a counterexample holds on the real network."""
+    net, x, eps, label, others, expected = robustness_case(seed)
     options = VerifyOptions(bab="on", attack_steps=0, attack_restarts=0, processes=2)
     r = verifier.verify(net, x, eps, label=label, timeout=60, options=options)
     assert_verdict_agrees(r, expected)

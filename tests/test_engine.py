@@ -321,20 +321,11 @@ def test_unknown_engine_or_device_is_a_clear_error():
 def test_graph_search_shared_over_two_processes_matches_enumeration(seed):
     """The graph engine's search dealt out over two processes (option `processes`: the target
     goes to the helper as its Network, compiled again there): verdicts agree with enumeration."""
-    from tests.oracles import assert_verdict_agrees, enumerate_min_slack
+    from tests.oracles import assert_verdict_agrees
+    from tests.test_bab import robustness_case
     from verifier import VerifyOptions
 
-    rng = np.random.default_rng(100 + seed)
-    sizes = [3, 5, 5, 4]
-    ws, bs = random_mlp(rng, sizes)
-    net = verifier.load(mlp_onnx(ws, bs, input_shape=[1, 3]))
-    x = rng.uniform(0.2, 0.8, 3)
-    eps = float(rng.uniform(0.05, 0.3))
-    label = int(np.argmax(net.forward(x)))
-    box_lo, box_hi = np.clip(x - eps, 0, 1), np.clip(x + eps, 0, 1)
-    others = [j for j in range(sizes[-1]) if j != label]
-    conjunctions = [((np.eye(sizes[-1])[label] - np.eye(sizes[-1])[j])[None], np.zeros(1)) for j in others]
-    expected = enumerate_min_slack(ws, bs, box_lo, box_hi, conjunctions)
+    net, x, eps, label, _, expected = robustness_case(seed)
     options = VerifyOptions(engine="graph", attack_steps=0, attack_restarts=0, processes=2)
     r = verifier.verify(net, x, eps, label=label, timeout=60, options=options)
     assert_verdict_agrees(r, expected)

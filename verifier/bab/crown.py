@@ -23,7 +23,7 @@ import torch
 
 from verifier.bab.layered import Layered
 from verifier.bounds.alpha import adam, adam_seconds, ascent_step
-from verifier.bounds.walker import ABS_SLACK, EXACT, FAST, REL_SLACK
+from verifier.bounds.walker import EXACT, FAST, concretise
 from verifier.deadline import Pace, fits, product_seconds
 from verifier.ops.relu import FAST_LIMIT
 
@@ -128,15 +128,7 @@ def backward_bound(net: Layered, upto: int, rows: torch.Tensor, const: torch.Ten
                              + (a.abs() * (h_extent @ net.abs_weights[k].T)).sum(-1))
         a = a @ net.weights[k]
     mus.reverse()
-    centre, radius = (x_lo + x_hi) / 2, (x_hi - x_lo) / 2
-    value = c + a @ centre - a.abs() @ radius
-    if rigorous:
-        with torch.no_grad():
-            magnitude = magnitude + a.abs() @ (centre.abs() + radius)
-        value = value - REL_SLACK * magnitude - ABS_SLACK
-    # A NaN (e.g. slopes overflowed in float32 steps) proves nothing: make it -inf.
-    value = torch.where(torch.isnan(value), torch.full_like(value, -torch.inf), value)
-    return Bound(value, a, mus)
+    return Bound(concretise(a, c, magnitude, x_lo, x_hi), a, mus)
 
 
 def pass_seconds(net: Layered, upto: int, rows: int, dtype: torch.dtype = EXACT, grad: bool = False) -> float:

@@ -16,8 +16,7 @@ import scipy.sparse as sp
 
 from solvers import make_solver
 from solvers.base import SolveOptions, SolveStatus
-from solvers.highs import HighsSolver
-from verifier.bounds.lp import certifies_infeasible, safe_lower_bound
+from verifier.bab.leaf import checked_lp_bound
 from verifier.deadline import model_seconds
 from verifier.encode.extend import extend
 from verifier.encode.network import encode_network
@@ -80,14 +79,5 @@ def leaf_bound(problem, spec: int, signs: list, lower: list, upper: list, time_l
         # it proves nothing, and the leaf stays open.
         finished = res.status == SolveStatus.OPTIMAL
         return (res.dual_bound if finished else -np.inf), (res.x[cols] if res.x is not None else None)
-    solver = HighsSolver(milp, relax=True)
-    options = SolveOptions(time_limit=time_limit, relax=True)
-    res = solver.solve(options)
-    if res.status == SolveStatus.INFEASIBLE:  # checked, not trusted: again without presolve, for a ray
-        solver.set_presolve(False)
-        res = solver.solve(options)
-        if res.status == SolveStatus.INFEASIBLE:
-            return (np.inf, None) if certifies_infeasible(milp, solver.dual_ray()) else (-np.inf, None)
-    if res.status != SolveStatus.OPTIMAL or res.row_dual is None:
-        return -np.inf, None
-    return safe_lower_bound(milp, c, res.row_dual), res.x[cols]
+    bound, x = checked_lp_bound(milp, time_limit)
+    return bound, (x[cols] if x is not None else None)

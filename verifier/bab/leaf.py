@@ -89,16 +89,26 @@ def leaf_bound(net: Layered, rows: torch.Tensor, const: torch.Tensor, x_lo: torc
     row_hi = np.concatenate(cons_hi + [np.full(nr, np.inf), -obj_v])
     problem = MilpProblem(np.r_[np.zeros(n0 + nr), 1.0], sp.csc_matrix(np.vstack(blocks)), row_lo, row_hi,
                           np.r_[lo, np.zeros(nr), t_lo], np.r_[hi, y_hi, t_hi], np.zeros(n0 + nr + 1, bool))
+    bound, x = checked_lp_bound(problem, time_limit)
+    if not np.isfinite(bound):
+        return bound, None
+    magnitude = (np.abs(obj_v).max() + np.abs(obj_mat).sum(1).max() * np.maximum(np.abs(lo), np.abs(hi)).max()
+                 + (np.abs(r_relaxed) @ y_hi).max(initial=0.0))
+    return bound - 1e-9 * magnitude, x[:n0]
+
+
+def checked_lp_bound(problem: MilpProblem, time_limit: float) -> tuple[float, np.ndarray | None]:
+    """(safe lower bound on min problem.c @ x over the LP, its minimiser) for a leaf: the bound
+    from the duals (bounds/lp.py); +inf only for an infeasibility whose Farkas ray is checked
+    here (solved again without presolve, for the ray), -inf (no bound) for anything else."""
     solver = HighsSolver(problem, relax=True)
     options = SolveOptions(time_limit=time_limit, relax=True)
     res = solver.solve(options)
-    if res.status == SolveStatus.INFEASIBLE:  # checked, not trusted: again without presolve, for a ray
+    if res.status == SolveStatus.INFEASIBLE:  # checked, not trusted
         solver.set_presolve(False)
         res = solver.solve(options)
         if res.status == SolveStatus.INFEASIBLE:
             return (np.inf, None) if certifies_infeasible(problem, solver.dual_ray()) else (-np.inf, None)
     if res.status != SolveStatus.OPTIMAL or res.row_dual is None:
         return -np.inf, None
-    magnitude = (np.abs(obj_v).max() + np.abs(obj_mat).sum(1).max() * np.maximum(np.abs(lo), np.abs(hi)).max()
-                 + (np.abs(r_relaxed) @ y_hi).max(initial=0.0))
-    return safe_lower_bound(problem, problem.c, res.row_dual) - 1e-9 * magnitude, res.x[:n0]
+    return safe_lower_bound(problem, problem.c, res.row_dual), res.x

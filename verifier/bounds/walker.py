@@ -115,15 +115,20 @@ def backward_bound(graph: BoundGraph, start: int, rows: torch.Tensor, const: tor
     a = pending.get(0)
     if a is None:  # the start does not depend on the input
         a = torch.zeros(rows.shape[:-1] + (graph.nodes[0].size,), dtype=rows.dtype, device=rows.device)
+    return Bound(concretise(a, c, magnitude, x_lo, x_hi), a, mus)
+
+
+def concretise(a: torch.Tensor, c: torch.Tensor, magnitude: torch.Tensor | None, x_lo, x_hi) -> torch.Tensor:
+    """min over the box of a @ x + c, minus the outward rounding slack when `magnitude` (the sum
+    of |terms| so far) is given; NaN (e.g. slopes overflowed in float32 steps) proves nothing:
+    -inf. The last step of both walks (this one and the chain engine's, bab/crown.py)."""
     centre, radius = (x_lo + x_hi) / 2, (x_hi - x_lo) / 2
     value = c + a @ centre - a.abs() @ radius
-    if rigorous:
+    if magnitude is not None:
         with torch.no_grad():
             magnitude = magnitude + a.abs() @ (centre.abs() + radius)
         value = value - REL_SLACK * magnitude - ABS_SLACK
-    # A NaN (e.g. slopes overflowed in float32 steps) proves nothing: make it -inf.
-    value = torch.where(torch.isnan(value), torch.full_like(value, -torch.inf), value)
-    return Bound(value, a, mus)
+    return torch.where(torch.isnan(value), torch.full_like(value, -torch.inf), value)
 
 
 def minimiser(lam0: torch.Tensor, x_lo: torch.Tensor, x_hi: torch.Tensor) -> torch.Tensor:
