@@ -1,6 +1,6 @@
-"""The bound-propagation stages of a region search, for networks that are plain ReLU chains:
-alpha-CROWN on every layer's bounds and on each disjunct, refinement of the layer bounds, and
-branch and bound over ReLU splits in place of the MIP (when the plan says so, plan.py).
+"""The bound-propagation stages of a region search on the dense ReLU chain engine (the measured
+fast path for MLPs on a CPU): alpha-CROWN on every layer's bounds and on each disjunct, and the
+engine functions of bab_stages.py (refinement passes, per-disjunct bounds, branch and bound).
 
 The tightened pre-activation bounds go back into the network-level bounds dict, so the LP and
 MIP stages that may follow profit from them too — except the per-disjunct bounds of `constrain`,
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,6 +24,14 @@ from verifier.bab.refine import refined_bounds
 from verifier.bab.search import add_stats
 from verifier.bounds.interval import Bounds, interval_bounds
 from verifier.search.threads import set_threads
+
+
+@dataclass
+class ChainBounds:
+    """The chain engine's state of a run: the chain and the network-level bounds dict."""
+
+    layered: Layered
+    bounds: Bounds
 
 
 def chain_of(run) -> Layered | None:
@@ -55,68 +64,46 @@ def _write_back(run, layered: Layered, bounds: Bounds, lo, hi) -> Bounds:
     return interval_bounds(run.net, box.lo, box.hi, {**bounds, **known})
 
 
-def alpha_crown(run, layered: Layered, bounds: Bounds, budget: float) -> Bounds:
+def alpha_crown(run, layered: Layered, bounds: Bounds, budget: float) -> tuple[Bounds, ChainBounds]:
     """Tighten every ReLU layer's bounds and each open disjunct's lower bound with alpha-CROWN
-    within `budget` seconds; returns the bounds dict with the tighter pre-activation bounds."""
+    within `budget` seconds; returns the bounds dict with the tighter pre-activation bounds, and
+    the engine's state for the stages that follow."""
     set_threads(run.options)
     start = time.perf_counter()
     x_lo, x_hi, lo, hi = _tensors(run, layered, bounds)
     lo, hi = intermediate_bounds(layered, x_lo, x_hi, lo, hi, run.options.alpha_steps, start + budget)
     _prove_disjuncts(run, layered, x_lo, x_hi, lo, hi)
     run.stats["time_alpha_crown"] = round(time.perf_counter() - start, 4)
-    return _write_back(run, layered, bounds, lo, hi)
+    bounds = _write_back(run, layered, bounds, lo, hi)
+    return bounds, ChainBounds(layered, bounds)
 
 
-def refine(run, layered: Layered, bounds: Bounds, budget: float, workers: SpecWorkers | None = None) -> Bounds:
-    """Refine the layer bounds by branch and bound over the earlier layers' splits (up to
-    `refine_layers` layers) and bound the open disjuncts again, in passes of doubling length
-    (2 s per layer first) within `budget` seconds: an instance that a short refinement already
-    proves does not pay for a long one, and each pass starts from the bounds the last reached.
-    `workers` (see `spec_workers`) share each layer's search out over processes."""
-    layers = min(run.options.refine_layers, layered.depth - 1)
-    if layers <= 0:
-        return bounds
+def refinable(state: ChainBounds) -> int:
+    """ReLU layers whose bounds a refinement can tighten (all after the first)."""
+    return state.layered.depth - 1
+
+
+def refine_pass(run, state: ChainBounds, per_layer: float, layers: int, end: float, finished: dict,
+                workers: SpecWorkers | None = None) -> dict:
+    """One refinement pass (bab_stages.refine): the first `layers` layers after the first
+    refined by branch and bound, `per_layer` seconds each on average; updates `state`."""
     set_threads(run.options)
-    start = time.perf_counter()
-    end = start + budget
-    x_lo, x_hi, lo, hi = _tensors(run, layered, bounds)
-    per_layer = run.options.refine_first_pass
-    stall = run.plan.refine_stall
-    worst = -math.inf
-    finished: dict = {}  # layers whose search closed every domain (see refined_bounds)
-    while run.open() and time.perf_counter() < end:
-        began = time.perf_counter()
-        per_layer = min(per_layer, (end - time.perf_counter()) / layers)
-        lo, hi, stats = refined_bounds(layered, x_lo, x_hi, lo, hi, run.options.alpha_steps, per_layer,
-                                       layers, end, max_memory=run.plan.settings.max_memory, finished=finished,
-                                       workers=workers, **run.plan.refine_mode)
-        for key, value in stats.items():
-            run.stats[key] = round(run.stats.get(key, 0) + value, 4)
-        if stats.get("refine_skipped", 0) >= layers:  # every refined layer finished: nothing left to gain
-            break
-        _prove_disjuncts(run, layered, x_lo, x_hi, lo, hi)
-        run.note("refinement pass", began, per_layer=per_layer, domains=stats.get("refine_domains", 0),
-                 skipped=stats.get("refine_skipped", 0))
-        per_layer *= 2
-        before, worst = worst, run.worst_open()
-        if math.isfinite(before) and worst - before < stall * abs(before):
-            run.stats["refine_stalled"] = 1
-            break
-    return _write_back(run, layered, bounds, lo, hi)
+    layered = state.layered
+    x_lo, x_hi, lo, hi = _tensors(run, layered, state.bounds)
+    lo, hi, stats = refined_bounds(layered, x_lo, x_hi, lo, hi, run.options.alpha_steps, per_layer, layers, end,
+                                   max_memory=run.plan.settings.max_memory, finished=finished, workers=workers,
+                                   **run.plan.refine_mode)
+    state.bounds = _write_back(run, layered, state.bounds, lo, hi)
+    return stats
 
 
-def spec_workers(options) -> SpecWorkers | None:
-    """Helper processes for the searches (option `processes`), started now so that they import
-    while this process works; None for one process. The caller closes them."""
-    if options.processes <= 1:
-        return None
-    try:
-        return SpecWorkers(options.processes)
-    except (OSError, RuntimeError, ValueError):  # no process support here (e.g. a daemonic parent)
-        return None
+def prove(run, state: ChainBounds) -> None:
+    """alpha-CROWN on each open disjunct with the current layer bounds."""
+    x_lo, x_hi, lo, hi = _tensors(run, state.layered, state.bounds)
+    _prove_disjuncts(run, state.layered, x_lo, x_hi, lo, hi)
 
 
-def constrain(run, layered: Layered, bounds: Bounds, disjuncts: list[int], budget: float) -> dict:
+def constrain(run, state: ChainBounds, disjuncts: list[int], budget: float) -> dict:
     """Per open disjunct, the layer bounds valid where it is not yet proven (its last
     `output_bound_layers` layers tightened in `output_bound_rounds` passes) within `budget`
     seconds; a disjunct they prove is recorded and left out. Returns {d: (lower, upper,
@@ -125,7 +112,8 @@ def constrain(run, layered: Layered, bounds: Bounds, disjuncts: list[int], budge
     set_threads(run.options)
     start = time.perf_counter()
     end = start + budget
-    x_lo, x_hi, lo, hi = _tensors(run, layered, bounds)
+    layered = state.layered
+    x_lo, x_hi, lo, hi = _tensors(run, layered, state.bounds)
     tolerance, out = run.options.tolerance, {}
     for d in disjuncts:
         if time.perf_counter() > end:
@@ -147,7 +135,7 @@ def constrain(run, layered: Layered, bounds: Bounds, disjuncts: list[int], budge
     return out
 
 
-def bab_search(run, layered: Layered, bounds: Bounds, disjuncts: list[int], deadline: float,
+def bab_search(run, state: ChainBounds, disjuncts: list[int], deadline: float,
                per_disjunct: dict | None = None, workers: SpecWorkers | None = None):
     """One branch and bound over all open disjuncts (their domains share the rounds). Returns
     the evidence of a violation or None; proven lower bounds go to the run either way.
@@ -159,7 +147,8 @@ def bab_search(run, layered: Layered, bounds: Bounds, disjuncts: list[int], dead
     if time.perf_counter() > deadline:  # nothing to search with: the bounds stay as they are
         return None
     set_threads(run.options)
-    x_lo, x_hi, lo, hi = _tensors(run, layered, bounds)
+    layered = state.layered
+    x_lo, x_hi, lo, hi = _tensors(run, layered, state.bounds)
     capped = set()
     if per_disjunct is not None:
         lo = [torch.cat([per_disjunct[d][0][k] for d in disjuncts]) for k in range(layered.depth)]

@@ -1,7 +1,8 @@
 """The bound-engine stages of a region search on any graph the engine compiles (residual adds,
 convolutions kept as convolutions, pooling, LeakyReLU/Clip lowered to ReLUs): alpha-CROWN on
-every relaxed node's input and on each disjunct, then branch and bound over ReLU splits on the
-graph in place of the MIP. Dense ReLU chains keep their measured fast path (chain_stage.py).
+every relaxed node's input and on each disjunct, and the engine functions of bab_stages.py
+(refinement passes, per-disjunct bounds, branch and bound over ReLU splits on the graph in place
+of the MIP). Dense ReLU chains keep their measured fast path (chain_stage.py).
 
 Bounds stay torch tensors on the run's device between these stages; the numpy bounds dict the
 LP/MIP stages read is written once, on the way out.
@@ -9,12 +10,16 @@ LP/MIP stages read is written once, on the way out.
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
 import torch
 
+from verifier.bab import graph_refine
+from verifier.bab.graph_output_bounds import constrained_bounds, crossed
 from verifier.bab.graph_problem import GraphTarget, spec_rows
+from verifier.bab.output_bounds import proven_above
 from verifier.bab.parallel import search
 from verifier.bab.search import add_stats
 from verifier.bounds.alpha import layer_bounds, optimise_alpha
@@ -79,20 +84,79 @@ def alpha_crown(run, graph: BoundGraph, bounds: dict, budget: float) -> tuple[di
     return state.numpy(bounds), state
 
 
-def _prove(run, state: GraphBounds, deadline: float) -> None:
+def prove(run, state: GraphBounds) -> None:
     """alpha-CROWN on each open disjunct with the current layer bounds."""
+    _prove(run, state, run.deadline)
+
+
+def _prove(run, state: GraphBounds, deadline: float, known: dict | None = None, disjuncts=None) -> list[float]:
+    """alpha-CROWN on each open disjunct (or each of `disjuncts`) with the current layer bounds
+    (or `known`); returns the bounds, which also go to the run unless `known` is given (bounds
+    valid only under output constraints prove less: the caller caps them)."""
     graph = state.graph
-    boxes = dict(enumerate(state.boxes()))
-    for d in run.open():
+    boxes = dict(enumerate(graph.interval(state.x_lo, state.x_hi, state.known if known is None else known)))
+    values = []
+    for d in run.open() if disjuncts is None else disjuncts:
         rows, const = _disjunct_rows(run, graph, d)
-        value = optimise_alpha(graph, graph.output, rows[None], const[None], state.x_lo, state.x_hi, boxes,
-                               run.options.alpha_steps, deadline=deadline)
-        run.prove(d, float(value.max()))
+        value = float(optimise_alpha(graph, graph.output, rows[None], const[None], state.x_lo, state.x_hi, boxes,
+                                     run.options.alpha_steps, deadline=deadline).max())
+        values.append(value)
+        if known is None:
+            run.prove(d, value)
+    return values
 
 
-def bab_search(run, state: GraphBounds, disjuncts: list[int], deadline: float, workers=None):
+def refinable(state: GraphBounds) -> int:
+    """Split nodes whose bounds a refinement can tighten (graph_refine.refinable)."""
+    return len(graph_refine.refinable(state.graph))
+
+
+def refine_pass(run, state: GraphBounds, per_layer: float, layers: int, end: float, finished: dict,
+                workers=None) -> dict:
+    """One refinement pass (bab_stages.refine): the first `layers` refinable split nodes refined
+    by branch and bound, `per_layer` seconds each on average; updates `state`."""
+    set_threads(run.options)
+    state.known, stats = graph_refine.refined_bounds(
+        state.graph, state.x_lo, state.x_hi, state.known, run.options.alpha_steps, per_layer, layers, end,
+        max_memory=run.plan.settings.max_memory, finished=finished, workers=workers, **run.plan.refine_mode)
+    return stats
+
+
+def constrain(run, state: GraphBounds, disjuncts: list[int], budget: float) -> dict:
+    """Per open disjunct, the bounds valid where it is not yet proven (its last
+    `output_bound_layers` split nodes' inputs tightened in `output_bound_rounds` passes) within
+    `budget` seconds; a disjunct they prove is recorded and left out. Returns {d: (known,
+    constrained)}: a disjunct reached after the budget keeps the plain bounds (constrained
+    False), whose search results need no capping (see `bab_search`)."""
+    set_threads(run.options)
+    start = time.perf_counter()
+    end = start + budget
+    graph, tolerance, out = state.graph, run.options.tolerance, {}
+    for d in disjuncts:
+        if time.perf_counter() > end:
+            out[d] = (state.known, False)
+            continue
+        rows, const = _disjunct_rows(run, graph, d)
+        known = constrained_bounds(graph, rows, const, tolerance, state.x_lo, state.x_hi, state.known,
+                                   run.options.output_bound_layers, run.options.output_bound_rounds, deadline=end)
+        if crossed(known):  # nothing in the box violates the disjunct by more than the tolerance
+            run.prove(d, proven_above(math.inf, tolerance))
+            continue
+        value = _prove(run, state, end, known, [d])[0]
+        run.prove(d, proven_above(value, tolerance))
+        if not value > tolerance:
+            out[d] = (known, True)
+    run.stats["time_output_bounds"] = round(run.stats.get("time_output_bounds", 0) + time.perf_counter() - start, 4)
+    return out
+
+
+def bab_search(run, state: GraphBounds, disjuncts: list[int], deadline: float, per_disjunct: dict | None = None,
+               workers=None):
     """One branch and bound on the graph over the open disjuncts (their domains share the
-    rounds). Returns the evidence of a violation or None; proven bounds go to the run."""
+    rounds). Returns the evidence of a violation or None; proven bounds go to the run.
+    `per_disjunct` ({d: (known, constrained)} from `constrain`, for every d) gives each
+    disjunct its own split-node bounds; constrained ones are valid only where it is unproven, so
+    what they prove is capped (output_bounds.proven_above)."""
     deadline = min(deadline, run.deadline)
     if time.perf_counter() > deadline or not disjuncts:
         return None
@@ -101,6 +165,13 @@ def bab_search(run, state: GraphBounds, disjuncts: list[int], deadline: float, w
     boxes = state.boxes()
     target = GraphTarget(graph, graph.output, {i: b for i, b in enumerate(boxes) if b is not None})
     pres = [graph.pre(s) for s in target.splits]
+    lower, upper = [boxes[p][0] for p in pres], [boxes[p][1] for p in pres]
+    capped = set()
+    if per_disjunct is not None:
+        own = [graph.interval(state.x_lo, state.x_hi, per_disjunct[d][0]) for d in disjuncts]
+        lower = [torch.cat([b[p][0] for b in own]) for p in pres]
+        upper = [torch.cat([b[p][1] for b in own]) for p in pres]
+        capped = {d for d in disjuncts if per_disjunct[d][1]}
     evidence: list = []
 
     def confirm(x) -> bool:
@@ -112,12 +183,12 @@ def bab_search(run, state: GraphBounds, disjuncts: list[int], deadline: float, w
     start = time.perf_counter()
     specs = [_disjunct_rows(run, graph, d) for d in disjuncts]
     settings = run.plan.settings
-    out = search(workers, target, specs, state.x_lo, state.x_hi, [boxes[p][0] for p in pres],
-                 [boxes[p][1] for p in pres], run.options.tolerance, deadline, confirm, settings)
+    out = search(workers, target, specs, state.x_lo, state.x_hi, lower, upper, run.options.tolerance, deadline,
+                 confirm, settings)
     add_stats(run.stats, out.stats)
     run.stats["time_bab"] = round(run.stats.get("time_bab", 0) + time.perf_counter() - start, 4)
     if out.status == "counterexample":
         return evidence[0] if evidence else None
     for d, value in zip(disjuncts, out.lower):
-        run.prove(d, value)
+        run.prove(d, proven_above(value, run.options.tolerance) if d in capped else value)
     return None

@@ -40,9 +40,9 @@ def make_plan(options: VerifyOptions, engine: str, depth: int) -> Plan:
     else:  # measured on chains: see options.bab_min_depth
         bab = depth > 0 and (options.bab == "on" or depth >= options.bab_min_depth)
     return Plan(engine=engine, depth=depth, alpha_crown=engine != "none", lp_bounds=_lp_bounds(engine, depth, bab),
-                bab=bab, probe=engine == "chain" and depth > 1, refine_share=_refine_share(options, depth),
+                bab=bab, probe=bab and depth > 1, refine_share=_refine_share(options, depth),
                 refine_mode=_refine_mode(depth), refine_stall=_refine_stall(options, depth),
-                output_bounds=engine == "chain" and _output_bounds(options, depth),
+                output_bounds=bab and _output_bounds(options, depth),
                 settings=bab_settings(options, depth))
 
 

@@ -1,9 +1,9 @@
 """Deciding one input region of a property: the stages from cheap to exact.
 
-reference point -> interval + symbolic bounds -> PGD attack -> alpha-CROWN (ReLU chains) -> LP
-bounds -> on MLPs: branch and bound, refined layer bounds, branch and bound (chain_stage.py); on
-other graphs branch and bound on the bound engine's graph (graph_stage.py);
-otherwise LP tightening and a MIP over the disjuncts still open. Each disjunct d has a slack s_d
+reference point -> interval + symbolic bounds -> PGD attack -> alpha-CROWN -> LP bounds ->
+branch and bound stages (bab_stages.py: probe, refined layer bounds, search) on the dense chain
+engine for MLPs (chain_stage.py) or the bound engine's graph (graph_stage.py); without branch
+and bound, LP tightening and a MIP over the disjuncts still open. Each disjunct d has a slack s_d
 (<= 0 means violated); the run keeps a proven lower bound per disjunct and the best point found.
 `robust` only comes from lower bounds above the tolerance (bound propagation, a branch and bound
 with every domain closed, safe LP duals, or a finished MIP); `adversarial` only from a point
@@ -27,9 +27,9 @@ from verifier.encode.network import EncodedNetwork, encode_network
 from verifier.network.graph import Network
 from verifier.options import VerifyOptions
 from verifier.result import Result, Status
-from verifier.search import graph_stage
+from verifier.search import chain_stage, graph_stage
 from verifier.search.attack import pgd_attack
-from verifier.search.chain_stage import alpha_crown, bab_search, chain_of, constrain, refine, spec_workers
+from verifier.search.bab_stages import bab_stages
 from verifier.search.plan import make_plan
 from verifier.search.run_state import RunState
 from verifier.spec.property import Conjunction, InputRegion
@@ -110,19 +110,18 @@ def _decide(run: RunState, x_ref: np.ndarray) -> Result:
     attacked = dict(zip(run.open(), attack.per_disjunct))
     order = sorted(run.open(), key=lambda d: attacked[d])
 
-    layered = chain_of(run)
+    layered = chain_stage.chain_of(run)
     graph = graph_stage.graph_of(run) if layered is None and options.bab != "off" else None
     kind = "chain" if layered is not None else "graph" if graph is not None else "none"
     run.plan = plan = make_plan(options, kind, layered.depth if layered is not None else
                                 len(graph.splits) if graph is not None else 0)
     run.stats["engine"] = plan.engine
-    graph_bounds = None  # the graph engine's bounds (torch, on the device), once alpha-CROWN made them
+    engine = chain_stage if layered is not None else graph_stage
+    state = None  # the engine's bounds state, once alpha-CROWN made it
     if plan.alpha_crown and run.open():
         began = time.perf_counter()
-        if layered is not None:
-            bounds = alpha_crown(run, layered, bounds, options.alpha_budget * run.remaining())
-        else:
-            bounds, graph_bounds = graph_stage.alpha_crown(run, graph, bounds, options.alpha_budget * run.remaining())
+        bounds, state = engine.alpha_crown(run, layered if layered is not None else graph, bounds,
+                                           options.alpha_budget * run.remaining())
         run.stats.update(_relu_stats(net, bounds, "alpha"))
         run.note("alpha-CROWN", began)
         if not run.open():
@@ -133,10 +132,8 @@ def _decide(run: RunState, x_ref: np.ndarray) -> Result:
         _lp_bounds(run, enc, bounds, [d for d in order if d in run.open()])
     if not run.open():
         return run.result(Status.ROBUST, "lp")
-    if plan.bab and layered is not None:
-        return _bab_stages(run, layered, bounds, order)
-    if plan.bab and graph_bounds is not None:
-        return _graph_bab(run, graph_bounds, order)
+    if plan.bab and state is not None:
+        return bab_stages(run, engine, state, order)
     if enc is None:
         enc = encode_network(net, bounds, deadline=run.deadline)
     if run.open() and options.lp_tightening and run.remaining() > 0:
@@ -151,63 +148,6 @@ def _decide(run: RunState, x_ref: np.ndarray) -> Result:
     if not run.open():
         return run.result(Status.ROBUST, "lp")
     return _mip_search(run, enc, bounds, [d for d in order if d in run.open()], attack.x)
-
-
-def _graph_bab(run: RunState, graph_bounds, order: list[int]) -> Result:
-    """Branch and bound on the bound graph with the time left (graph_stage.py)."""
-    workers = spec_workers(run.options)
-    began = time.perf_counter()
-    try:
-        evidence = graph_stage.bab_search(run, graph_bounds, [d for d in order if d in run.open()], run.deadline,
-                                          workers)
-        run.note("graph search", began)
-    finally:
-        if workers is not None:
-            workers.close()
-    if evidence is not None:
-        return run.result(Status.ADVERSARIAL, "bab", evidence)
-    if not run.open():
-        return run.result(Status.ROBUST, "bab")
-    return run.result(Status.UNKNOWN, "timeout" if run.remaining() <= 0 else "bab")
-
-
-def _bab_stages(run: RunState, layered, bounds: dict, order: list[int]) -> Result:
-    """Branch and bound for a short probe (easy instances end here), then refine the layer
-    bounds by branch and bound over earlier layers and search again with the time left."""
-    workers = spec_workers(run.options)
-    try:
-        return _bab_stage_run(run, layered, bounds, order, workers)
-    finally:
-        if workers is not None:
-            workers.close()
-
-
-def _bab_stage_run(run: RunState, layered, bounds: dict, order: list[int], workers) -> Result:
-    options = run.options
-    # One hidden layer: no earlier layer to refine, so a probe would only restart the search.
-    for stage in ("probe", "refined") if run.plan.probe else ("refined",):
-        began = time.perf_counter()
-        if stage == "refined":
-            bounds = refine(run, layered, bounds, run.plan.refine_share * run.remaining(), workers)
-            run.note("refinement", began)
-            if not run.open():
-                return run.result(Status.ROBUST, "bounds")
-        per_disjunct = None
-        if stage == "refined" and run.plan.output_bounds:
-            per_disjunct = constrain(run, layered, bounds, [d for d in order if d in run.open()],
-                                     options.output_bound_budget * run.remaining())
-            if not run.open():
-                return run.result(Status.ROBUST, "bounds")
-        share = options.bab_probe if stage == "probe" else 1.0
-        began = time.perf_counter()
-        evidence = bab_search(run, layered, bounds, [d for d in order if d in run.open()],
-                              time.perf_counter() + share * run.remaining(), per_disjunct, workers)
-        run.note(f"{stage} search", began)
-        if evidence is not None:
-            return run.result(Status.ADVERSARIAL, "bab", evidence)
-        if not run.open():
-            return run.result(Status.ROBUST, "bab")
-    return run.result(Status.UNKNOWN, "timeout" if run.remaining() <= 0 else "bab")
 
 
 class _Objectives:
