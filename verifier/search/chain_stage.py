@@ -2,9 +2,9 @@
 fast path for MLPs on a CPU): alpha-CROWN on every layer's bounds and on each disjunct, and the
 engine functions of bab_stages.py (refinement passes, per-disjunct bounds, branch and bound).
 
-The tightened pre-activation bounds go back into the network-level bounds dict, so the LP and
-MIP stages that may follow profit from them too — except the per-disjunct bounds of `constrain`,
-valid only where their disjunct is unproven, which stay with the final search.
+alpha-CROWN's pre-activation bounds go back into the network-level bounds dict once, so the LP
+and MIP stages that may follow profit from them too; after it the bounds stay torch tensors in
+the engine's state (`ChainBounds`) through refinement and search.
 """
 
 from __future__ import annotations
@@ -28,10 +28,14 @@ from verifier.search.threads import set_threads
 
 @dataclass
 class ChainBounds:
-    """The chain engine's state of a run: the chain and the network-level bounds dict."""
+    """The chain engine's state of a run: the chain, the box and every ReLU layer's (1, n_k)
+    pre-activation bounds as torch tensors, kept as such between the stages."""
 
     layered: Layered
-    bounds: Bounds
+    x_lo: torch.Tensor
+    x_hi: torch.Tensor
+    lower: list
+    upper: list
 
 
 def chain_of(run) -> Layered | None:
@@ -74,8 +78,7 @@ def alpha_crown(run, layered: Layered, bounds: Bounds, budget: float) -> tuple[B
     lo, hi = intermediate_bounds(layered, x_lo, x_hi, lo, hi, run.options.alpha_steps, start + budget)
     _prove_disjuncts(run, layered, x_lo, x_hi, lo, hi)
     run.stats["time_alpha_crown"] = round(time.perf_counter() - start, 4)
-    bounds = _write_back(run, layered, bounds, lo, hi)
-    return bounds, ChainBounds(layered, bounds)
+    return _write_back(run, layered, bounds, lo, hi), ChainBounds(layered, x_lo, x_hi, lo, hi)
 
 
 def refinable(state: ChainBounds) -> int:
@@ -88,19 +91,15 @@ def refine_pass(run, state: ChainBounds, per_layer: float, layers: int, end: flo
     """One refinement pass (bab_stages.refine): the first `layers` layers after the first
     refined by branch and bound, `per_layer` seconds each on average; updates `state`."""
     set_threads(run.options)
-    layered = state.layered
-    x_lo, x_hi, lo, hi = _tensors(run, layered, state.bounds)
-    lo, hi, stats = refined_bounds(layered, x_lo, x_hi, lo, hi, run.options.alpha_steps, per_layer, layers, end,
-                                   max_memory=run.plan.settings.max_memory, finished=finished, workers=workers,
-                                   **run.plan.refine_mode)
-    state.bounds = _write_back(run, layered, state.bounds, lo, hi)
+    state.lower, state.upper, stats = refined_bounds(
+        state.layered, state.x_lo, state.x_hi, state.lower, state.upper, run.options.alpha_steps, per_layer, layers,
+        end, max_memory=run.plan.settings.max_memory, finished=finished, workers=workers, **run.plan.refine_mode)
     return stats
 
 
 def prove(run, state: ChainBounds) -> None:
     """alpha-CROWN on each open disjunct with the current layer bounds."""
-    x_lo, x_hi, lo, hi = _tensors(run, state.layered, state.bounds)
-    _prove_disjuncts(run, state.layered, x_lo, x_hi, lo, hi)
+    _prove_disjuncts(run, state.layered, state.x_lo, state.x_hi, state.lower, state.upper)
 
 
 def constrain(run, state: ChainBounds, disjuncts: list[int], budget: float) -> dict:
@@ -112,8 +111,7 @@ def constrain(run, state: ChainBounds, disjuncts: list[int], budget: float) -> d
     set_threads(run.options)
     start = time.perf_counter()
     end = start + budget
-    layered = state.layered
-    x_lo, x_hi, lo, hi = _tensors(run, layered, state.bounds)
+    layered, x_lo, x_hi, lo, hi = state.layered, state.x_lo, state.x_hi, state.lower, state.upper
     tolerance, out = run.options.tolerance, {}
     for d in disjuncts:
         if time.perf_counter() > end:
@@ -147,8 +145,7 @@ def bab_search(run, state: ChainBounds, disjuncts: list[int], deadline: float,
     if time.perf_counter() > deadline:  # nothing to search with: the bounds stay as they are
         return None
     set_threads(run.options)
-    layered = state.layered
-    x_lo, x_hi, lo, hi = _tensors(run, layered, state.bounds)
+    layered, x_lo, x_hi, lo, hi = state.layered, state.x_lo, state.x_hi, state.lower, state.upper
     capped = set()
     if per_disjunct is not None:
         lo = [torch.cat([per_disjunct[d][0][k] for d in disjuncts]) for k in range(layered.depth)]
