@@ -16,7 +16,7 @@ from tests.oracles import assert_verdict_agrees, enumerate_constrained_ranges, e
 from verifier import Property, VerifyOptions
 from verifier.bab.crown import Relaxation, backward_bound, intermediate_bounds, optimise_alpha
 from verifier.bab.layered import as_layered
-from verifier.bab.output_bounds import constrained_bounds, crossed, proven_above
+from verifier.bab.output_bounds import constrained_bounds, crossed
 from verifier.bab.search import BabSettings, branch_and_bound
 from verifier.bounds.interval import interval_bounds
 from verifier.spec.ball import InputBox
@@ -134,6 +134,20 @@ def test_inject_alone_is_the_plain_bound_of_the_neuron():
     assert torch.allclose(via_inject, direct, atol=1e-12)
 
 
+def _claim(value: float) -> float:
+    """What RunState.prove_constrained records for a bound made with constrained bounds."""
+    from verifier.search.run_state import RunState
+
+    run = RunState(None, None, None, VerifyOptions(tolerance=TOLERANCE), 0.0, np.full(1, -np.inf), np.zeros(1))
+    run.prove_constrained(0, value)
+    return float(run.lower[0])
+
+
+def test_a_constrained_bound_proves_at_most_just_above_the_tolerance():
+    assert _claim(5.0) == np.nextafter(TOLERANCE, np.inf) and _claim(-0.5) == -0.5
+    assert _claim(float("nan")) == -np.inf and _claim(TOLERANCE) == TOLERANCE
+
+
 @pytest.mark.parametrize("order", [(0, 1), (1, 0)])
 def test_search_keeps_each_specs_own_bounds(order):
     """Two disjuncts, each searched with bounds valid only where it is unproven, given in either
@@ -159,7 +173,7 @@ def test_search_keeps_each_specs_own_bounds(order):
                                settings=BabSettings(on_witness="drop"))
         for position, i in enumerate(order):
             true_min = enumerate_min_slack(ws, bs, box.lo, box.hi, [(conjs[i].C, conjs[i].d)])
-            claim = proven_above(out.lower[position], TOLERANCE)
+            claim = _claim(out.lower[position])
             assert claim <= true_min + 1e-9
 
 

@@ -19,7 +19,7 @@ from verifier.bab.graph_problem import GraphTarget
 from verifier.bab.parallel import SpecWorkers, search
 from verifier.bab.refine import layer_settings, layer_shares
 from verifier.bab.search import BabSettings
-from verifier.bounds.alpha import layer_bounds
+from verifier.bounds.alpha import layer_bounds, selection, split_ancestors
 from verifier.bounds.graph import BoundGraph, Box
 
 
@@ -42,12 +42,9 @@ def refine_node(graph: BoundGraph, split: int, x_lo, x_hi, known: Mapping[int, B
         return dict(known), {}
     boxes = graph.interval(x_lo, x_hi, dict(known), upto=p)
     target = GraphTarget(graph, p, {i: b for i, b in enumerate(boxes) if b is not None})
-    size, n = graph.nodes[p].size, idx.numel()
-    eye = torch.zeros((2 * n, size), dtype=lo.dtype, device=lo.device)
-    eye[torch.arange(n), idx] = 1.0
-    eye[n + torch.arange(n), idx] = -1.0
-    zero = torch.zeros(1, dtype=lo.dtype, device=lo.device)
-    specs = [(eye[i:i + 1], zero) for i in range(2 * n)]
+    n = idx.numel()
+    eye, zeros = selection(idx, graph.nodes[p].size, lo.dtype, lo.device)
+    specs = [(eye[0, i:i + 1], zeros[0, i:i + 1]) for i in range(2 * n)]
     pres = [graph.pre(s) for s in target.splits]
     out = search(workers, target, specs, x_lo, x_hi, [boxes[q][0] for q in pres], [boxes[q][1] for q in pres], 0.0,
                  deadline, lambda x: False, settings)
@@ -82,7 +79,8 @@ def refined_bounds(graph: BoundGraph, x_lo, x_hi, known: Mapping[int, Box], alph
             start = time.perf_counter()
             budget = layer_budget * len(shares) * shares[k]
             before = _inputs_of(graph, r, known)
-            settings = layer_settings(k + 1, on_witness=on_witness, order=order, max_memory=max_memory)
+            below = len(split_ancestors(graph, graph.pre(r)))  # split nodes its search may split
+            settings = layer_settings(below, on_witness=on_witness, order=order, max_memory=max_memory)
             known, st = refine_node(graph, r, x_lo, x_hi, known, min(deadline, start + budget), settings, workers)
             if st.get("exhausted"):
                 finished[r] = before

@@ -11,6 +11,8 @@ What such bounds prove: a bound v > tol on the disjunct computed with them means
 i.e. the disjunct holds with slack > tol everywhere; a bound v <= tol means the least slack is
 at least v, or above tol. They are never valid for another disjunct, nor as a number for the
 slack's exact minimum (so not in exact mode), and crossed bounds (lower > upper) prove U empty.
+`RunState.prove_constrained` records such a bound accordingly (for both engines; the graph
+engine's form of this module is graph_output_bounds.py).
 
 Measured on mnistfc 256x4 prop_6 eps 0.05 after 120 s of refinement: two passes over the four
 layers (about 1.5 s per disjunct) lift the nine disjuncts' alpha-CROWN bounds from
@@ -20,10 +22,8 @@ layers (about 1.5 s per disjunct) lift the nine disjuncts' alpha-CROWN bounds fr
 
 from __future__ import annotations
 
-import math
 import time
 
-import numpy as np
 import torch
 
 from verifier.bab.crown import Relaxation, backward_bound, default_alpha, pass_seconds
@@ -103,13 +103,3 @@ def constrained_bounds(net: Layered, rows: torch.Tensor, const: torch.Tensor, to
 def crossed(lower: list, upper: list) -> bool:
     """True if some neuron's bounds cross: the set they were computed on is empty."""
     return any(bool((l > u).any()) for l, u in zip(lower, upper))
-
-
-def proven_above(value: float, tolerance: float) -> float:
-    """What a bound computed with these bounds proves of the disjunct's least slack: the bound
-    itself up to the tolerance; above it only that the slack exceeds the tolerance (U is
-    empty), recorded as the next float up (an over-claim of under one ulp of the tolerance,
-    ~2e-21 at 1e-5, far below any rounding in the network's own outputs). NaN proves nothing."""
-    if value > tolerance:
-        return float(np.nextafter(tolerance, np.inf))
-    return value if value == value else -math.inf

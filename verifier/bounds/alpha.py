@@ -104,7 +104,7 @@ def optimise_alpha(graph: BoundGraph, start: int, rows: torch.Tensor, const: tor
     return torch.fmax(best, value)
 
 
-def _selection(idx: torch.Tensor, size: int, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+def selection(idx: torch.Tensor, size: int, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows (1, 2k, size) picking +x[idx] then -x[idx], and their zero constants."""
     k = idx.numel()
     rows = torch.zeros((1, 2 * k, size), dtype=dtype, device=device)
@@ -125,7 +125,7 @@ def node_bounds(graph: BoundGraph, node: int, x_lo, x_hi, bounds: list, idx: tor
     for part in idx.split(per_chunk):
         if time.perf_counter() > deadline:
             break
-        rows, const = _selection(part, graph.nodes[node].size, EXACT, lo.device)
+        rows, const = selection(part, graph.nodes[node].size, EXACT, lo.device)
         value = optimise_alpha(graph, node, rows, const, x_lo, x_hi, known, steps, deadline=deadline)[0]
         k = part.numel()
         lo[0, part] = torch.fmax(lo[0, part], value[:k])

@@ -3,21 +3,40 @@ probe search (easy instances end there), refinement of the layer bounds by branc
 earlier splits, per-disjunct bounds under each disjunct's negation, and the final search with
 the time left. Which of them run is the plan's call (plan.py).
 
-An engine is a module with the same stage functions over its own bounds state:
-chain_stage.py (dense ReLU chains, the MLP fast path) and graph_stage.py (any graph):
-`refinable(state)`, `refine_pass(run, state, per_layer, layers, end, finished, workers)`,
-`prove(run, state)`, `constrain(run, state, disjuncts, budget)` and
-`bab_search(run, state, disjuncts, deadline, per_disjunct, workers)`.
+An engine is a module with the stage functions of `Engine` over its own bounds state:
+chain_stage.py (dense ReLU chains, the MLP fast path) and graph_stage.py (any graph).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from types import ModuleType
+from typing import Any, Protocol
 
 from verifier.result import Result, Status
 from verifier.search.run_state import RunState
+
+
+class Engine(Protocol):
+    """What the stages need of an engine module; `state` is its bounds of the run (made by its
+    alpha_crown stage) and is updated in place by refinement."""
+
+    def refinable(self, state: Any) -> int:
+        """How many layers (split nodes) a refinement can tighten."""
+
+    def refine_pass(self, run: RunState, state: Any, per_layer: float, layers: int, end: float, finished: dict,
+                    workers=None) -> dict:
+        """One refinement pass over the first `layers` refinable layers; returns its stats."""
+
+    def prove(self, run: RunState, state: Any) -> None:
+        """alpha-CROWN on each open disjunct with the state's bounds."""
+
+    def constrain(self, run: RunState, state: Any, disjuncts: list[int], budget: float) -> dict:
+        """Per-disjunct bounds under each disjunct's negation (output constraints)."""
+
+    def bab_search(self, run: RunState, state: Any, disjuncts: list[int], deadline: float,
+                   per_disjunct: dict | None = None, workers=None):
+        """One branch and bound over the disjuncts; the evidence of a violation or None."""
 
 
 def spec_workers(options):
@@ -33,7 +52,7 @@ def spec_workers(options):
         return None
 
 
-def bab_stages(run: RunState, engine: ModuleType, state, order: list[int]) -> Result:
+def bab_stages(run: RunState, engine: Engine, state, order: list[int]) -> Result:
     """The stages (module docstring) with helper processes for their searches."""
     workers = spec_workers(run.options)
     try:
@@ -43,7 +62,7 @@ def bab_stages(run: RunState, engine: ModuleType, state, order: list[int]) -> Re
             workers.close()
 
 
-def _stages(run: RunState, engine: ModuleType, state, order: list[int], workers) -> Result:
+def _stages(run: RunState, engine: Engine, state, order: list[int], workers) -> Result:
     plan, options = run.plan, run.options
     for stage in ("probe", "refined") if plan.probe else ("refined",):
         if stage == "refined" and plan.refine_share > 0:
@@ -70,7 +89,7 @@ def _stages(run: RunState, engine: ModuleType, state, order: list[int], workers)
     return run.result(Status.UNKNOWN, "timeout" if run.remaining() <= 0 else "bab")
 
 
-def refine(run: RunState, engine: ModuleType, state, budget: float, workers=None) -> None:
+def refine(run: RunState, engine: Engine, state, budget: float, workers=None) -> None:
     """Refine the layer bounds by branch and bound over earlier splits (up to `refine_layers`
     layers) and bound the open disjuncts again, in passes of doubling length (2 s per layer
     first) within `budget` seconds: an instance that a short refinement already proves does not

@@ -18,10 +18,11 @@ import torch
 
 from verifier.bab.crown import intermediate_bounds, optimise_alpha
 from verifier.bab.layered import Layered, as_layered
-from verifier.bab.output_bounds import constrained_bounds, crossed, proven_above
+from verifier.bab.output_bounds import constrained_bounds, crossed
 from verifier.bab.parallel import SpecWorkers, search
 from verifier.bab.refine import refined_bounds
 from verifier.bab.search import add_stats
+from verifier.bounds.graph import compiled
 from verifier.bounds.interval import Bounds, interval_bounds
 from verifier.search.threads import set_threads
 
@@ -78,7 +79,8 @@ def alpha_crown(run, layered: Layered, bounds: Bounds, budget: float) -> tuple[B
     lo, hi = intermediate_bounds(layered, x_lo, x_hi, lo, hi, run.options.alpha_steps, start + budget)
     _prove_disjuncts(run, layered, x_lo, x_hi, lo, hi)
     run.stats["time_alpha_crown"] = round(time.perf_counter() - start, 4)
-    return _write_back(run, layered, bounds, lo, hi), ChainBounds(layered, x_lo, x_hi, lo, hi)
+    bounds = _write_back(run, layered, bounds, lo, hi)
+    return bounds, ChainBounds(layered, *_tensors(run, layered, bounds))
 
 
 def refinable(state: ChainBounds) -> int:
@@ -94,7 +96,18 @@ def refine_pass(run, state: ChainBounds, per_layer: float, layers: int, end: flo
     state.lower, state.upper, stats = refined_bounds(
         state.layered, state.x_lo, state.x_hi, state.lower, state.upper, run.options.alpha_steps, per_layer, layers,
         end, max_memory=run.plan.settings.max_memory, finished=finished, workers=workers, **run.plan.refine_mode)
+    state.lower, state.upper = _intersected(run, state)
     return stats
+
+
+def _intersected(run, state: ChainBounds) -> tuple[list, list]:
+    """The layer bounds intersected with interval propagation through them (the network's
+    compiled intervals, with rounding slack): a refined layer can tighten the next one beyond
+    what CROWN makes of it, which uses a layer's bounds only in its relaxation."""
+    graph = compiled(run.net)
+    nodes = [graph.index[p] for p in state.layered.pre_nodes]
+    boxes = graph.interval(state.x_lo, state.x_hi, {i: (l, h) for i, l, h in zip(nodes, state.lower, state.upper)})
+    return [boxes[i][0] for i in nodes], [boxes[i][1] for i in nodes]
 
 
 def prove(run, state: ChainBounds) -> None:
@@ -122,11 +135,11 @@ def constrain(run, state: ChainBounds, disjuncts: list[int], budget: float) -> d
                                         run.options.output_bound_layers, run.options.output_bound_rounds,
                                         deadline=end)
         if crossed(d_lo, d_hi):  # nothing in the box violates the disjunct by more than the tolerance
-            run.prove(d, proven_above(math.inf, tolerance))
+            run.prove_constrained(d, math.inf)
             continue
         value = float(optimise_alpha(layered, layered.depth, rows[None], const[None], x_lo, x_hi, d_lo, d_hi,
                                      run.options.alpha_steps, deadline=end).max())
-        run.prove(d, proven_above(value, tolerance))
+        run.prove_constrained(d, value)
         if not value > tolerance:
             out[d] = (d_lo, d_hi, True)
     run.stats["time_output_bounds"] = round(run.stats.get("time_output_bounds", 0) + time.perf_counter() - start, 4)
@@ -139,7 +152,7 @@ def bab_search(run, state: ChainBounds, disjuncts: list[int], deadline: float,
     the evidence of a violation or None; proven lower bounds go to the run either way.
     `per_disjunct` ({d: (lower, upper, constrained)} from `constrain`, for every d) gives each
     disjunct its own layer bounds; constrained ones are valid only where it is unproven, so
-    what they prove is capped (output_bounds.proven_above). `workers` share the disjuncts out
+    what they prove is capped (RunState.prove_constrained). `workers` share the disjuncts out
     over processes."""
     deadline = min(deadline, run.deadline)
     if time.perf_counter() > deadline:  # nothing to search with: the bounds stay as they are
@@ -168,5 +181,8 @@ def bab_search(run, state: ChainBounds, disjuncts: list[int], deadline: float,
     if out.status == "counterexample":
         return evidence[0]
     for d, value in zip(disjuncts, out.lower):
-        run.prove(d, proven_above(value, run.options.tolerance) if d in capped else value)
+        if d in capped:
+            run.prove_constrained(d, value)
+        else:
+            run.prove(d, value)
     return None

@@ -19,7 +19,6 @@ import torch
 from verifier.bab import graph_refine
 from verifier.bab.graph_output_bounds import constrained_bounds, crossed
 from verifier.bab.graph_problem import GraphTarget, spec_rows
-from verifier.bab.output_bounds import proven_above
 from verifier.bab.parallel import search
 from verifier.bab.search import add_stats
 from verifier.bounds.alpha import layer_bounds, optimise_alpha
@@ -140,10 +139,10 @@ def constrain(run, state: GraphBounds, disjuncts: list[int], budget: float) -> d
         known = constrained_bounds(graph, rows, const, tolerance, state.x_lo, state.x_hi, state.known,
                                    run.options.output_bound_layers, run.options.output_bound_rounds, deadline=end)
         if crossed(known):  # nothing in the box violates the disjunct by more than the tolerance
-            run.prove(d, proven_above(math.inf, tolerance))
+            run.prove_constrained(d, math.inf)
             continue
         value = _prove(run, state, end, known, [d])[0]
-        run.prove(d, proven_above(value, tolerance))
+        run.prove_constrained(d, value)
         if not value > tolerance:
             out[d] = (known, True)
     run.stats["time_output_bounds"] = round(run.stats.get("time_output_bounds", 0) + time.perf_counter() - start, 4)
@@ -156,7 +155,7 @@ def bab_search(run, state: GraphBounds, disjuncts: list[int], deadline: float, p
     rounds). Returns the evidence of a violation or None; proven bounds go to the run.
     `per_disjunct` ({d: (known, constrained)} from `constrain`, for every d) gives each
     disjunct its own split-node bounds; constrained ones are valid only where it is unproven, so
-    what they prove is capped (output_bounds.proven_above)."""
+    what they prove is capped (RunState.prove_constrained)."""
     deadline = min(deadline, run.deadline)
     if time.perf_counter() > deadline or not disjuncts:
         return None
@@ -190,5 +189,8 @@ def bab_search(run, state: GraphBounds, disjuncts: list[int], deadline: float, p
     if out.status == "counterexample":
         return evidence[0] if evidence else None
     for d, value in zip(disjuncts, out.lower):
-        run.prove(d, proven_above(value, run.options.tolerance) if d in capped else value)
+        if d in capped:
+            run.prove_constrained(d, value)
+        else:
+            run.prove(d, value)
     return None

@@ -65,6 +65,17 @@ class RunState:
     def prove(self, d: int, bound: float) -> None:
         self.lower[d] = max(self.lower[d], bound)
 
+    def prove_constrained(self, d: int, bound: float) -> None:
+        """Record a bound on disjunct d computed with layer bounds valid only where d is still
+        unproven (output constraints, bab/output_bounds.py): it proves the bound itself up to
+        the tolerance; above it only that the slack exceeds the tolerance (that set is empty),
+        recorded as the next float up (an over-claim of under one ulp of the tolerance, ~2e-21
+        at 1e-5, far below any rounding in the network's own outputs). NaN proves nothing."""
+        tolerance = self.options.tolerance
+        if bound > tolerance:
+            bound = float(np.nextafter(tolerance, np.inf))
+        self.prove(d, bound if bound == bound else -math.inf)
+
     def slacks(self, y: np.ndarray) -> np.ndarray:
         return np.array([c.slack(y)[0] for c in self.disjuncts])
 
