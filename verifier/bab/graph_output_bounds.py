@@ -18,7 +18,8 @@ from typing import Mapping
 
 import torch
 
-from verifier.bounds.alpha import CHUNK_ENTRIES, adam, adam_seconds, ascent_step, pass_seconds, selection, split_ancestors
+from verifier.bounds.alpha import (CHUNK_ENTRIES, adam, adam_seconds, ascent_step, pass_seconds, selection,
+                                   split_ancestors)
 from verifier.bounds.graph import BoundGraph, Box
 from verifier.bounds.walker import ABS_SLACK, EXACT, FAST, REL_SLACK, Relaxation, backward_bound, extents_of
 from verifier.deadline import Pace, fits

@@ -31,12 +31,14 @@ class Engine(Protocol):
     def prove(self, run: RunState, state: Any) -> None:
         """alpha-CROWN on each open disjunct with the state's bounds."""
 
-    def constrain(self, run: RunState, state: Any, disjuncts: list[int], budget: float) -> dict:
-        """Per-disjunct bounds under each disjunct's negation (output constraints)."""
+    def constrained(self, run: RunState, state: Any, d: int, deadline: float) -> tuple[Any, float]:
+        """Disjunct d's own bounds under its negation (output constraints) and the bound on d
+        they give (inf where they cross: nothing violates d by more than the tolerance)."""
 
     def bab_search(self, run: RunState, state: Any, disjuncts: list[int], deadline: float,
                    per_disjunct: dict | None = None, workers=None):
-        """One branch and bound over the disjuncts; the evidence of a violation or None."""
+        """One branch and bound over the disjuncts; the evidence of a violation or None.
+        `per_disjunct` is `constrain`'s result."""
 
 
 def spec_workers(options):
@@ -73,8 +75,8 @@ def _stages(run: RunState, engine: Engine, state, order: list[int], workers) -> 
                 return run.result(Status.ROBUST, "bounds")
         per_disjunct = None
         if stage == "refined" and plan.output_bounds:
-            per_disjunct = engine.constrain(run, state, [d for d in order if d in run.open()],
-                                            options.output_bound_budget * run.remaining())
+            per_disjunct = constrain(run, engine, state, [d for d in order if d in run.open()],
+                                     options.output_bound_budget * run.remaining())
             if not run.open():
                 return run.result(Status.ROBUST, "bounds")
         share = options.bab_probe if stage == "probe" else 1.0
@@ -118,3 +120,24 @@ def refine(run: RunState, engine: Engine, state, budget: float, workers=None) ->
         if math.isfinite(before) and worst - before < run.plan.refine_stall * abs(before):
             run.stats["refine_stalled"] = 1
             break
+
+
+def constrain(run: RunState, engine: Engine, state, disjuncts: list[int], budget: float) -> dict:
+    """Per open disjunct, bounds valid where it is not yet proven (the engine's `constrained`)
+    within `budget` seconds; what they prove is recorded, capped (RunState.prove_constrained),
+    and a disjunct they prove is left out. Returns {d: (bounds, constrained)}: a disjunct
+    reached after the budget gets (None, False), the state's plain bounds, whose search results
+    need no capping."""
+    start = time.perf_counter()
+    end = start + budget
+    out = {}
+    for d in disjuncts:
+        if time.perf_counter() > end:
+            out[d] = (None, False)
+            continue
+        bounds, value = engine.constrained(run, state, d, end)
+        run.prove_constrained(d, value)
+        if not value > run.options.tolerance:
+            out[d] = (bounds, True)
+    run.stats["time_output_bounds"] = round(run.stats.get("time_output_bounds", 0) + time.perf_counter() - start, 4)
+    return out

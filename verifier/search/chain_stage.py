@@ -115,45 +115,31 @@ def prove(run, state: ChainBounds) -> None:
     _prove_disjuncts(run, state.layered, state.x_lo, state.x_hi, state.lower, state.upper)
 
 
-def constrain(run, state: ChainBounds, disjuncts: list[int], budget: float) -> dict:
-    """Per open disjunct, the layer bounds valid where it is not yet proven (its last
-    `output_bound_layers` layers tightened in `output_bound_rounds` passes) within `budget`
-    seconds; a disjunct they prove is recorded and left out. Returns {d: (lower, upper,
-    constrained)}: a disjunct reached after the budget keeps the plain bounds (constrained
-    False), whose search results need no capping (see `bab_search`)."""
+def constrained(run, state: ChainBounds, d: int, deadline: float) -> tuple[tuple[list, list], float]:
+    """Disjunct d's layer bounds valid where it is not yet proven (its last
+    `output_bound_layers` layers tightened in `output_bound_rounds` passes) and alpha-CROWN's
+    bound on d with them (inf where they cross); bab_stages.constrain records it."""
     set_threads(run.options)
-    start = time.perf_counter()
-    end = start + budget
-    layered, x_lo, x_hi, lo, hi = state.layered, state.x_lo, state.x_hi, state.lower, state.upper
-    tolerance, out = run.options.tolerance, {}
-    for d in disjuncts:
-        if time.perf_counter() > end:
-            out[d] = (lo, hi, False)
-            continue
-        rows, const = layered.spec_rows(run.disjuncts[d].C, run.disjuncts[d].d)
-        d_lo, d_hi = constrained_bounds(layered, rows, const, tolerance, x_lo, x_hi, lo, hi,
-                                        run.options.output_bound_layers, run.options.output_bound_rounds,
-                                        deadline=end)
-        if crossed(d_lo, d_hi):  # nothing in the box violates the disjunct by more than the tolerance
-            run.prove_constrained(d, math.inf)
-            continue
-        value = float(optimise_alpha(layered, layered.depth, rows[None], const[None], x_lo, x_hi, d_lo, d_hi,
-                                     run.options.alpha_steps, deadline=end).max())
-        run.prove_constrained(d, value)
-        if not value > tolerance:
-            out[d] = (d_lo, d_hi, True)
-    run.stats["time_output_bounds"] = round(run.stats.get("time_output_bounds", 0) + time.perf_counter() - start, 4)
-    return out
+    layered = state.layered
+    rows, const = layered.spec_rows(run.disjuncts[d].C, run.disjuncts[d].d)
+    d_lo, d_hi = constrained_bounds(layered, rows, const, run.options.tolerance, state.x_lo, state.x_hi,
+                                    state.lower, state.upper, run.options.output_bound_layers,
+                                    run.options.output_bound_rounds, deadline=deadline)
+    if crossed(d_lo, d_hi):  # nothing in the box violates the disjunct by more than the tolerance
+        return (d_lo, d_hi), math.inf
+    value = optimise_alpha(layered, layered.depth, rows[None], const[None], state.x_lo, state.x_hi, d_lo, d_hi,
+                           run.options.alpha_steps, deadline=deadline)
+    return (d_lo, d_hi), float(value.max())
 
 
 def bab_search(run, state: ChainBounds, disjuncts: list[int], deadline: float,
                per_disjunct: dict | None = None, workers: SpecWorkers | None = None):
     """One branch and bound over all open disjuncts (their domains share the rounds). Returns
     the evidence of a violation or None; proven lower bounds go to the run either way.
-    `per_disjunct` ({d: (lower, upper, constrained)} from `constrain`, for every d) gives each
-    disjunct its own layer bounds; constrained ones are valid only where it is unproven, so
-    what they prove is capped (RunState.prove_constrained). `workers` share the disjuncts out
-    over processes."""
+    `per_disjunct` ({d: ((lower, upper) or None, constrained)} from bab_stages.constrain, for
+    every d) gives each disjunct its own layer bounds; constrained ones are valid only where it
+    is unproven, so what they prove is capped (RunState.prove_constrained). `workers` share the
+    disjuncts out over processes."""
     deadline = min(deadline, run.deadline)
     if time.perf_counter() > deadline:  # nothing to search with: the bounds stay as they are
         return None
@@ -161,9 +147,10 @@ def bab_search(run, state: ChainBounds, disjuncts: list[int], deadline: float,
     layered, x_lo, x_hi, lo, hi = state.layered, state.x_lo, state.x_hi, state.lower, state.upper
     capped = set()
     if per_disjunct is not None:
-        lo = [torch.cat([per_disjunct[d][0][k] for d in disjuncts]) for k in range(layered.depth)]
-        hi = [torch.cat([per_disjunct[d][1][k] for d in disjuncts]) for k in range(layered.depth)]
-        capped = {d for d in disjuncts if per_disjunct[d][2]}
+        own = [per_disjunct[d][0] if per_disjunct[d][0] is not None else (lo, hi) for d in disjuncts]
+        lo = [torch.cat([o[0][k] for o in own]) for k in range(layered.depth)]
+        hi = [torch.cat([o[1][k] for o in own]) for k in range(layered.depth)]
+        capped = {d for d in disjuncts if per_disjunct[d][1]}
     evidence: list = []
 
     def confirm(x: np.ndarray) -> bool:

@@ -88,21 +88,19 @@ def prove(run, state: GraphBounds) -> None:
     _prove(run, state, run.deadline)
 
 
-def _prove(run, state: GraphBounds, deadline: float, known: dict | None = None, disjuncts=None) -> list[float]:
-    """alpha-CROWN on each open disjunct (or each of `disjuncts`) with the current layer bounds
-    (or `known`); returns the bounds, which also go to the run unless `known` is given (bounds
-    valid only under output constraints prove less: the caller caps them)."""
+def _prove(run, state: GraphBounds, deadline: float) -> None:
+    """alpha-CROWN on each open disjunct with the current layer bounds."""
+    boxes = dict(enumerate(state.boxes()))
+    for d in run.open():
+        run.prove(d, _disjunct_bound(run, state, d, boxes, deadline))
+
+
+def _disjunct_bound(run, state: GraphBounds, d: int, boxes: dict, deadline: float) -> float:
+    """alpha-CROWN's lower bound on disjunct d's slack (the max of its rows') with `boxes`."""
     graph = state.graph
-    boxes = dict(enumerate(graph.interval(state.x_lo, state.x_hi, state.known if known is None else known)))
-    values = []
-    for d in run.open() if disjuncts is None else disjuncts:
-        rows, const = _disjunct_rows(run, graph, d)
-        value = float(optimise_alpha(graph, graph.output, rows[None], const[None], state.x_lo, state.x_hi, boxes,
-                                     run.options.alpha_steps, deadline=deadline).max())
-        values.append(value)
-        if known is None:
-            run.prove(d, value)
-    return values
+    rows, const = _disjunct_rows(run, graph, d)
+    return float(optimise_alpha(graph, graph.output, rows[None], const[None], state.x_lo, state.x_hi, boxes,
+                                run.options.alpha_steps, deadline=deadline).max())
 
 
 def refinable(state: GraphBounds) -> int:
@@ -121,41 +119,27 @@ def refine_pass(run, state: GraphBounds, per_layer: float, layers: int, end: flo
     return stats
 
 
-def constrain(run, state: GraphBounds, disjuncts: list[int], budget: float) -> dict:
-    """Per open disjunct, the bounds valid where it is not yet proven (its last
-    `output_bound_layers` split nodes' inputs tightened in `output_bound_rounds` passes) within
-    `budget` seconds; a disjunct they prove is recorded and left out. Returns {d: (known,
-    constrained)}: a disjunct reached after the budget keeps the plain bounds (constrained
-    False), whose search results need no capping (see `bab_search`)."""
+def constrained(run, state: GraphBounds, d: int, deadline: float) -> tuple[dict, float]:
+    """Disjunct d's bounds valid where it is not yet proven (its last `output_bound_layers`
+    split nodes' inputs tightened in `output_bound_rounds` passes) and alpha-CROWN's bound on d
+    with them (inf where they cross); bab_stages.constrain records it."""
     set_threads(run.options)
-    start = time.perf_counter()
-    end = start + budget
-    graph, tolerance, out = state.graph, run.options.tolerance, {}
-    for d in disjuncts:
-        if time.perf_counter() > end:
-            out[d] = (state.known, False)
-            continue
-        rows, const = _disjunct_rows(run, graph, d)
-        known = constrained_bounds(graph, rows, const, tolerance, state.x_lo, state.x_hi, state.known,
-                                   run.options.output_bound_layers, run.options.output_bound_rounds, deadline=end)
-        if crossed(known):  # nothing in the box violates the disjunct by more than the tolerance
-            run.prove_constrained(d, math.inf)
-            continue
-        value = _prove(run, state, end, known, [d])[0]
-        run.prove_constrained(d, value)
-        if not value > tolerance:
-            out[d] = (known, True)
-    run.stats["time_output_bounds"] = round(run.stats.get("time_output_bounds", 0) + time.perf_counter() - start, 4)
-    return out
+    rows, const = _disjunct_rows(run, state.graph, d)
+    known = constrained_bounds(state.graph, rows, const, run.options.tolerance, state.x_lo, state.x_hi, state.known,
+                               run.options.output_bound_layers, run.options.output_bound_rounds, deadline=deadline)
+    if crossed(known):  # nothing in the box violates the disjunct by more than the tolerance
+        return known, math.inf
+    boxes = dict(enumerate(state.graph.interval(state.x_lo, state.x_hi, known)))
+    return known, _disjunct_bound(run, state, d, boxes, deadline)
 
 
 def bab_search(run, state: GraphBounds, disjuncts: list[int], deadline: float, per_disjunct: dict | None = None,
                workers=None):
     """One branch and bound on the graph over the open disjuncts (their domains share the
     rounds). Returns the evidence of a violation or None; proven bounds go to the run.
-    `per_disjunct` ({d: (known, constrained)} from `constrain`, for every d) gives each
-    disjunct its own split-node bounds; constrained ones are valid only where it is unproven, so
-    what they prove is capped (RunState.prove_constrained)."""
+    `per_disjunct` ({d: (known or None, constrained)} from bab_stages.constrain, for every d)
+    gives each disjunct its own split-node bounds; constrained ones are valid only where it is
+    unproven, so what they prove is capped (RunState.prove_constrained)."""
     deadline = min(deadline, run.deadline)
     if time.perf_counter() > deadline or not disjuncts:
         return None
@@ -167,7 +151,8 @@ def bab_search(run, state: GraphBounds, disjuncts: list[int], deadline: float, p
     lower, upper = [boxes[p][0] for p in pres], [boxes[p][1] for p in pres]
     capped = set()
     if per_disjunct is not None:
-        own = [graph.interval(state.x_lo, state.x_hi, per_disjunct[d][0]) for d in disjuncts]
+        own = [boxes if per_disjunct[d][0] is None else graph.interval(state.x_lo, state.x_hi, per_disjunct[d][0])
+               for d in disjuncts]
         lower = [torch.cat([b[p][0] for b in own]) for p in pres]
         upper = [torch.cat([b[p][1] for b in own]) for p in pres]
         capped = {d for d in disjuncts if per_disjunct[d][1]}
