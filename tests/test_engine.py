@@ -249,7 +249,7 @@ def test_chunked_rounds_give_the_same_search(monkeypatch):
     lo, hi, label, _ = _hard_case(f, shape, 8)
     settings = BabSettings(batch=4, steps=3)
     whole, _ = _graph_search(net, lo, hi, label, settings=settings, root_steps=None, deadline=120)
-    monkeypatch.setattr(graph_problem, "CHUNK_ENTRIES", 1)
+    monkeypatch.setattr(graph_problem, "chunk_entries", lambda device: 1)
     chunked, _ = _graph_search(net, lo, hi, label, settings=settings, root_steps=None, deadline=120)
     assert whole.stats["bab_rounds"] > 0
     assert (chunked.status, chunked.stats) == (whole.status, whole.stats)

@@ -6,6 +6,7 @@ at 3 s, the chain CNN returned after 6.7 s and the residual one after 9.7 s.
 
 import io
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -62,14 +63,43 @@ def _sample() -> np.ndarray:
     return np.random.default_rng(0).uniform(0, 1, 3 * 32 * 32)
 
 
+class _StageRecorder(logging.Handler):
+    """The stage log (verifier.stages) of one run, so that an overrun names the stage."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+        self._logger = logging.getLogger("verifier.stages")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def __enter__(self) -> "_StageRecorder":
+        self._level = self._logger.level
+        self._logger.setLevel(logging.INFO)
+        self._logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._logger.removeHandler(self)
+        self._logger.setLevel(self._level)
+
+    def lines(self) -> str:
+        return ", ".join(f"{r.stage} {r.seconds:.2f} s (at {r.elapsed:.2f} s)" for r in self.records)
+
+
 def _check_in_time(net, eps: float, **options) -> verifier.Result:
     x = _sample()
     label = int(np.argmax(net.forward(x)))
     prop = Property.robustness(linf_ball(x, eps, (0.0, 1.0)), label, net.output_size)
+    stages = _StageRecorder()
     start = time.perf_counter()
-    r = verifier.check(net, prop, timeout=TIMEOUT, options=verifier.VerifyOptions(**options))
+    with stages:
+        r = verifier.check(net, prop, timeout=TIMEOUT, options=verifier.VerifyOptions(**options))
     wall = time.perf_counter() - start
-    assert wall <= ALLOWED, f"returned after {wall:.2f} s at a {TIMEOUT} s timeout ({r.status.value}, {r.decided_by})"
+    assert wall <= ALLOWED, (f"returned after {wall:.2f} s at a {TIMEOUT} s timeout ({r.status.value}, "
+                             f"{r.decided_by}); stages: {stages.lines()}; times: "
+                             f"{ {k: v for k, v in r.stats.items() if k.startswith('time')} }")
     assert r.margin_lower <= r.margin_upper
     if r.status == verifier.Status.ADVERSARIAL:
         assert r.counterexample is not None

@@ -18,7 +18,7 @@ from typing import Mapping
 
 import torch
 
-from verifier.bounds.alpha import (CHUNK_ENTRIES, adam, adam_seconds, ascent_step, pass_seconds, selection,
+from verifier.bounds.alpha import (adam, adam_seconds, ascent_step, chunk_entries, pass_seconds, selection,
                                    split_ancestors)
 from verifier.bounds.graph import BoundGraph, Box
 from verifier.bounds.walker import ABS_SLACK, EXACT, FAST, REL_SLACK, Relaxation, backward_bound, extents_of
@@ -28,7 +28,7 @@ from verifier.deadline import Pace, fits
 def _tighten_node(graph: BoundGraph, split: int, rows: torch.Tensor, const: torch.Tensor, x_lo, x_hi,
                   known: dict[int, Box], steps: int, lr: float, deadline: float) -> dict[int, Box]:
     """Split node `split`'s unstable inputs bounded on U (module docstring), in chunks of
-    entries whose walks keep within CHUNK_ENTRIES coefficients per node (as alpha.node_bounds);
+    entries whose walks keep within chunk_entries coefficients per node (as alpha.node_bounds);
     rows (m, n_out), const (m,) already shifted by the tolerance. Entries not reached in time
     keep their bounds."""
     p = graph.pre(split)
@@ -39,7 +39,7 @@ def _tighten_node(graph: BoundGraph, split: int, rows: torch.Tensor, const: torc
     boxes = {i: b for i, b in enumerate(graph.interval(x_lo, x_hi, known)) if b is not None}
     widest = max(graph.nodes[i].size for i in graph.ancestors[graph.output] | {graph.output})
     new_lo, new_hi = lo.clone(), hi.clone()
-    for part in idx.split(max(1, CHUNK_ENTRIES // (2 * widest))):
+    for part in idx.split(max(1, chunk_entries(lo.device) // (2 * widest))):
         bound = _constrained_entries(graph, p, part, rows, const, x_lo, x_hi, boxes, steps, lr, deadline)
         if bound is None:  # out of time: the rest keep their bounds
             break

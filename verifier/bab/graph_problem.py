@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from verifier.bounds.alpha import CHUNK_ENTRIES, adam, adam_seconds, ascent_step, pass_seconds, split_ancestors
+from verifier.bounds.alpha import adam, adam_seconds, ascent_step, chunk_entries, pass_seconds, split_ancestors
 from verifier.bounds.graph import BoundGraph, Box
 from verifier.bounds.walker import EXACT, FAST, Bound, Relaxation, backward_bound, extents_of
 from verifier.deadline import Pace, fits
@@ -89,7 +89,7 @@ class GraphProblem:
         # matrix-product rates miss a CPU's convolutions by several times.
         self.measured: dict[str, float] = {}
         width = sum(self.graph.nodes[i].size for i in self.graph.ancestors[self.start] | {self.start})
-        self.chunk_domains = max(1, CHUNK_ENTRIES // (self.m * width))
+        self.chunk_domains = max(1, chunk_entries(self.graph.device) // (self.m * width))
 
     @property
     def sizes(self) -> list[int]:
@@ -138,7 +138,7 @@ class GraphProblem:
 
     def chunks(self, count: int, reps: int = 1) -> list[slice]:
         """Slices of a batch of `count` domains (each walked `reps` times) that keep every walk
-        within CHUNK_ENTRIES coefficients per node: domains are independent, so a batch bounded
+        within chunk_entries coefficients per node: domains are independent, so a batch bounded
         chunk by chunk gives the same bounds, and a CNN's round stays within memory."""
         per = max(1, self.chunk_domains // reps)
         return [slice(i, min(i + per, count)) for i in range(0, count, per)]

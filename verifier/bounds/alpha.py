@@ -20,9 +20,18 @@ from verifier.bounds.graph import BoundGraph, Box
 from verifier.bounds.walker import EXACT, FAST, Relaxation, backward_bound, extents_of, walk_cost
 from verifier.deadline import Pace, fits, product_seconds
 
-#: Entries of the coefficient tensors one walk may hold per node (2^23 float64: 64 MB): the rows
-#: of a wide layer's bounds are walked in chunks of at most this many entries.
+#: Entries of the coefficient tensors one walk may hold per node on an accelerator (2^23 float64:
+#: 64 MB) and on a CPU (2^21: 16 MB): the rows of a wide layer's bounds, and a search's domains,
+#: are walked in chunks of at most this many entries. A CPU walks big tensors slower per row
+#: (out of cache): measured on a CIFAR CNN, alpha-CROWN over its layers took 2-2.5x longer in
+#: chunks of 2^23 than of 2^20-2^22 (benchmarks/RESULTS.md).
 CHUNK_ENTRIES = 1 << 23
+CPU_CHUNK_ENTRIES = 1 << 21
+
+
+def chunk_entries(device: torch.device | str) -> int:
+    """Entries per node one walk may hold on `device` (CHUNK_ENTRIES)."""
+    return CPU_CHUNK_ENTRIES if torch.device(device).type == "cpu" else CHUNK_ENTRIES
 
 #: Seconds the first optimiser of a process may take to create: torch.optim then imports
 #: torch._dynamo (1.4-2.5 s measured), inside whichever run comes first.
@@ -116,11 +125,11 @@ def selection(idx: torch.Tensor, size: int, dtype, device) -> tuple[torch.Tensor
 def node_bounds(graph: BoundGraph, node: int, x_lo, x_hi, bounds: list, idx: torch.Tensor, steps: int,
                 deadline: float = math.inf) -> Box:
     """The box of `node` with entries `idx` tightened by (alpha-)CROWN, in chunks of rows that
-    keep each walk within CHUNK_ENTRIES per node; `bounds` holds the boxes of its ancestors.
+    keep each walk within chunk_entries per node; `bounds` holds the boxes of its ancestors.
     Entries not reached in time keep their bounds."""
     lo, hi = (t.clone() for t in bounds[node])
     widest = max(graph.nodes[i].size for i in graph.ancestors[node] | {node})
-    per_chunk = max(1, CHUNK_ENTRIES // (2 * widest))
+    per_chunk = max(1, chunk_entries(lo.device) // (2 * widest))
     known = {i: b for i, b in enumerate(bounds) if b is not None}
     for part in idx.split(per_chunk):
         if time.perf_counter() > deadline:

@@ -133,11 +133,26 @@ class TorchConv(TorchLinear):
         lead = lam.shape[:-1]
         top, left, bottom, right = self.pads
         channels, height, width = self.in_shape
-        grad = F.conv_transpose2d(lam.reshape(-1, *self.out_shape), self.kernel, None, self.strides, 0, 0,
-                                  self.group, self.dilations)
-        short_h = height + top + bottom - grad.shape[-2]
-        short_w = width + left + right - grad.shape[-1]
-        if short_h or short_w:
-            grad = F.pad(grad, (0, short_w, 0, short_h))
+        images = lam.reshape(-1, *self.out_shape)
+        padded = (images.shape[0], channels, height + top + bottom, width + left + right)
+        if images.dtype == torch.float64 and images.device.type == "cpu":
+            grad = _conv_input_gradient(images, self.kernel, padded, self.strides, self.dilations, self.group)
+        else:
+            grad = F.conv_transpose2d(images, self.kernel, None, self.strides, 0, 0, self.group, self.dilations)
+            short_h, short_w = padded[2] - grad.shape[-2], padded[3] - grad.shape[-1]
+            if short_h or short_w:
+                grad = F.pad(grad, (0, short_w, 0, short_h))
         grad = grad[..., top:top + height, left:left + width]
         return grad.reshape(*lead, self.n_in)
+
+
+def _conv_input_gradient(images: torch.Tensor, kernel: torch.Tensor, padded: tuple, strides, dilations,
+                         group: int) -> torch.Tensor:
+    """The transposed convolution as the gradient of a convolution on the padded input of
+    `padded` shape: the same numbers as conv_transpose2d, but for float64 on a CPU torch's
+    gradient kernel is 2-4x faster than its conv_transpose2d (which float64 walks through a
+    CIFAR conv spend seconds in; benchmarks/RESULTS.md)."""
+    shape = torch.Size(padded)
+    return torch.ops.aten.convolution_backward(
+        images, images.new_empty(1).expand(shape), kernel, None, list(strides), [0, 0], list(dilations), False,
+        [0, 0], group, (True, False, False))[0]
