@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import resource
 import statistics
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -55,6 +56,17 @@ def run_instance(bench: str, network: str, prop: str, timeout: float, settings: 
             "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
+def _die_with_parent(parent: int) -> None:
+    """In an instance's process: exit once the harness that started it is gone (killed), rather
+    than run on for up to its timeout with nobody to record the row."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def run_pool(bench: str, todo: list, workers: int, settings: dict, record) -> list:
     """Runs `todo` on a pool of `workers` processes, recording each row as it finishes (a kill
     loses only those in flight); returns the instances left unfinished when a worker process
@@ -64,7 +76,8 @@ def run_pool(bench: str, todo: list, workers: int, settings: dict, record) -> li
         # One process per instance (spawned: max_tasks_per_child needs it), so that its peak
         # memory is the instance's own; the import it repeats is not in the instance's time.
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                 max_tasks_per_child=1) as pool:
+                                 max_tasks_per_child=1, initializer=_die_with_parent,
+                                 initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(run_instance, bench, n, q, t, settings): (n, q, t) for n, q, t in todo}
             for fut in as_completed(futures):
                 try:
