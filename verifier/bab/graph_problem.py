@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from verifier.bounds.alpha import adam, adam_seconds, ascent_step, chunk_entries, pass_seconds, split_ancestors
+from verifier.bounds.alpha import (adam, adam_seconds, ascent_step, chunk_entries, pass_seconds, record_pass,
+                                   split_ancestors)
 from verifier.bounds.graph import BoundGraph, Box
 from verifier.bounds.walker import EXACT, FAST, Bound, Relaxation, backward_bound, extents_of
 from verifier.deadline import Pace, fits
@@ -84,10 +85,6 @@ class GraphProblem:
         self.extents = extents_of(self.graph.interval(x_lo, x_hi, fixed, upto=self.start))
         others = [r for r in self.graph.relaxed if r not in self.splits and r in self.graph.ancestors[self.start]]
         self.others = others
-        # Seconds per domain measured on the last pass of each kind: "exact" (the float64 pass),
-        # "step" (an Adam step), "trial" (a branching trial, per repeated domain). Estimates from
-        # matrix-product rates miss a CPU's convolutions by several times.
-        self.measured: dict[str, float] = {}
         width = sum(self.graph.nodes[i].size for i in self.graph.ancestors[self.start] | {self.start})
         self.chunk_domains = max(1, chunk_entries(self.graph.device) // (self.m * width))
 
@@ -124,13 +121,12 @@ class GraphProblem:
 
     def pass_seconds(self, domains: int, grad: bool = False, dtype: torch.dtype | None = None) -> float:
         """Expected seconds of one bound pass over `domains` domains: float64, with `grad` a
-        float32 optimisation step, or a float32 trial pass (dtype FAST); as the last one took
-        once one has run, else estimated."""
-        dtype = dtype or (FAST if grad else EXACT)
-        kind = "step" if grad else "exact" if dtype == EXACT else "trial"
-        if kind in self.measured:
-            return domains * self.measured[kind]
-        return pass_seconds(self.graph, self.start, domains * self.m, dtype, grad)
+        float32 optimisation step, or a float32 trial pass (dtype FAST); as the last such walk
+        from this start took (alpha.pass_seconds)."""
+        return pass_seconds(self.graph, self.start, domains * self.m, dtype or (FAST if grad else EXACT), grad)
+
+    def _record(self, domains: int, seconds: float, dtype: torch.dtype = EXACT, grad: bool = False) -> None:
+        record_pass(self.graph, self.start, domains * self.m, seconds, dtype, grad)
 
     def default_alphas(self, spec_ids: torch.Tensor) -> list[torch.Tensor]:
         lower, upper = [l[spec_ids] for l in self.lower], [u[spec_ids] for u in self.upper]
@@ -184,14 +180,14 @@ class GraphProblem:
                 ascent_step(opt, out.value.max(dim=1).values.sum(), alphas, betas)
                 taken += 1
             if taken:
-                self.measured["step"] = (time.perf_counter() - began) / taken / len(spec_ids)
+                self._record(len(spec_ids), (time.perf_counter() - began) / taken, FAST, grad=True)
         alphas = [a.detach() for a in alphas]  # kept in float32 for the children's warm start
         betas = [b.detach() for b in betas]
         began = time.perf_counter()
         with torch.no_grad():
             out = self.walk(rows, const, self.relaxation(lower, upper, EXACT), [a.to(EXACT) for a in alphas],
                             [b.to(EXACT) for b in betas], [s.to(EXACT).unsqueeze(1) for s in signs])
-        self.measured["exact"] = (time.perf_counter() - began) / len(spec_ids)
+        self._record(len(spec_ids), time.perf_counter() - began)
         value = out.value.max(dim=1).values  # a disjunct's slack is the max of its rows
         out = Bound(out.value, out.lam0, [mu.to(FAST) for mu in out.mus])
         return value, alphas, betas, out, lower, upper
@@ -219,7 +215,7 @@ class GraphProblem:
         try:
             return self._trial_walk(spec_ids, lower, upper, alphas, betas, signs, reps, fixes)
         finally:
-            self.measured["trial"] = (time.perf_counter() - began) / (len(spec_ids) * reps)
+            self._record(len(spec_ids) * reps, time.perf_counter() - began, FAST)
 
     def _trial_walk(self, spec_ids, lower, upper, alphas, betas, signs, reps: int, fixes: list) -> torch.Tensor:
         relax = self.relaxation(lower, upper, FAST).repeated(reps)

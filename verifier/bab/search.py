@@ -133,12 +133,15 @@ def branch_and_bound(net, specs: list[tuple[torch.Tensor, torch.Tensor]], x_lo, 
     confirms a candidate independently (e.g. with onnxruntime on the original model).
     """
     settings = settings or BabSettings()
-    problem = net.problem(specs, x_lo, x_hi, lower, upper)
-    m, n_specs = problem.m, len(specs)
-    dev = x_lo.device  # domains live where the problem's tensors do
-    sizes = [l.shape[1] for l in problem.lower]
+    n_specs = len(specs)
     stats = {"bab_rounds": 0, "bab_domains": n_specs, "bab_leaves_open": 0, "bab_candidates": 0,
              "bab_leaf_lps": 0}
+    if time.perf_counter() >= deadline:  # setting the problem up alone takes a pass's time on a CNN
+        return BabOutcome("unknown", [-np.inf] * n_specs, None, {**stats, "bab_domains": 0})
+    problem = net.problem(specs, x_lo, x_hi, lower, upper)
+    m = problem.m
+    dev = x_lo.device  # domains live where the problem's tensors do
+    sizes = [l.shape[1] for l in problem.lower]
     unsolved_leaves = [0]  # leaves left without an exact LP value (no time, or the LP failed)
     tie = itertools.count()
     queue: list = []  # (bound, tie, Domain)
@@ -228,13 +231,17 @@ def branch_and_bound(net, specs: list[tuple[torch.Tensor, torch.Tensor]], x_lo, 
                 heapq.heappush(queue, (key, next(tie), dom))
         return None
 
+    if not fits(deadline, problem.pass_seconds(n_specs)):  # no time for even the root's bound
+        return BabOutcome("unknown", [-np.inf] * n_specs, None, stats)
     spec_ids = torch.arange(n_specs, device=dev)
     signs = [torch.zeros((n_specs, n), dtype=torch.int8, device=dev) for n in sizes]
     alphas = problem.default_alphas(spec_ids)
     betas = [torch.zeros((n_specs, m, n), dtype=FAST, device=dev) for n in sizes]
-    if not fits(deadline, problem.pass_seconds(n_specs)):  # no time for even the root's bound
-        return BabOutcome("unknown", [-np.inf] * n_specs, None, stats)
     root = problem.bound(spec_ids, signs, alphas, betas, settings, deadline)
+    if time.perf_counter() >= deadline:  # no time to branch (on a CNN that alone takes seconds)
+        values = [float(v) for v in root[0].tolist()]
+        proved = all(v > tolerance for v in values)
+        return BabOutcome("proved" if proved else "unknown", values, None, stats)
     scale = [max(-v, 1e-9) for v in root[0].tolist()]
     found = absorb(spec_ids, *root, signs)
     starts = np.cumsum([0] + sizes)  # flat index of each layer's first neuron

@@ -65,10 +65,28 @@ def ascent_step(opt: torch.optim.Optimizer, objective: torch.Tensor, slopes, mul
             b.clamp_(min=0.0)
 
 
+def walk_kind(dtype: torch.dtype, grad: bool) -> str:
+    """A walk's kind for its timing: "step" (a float32 Adam step, the walk and its gradient),
+    "exact" (a float64 walk) or "trial" (a float32 walk without gradient)."""
+    return "step" if grad else "exact" if dtype == EXACT else "trial"
+
+
 def pass_seconds(graph: BoundGraph, start: int, rows: int, dtype: torch.dtype = EXACT, grad: bool = False) -> float:
     """Expected seconds of one walk of `rows` rows in all from `start`; with `grad`, of an
-    optimisation step (the walk and its gradient)."""
+    optimisation step (the walk and its gradient). As the last such walk took, per row, once
+    one has run (`record_pass`); before, estimated from the matrix products, which miss a CPU's
+    convolutions and elementwise work by several times (a float64 walk through a CIFAR CNN's
+    two convolutions took 6x its estimate)."""
+    measured = graph.timings.get((start, walk_kind(dtype, grad)))
+    if measured is not None:
+        return rows * measured
     return product_seconds(rows * walk_cost(graph, start) * (2 if grad else 1), dtype)
+
+
+def record_pass(graph: BoundGraph, start: int, rows: int, seconds: float, dtype: torch.dtype = EXACT,
+                grad: bool = False) -> None:
+    """Note that a walk of `rows` rows from `start` took `seconds` (for `pass_seconds`)."""
+    graph.timings[(start, walk_kind(dtype, grad))] = seconds / max(rows, 1)
 
 
 def split_ancestors(graph: BoundGraph, start: int) -> list[int]:
@@ -88,8 +106,10 @@ def optimise_alpha(graph: BoundGraph, start: int, rows: torch.Tensor, const: tor
     exact = Relaxation.of(graph, bounds, extents_of(bounds))
     began = time.perf_counter()
     best = backward_bound(graph, start, rows, const, x_lo, x_hi, exact).value
+    final = time.perf_counter() - began
+    record_pass(graph, start, b * m, final)
     splits = split_ancestors(graph, start)
-    step, final = pass_seconds(graph, start, b * m, FAST, grad=True), time.perf_counter() - began
+    step = pass_seconds(graph, start, b * m, FAST, grad=True)
     if steps <= 0 or not splits or not fits(deadline, adam_seconds() + step + final):
         return best
     fast_graph = graph.to(FAST)
@@ -98,7 +118,7 @@ def optimise_alpha(graph: BoundGraph, start: int, rows: torch.Tensor, const: tor
     alphas = {s: fast.data[s].default_slope.expand(-1, m, -1).clone().requires_grad_() for s in splits}
     opt = adam([{"params": list(alphas.values()), "lr": lr}])
     pace = Pace(deadline, step, final)
-    taken = 0
+    taken, began = 0, time.perf_counter()
     for _ in range(steps):
         if not pace.next():
             break
@@ -107,6 +127,7 @@ def optimise_alpha(graph: BoundGraph, start: int, rows: torch.Tensor, const: tor
         taken += 1
     if taken == 0:
         return best
+    record_pass(graph, start, b * m, (time.perf_counter() - began) / taken, FAST, grad=True)
     with torch.no_grad():
         value = backward_bound(graph, start, rows, const, x_lo, x_hi, exact,
                                {s: a.detach().to(EXACT) for s, a in alphas.items()}).value
