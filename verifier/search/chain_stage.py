@@ -21,7 +21,6 @@ from verifier.bab.layered import Layered, as_layered
 from verifier.bab.output_bounds import constrained_bounds, crossed
 from verifier.bab.parallel import SpecWorkers, search
 from verifier.bab.refine import refined_bounds
-from verifier.bab.search import add_stats
 from verifier.bounds.graph import compiled
 from verifier.bounds.interval import Bounds, interval_bounds
 from verifier.search.threads import set_threads
@@ -163,13 +162,7 @@ def bab_search(run, state: ChainBounds, disjuncts: list[int], deadline: float,
     specs = [layered.spec_rows(run.disjuncts[d].C, run.disjuncts[d].d) for d in disjuncts]
     settings = run.plan.settings
     out = search(workers, layered, specs, x_lo, x_hi, lo, hi, run.options.tolerance, deadline, confirm, settings)
-    add_stats(run.stats, out.stats)  # over the stages
-    run.stats["time_bab"] = round(run.stats.get("time_bab", 0) + time.perf_counter() - start, 4)
+    run.record_search(disjuncts, out, capped, start)
     if out.status == "counterexample":
         return evidence[0]
-    for d, value in zip(disjuncts, out.lower):
-        if d in capped:
-            run.prove_constrained(d, value)
-        else:
-            run.prove(d, value)
     return None

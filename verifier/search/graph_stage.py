@@ -20,7 +20,6 @@ from verifier.bab import graph_refine
 from verifier.bab.graph_output_bounds import constrained_bounds, crossed
 from verifier.bab.graph_problem import GraphTarget, spec_rows
 from verifier.bab.parallel import search
-from verifier.bab.search import add_stats
 from verifier.bounds.alpha import layer_bounds, optimise_alpha
 from verifier.bounds.graph import BoundGraph, compiled, resolve_device
 from verifier.bounds.walker import EXACT
@@ -169,13 +168,7 @@ def bab_search(run, state: GraphBounds, disjuncts: list[int], deadline: float, p
     settings = run.plan.settings
     out = search(workers, target, specs, state.x_lo, state.x_hi, lower, upper, run.options.tolerance, deadline,
                  confirm, settings)
-    add_stats(run.stats, out.stats)
-    run.stats["time_bab"] = round(run.stats.get("time_bab", 0) + time.perf_counter() - start, 4)
+    run.record_search(disjuncts, out, capped, start)
     if out.status == "counterexample":
         return evidence[0] if evidence else None
-    for d, value in zip(disjuncts, out.lower):
-        if d in capped:
-            run.prove_constrained(d, value)
-        else:
-            run.prove(d, value)
     return None

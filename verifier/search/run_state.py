@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from verifier.bab.search import add_stats
 from verifier.check import reference_logits
 from verifier.network.graph import Network
 from verifier.options import VerifyOptions
@@ -75,6 +76,21 @@ class RunState:
         if bound > tolerance:
             bound = float(np.nextafter(tolerance, np.inf))
         self.prove(d, bound if bound == bound else -math.inf)
+
+    def record_search(self, disjuncts: list[int], out, capped: set, started: float) -> None:
+        """What a branch and bound over `disjuncts` (begun at perf_counter() `started`) gives the
+        run: its statistics, and each disjunct's bound, capped for the disjuncts searched with
+        output-constrained bounds (`prove_constrained`); a search that found a counterexample
+        proves nothing."""
+        add_stats(self.stats, out.stats)  # over the stages
+        self.stats["time_bab"] = round(self.stats.get("time_bab", 0) + time.perf_counter() - started, 4)
+        if out.status == "counterexample":
+            return
+        for d, value in zip(disjuncts, out.lower):
+            if d in capped:
+                self.prove_constrained(d, value)
+            else:
+                self.prove(d, value)
 
     def slacks(self, y: np.ndarray) -> np.ndarray:
         return np.array([c.slack(y)[0] for c in self.disjuncts])
