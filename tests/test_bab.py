@@ -95,20 +95,77 @@ def test_search_stops_soundly_when_its_memory_is_full():
 
 @pytest.mark.parametrize("seed", range(6))
 def test_search_bound_never_falls_below_the_root_bound(seed):
-    """However a search is cut short, its bound is at least the root's (the search with no time
-    at all) and at most the enumerated minimum."""
+    """However a search is cut short, its bound is at least the root's (the search with no room
+    for a single domain after the root) and at most the enumerated minimum."""
     ws, bs, box, conj = _case(300 + seed)
     expected = enumerate_min_slack(ws, bs, box.lo, box.hi, [(conj.C, conj.d)])
     net = verifier.load(mlp_onnx(ws, bs))
     layered = as_layered(net)
     lo, hi = _root_bounds(net, layered, box)
     args = ([layered.spec_rows(conj.C, conj.d)], torch.as_tensor(box.lo), torch.as_tensor(box.hi), lo, hi, 1e-5)
-    root = branch_and_bound(layered, *args, deadline=0.0, is_counterexample=lambda x: False)
+    root = branch_and_bound(layered, *args, deadline=time.perf_counter() + 30, is_counterexample=lambda x: False,
+                            settings=BabSettings(max_memory=0))
+    assert np.isfinite(root.lower[0]) and root.stats["bab_rounds"] == 0
     for budget in (1, 3, 6):
         settings = BabSettings(batch=1, max_memory=budget * domain_bytes(sum(l.numel() for l in lo), conj.C.shape[0]))
         out = branch_and_bound(layered, *args, deadline=time.perf_counter() + 30,
                                is_counterexample=lambda x: False, settings=settings)
         assert root.lower[0] - 1e-12 <= out.lower[0] <= expected + 1e-9
+
+
+def test_search_entered_after_its_deadline_returns_at_once():
+    """No time left: no problem is built (on a CNN that alone takes seconds) and nothing is
+    claimed."""
+    ws, bs, box, conj = _case(300)
+    net = verifier.load(mlp_onnx(ws, bs))
+    layered = as_layered(net)
+    lo, hi = _root_bounds(net, layered, box)
+    built = []
+    problem = layered.problem
+    layered.problem = lambda *a: built.append(1) or problem(*a)
+    out = branch_and_bound(layered, [layered.spec_rows(conj.C, conj.d)], torch.as_tensor(box.lo),
+                           torch.as_tensor(box.hi), lo, hi, 1e-5, deadline=time.perf_counter() - 1,
+                           is_counterexample=lambda x: False)
+    assert out.status == "unknown" and out.lower == [-np.inf] and not built
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_search_whose_root_bound_uses_the_time_returns_the_root_bound(seed):
+    """A root bound that ends past the deadline: its bounds are the answer (no branching after
+    the deadline), the same as a search with no room for a domain after the root gives."""
+    ws, bs, box, conj = _case(300 + seed)
+    expected = enumerate_min_slack(ws, bs, box.lo, box.hi, [(conj.C, conj.d)])
+    net = verifier.load(mlp_onnx(ws, bs))
+    layered = as_layered(net)
+    lo, hi = _root_bounds(net, layered, box)
+    args = ([layered.spec_rows(conj.C, conj.d)], torch.as_tensor(box.lo), torch.as_tensor(box.hi), lo, hi, 1e-5)
+    deadline = time.perf_counter() + 5
+    make = layered.problem
+    after = []  # work done on the root's domains after the deadline (corner checks)
+
+    def slow_problem(*a):
+        problem = make(*a)
+        bound = problem.bound
+
+        def slow_bound(*b, **k):
+            out = bound(*b, **k)
+            time.sleep(max(0.0, deadline - time.perf_counter()) + 0.01)
+            return out
+        problem.bound = slow_bound
+        slack = problem.slack
+        problem.slack = lambda *b: after.append(1) or slack(*b)
+        return problem
+
+    layered.problem = slow_problem
+    out = branch_and_bound(layered, *args, deadline=deadline, is_counterexample=lambda x: False,
+                           settings=BabSettings(steps=0))
+    assert out.stats["bab_rounds"] == 0 and not after
+    assert out.lower[0] <= expected + 1e-9
+    assert out.status == ("proved" if out.lower[0] > 1e-5 else "unknown")
+    no_steps = branch_and_bound(layered.__class__(layered.weights, layered.biases, layered.pre_nodes), *args,
+                                deadline=time.perf_counter() + 30, is_counterexample=lambda x: False,
+                                settings=BabSettings(max_memory=0, steps=0))
+    assert out.lower[0] == pytest.approx(no_steps.lower[0], abs=1e-9)
 
 
 @pytest.mark.parametrize("seed", range(8))

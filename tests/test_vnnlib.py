@@ -83,6 +83,38 @@ def test_hand_written_disjunctions_and_linear_terms():
     np.testing.assert_allclose(second.d, [-1.0])
 
 
+@pytest.mark.parametrize("outcomes,tried,word,decided_by", [
+    ([("unknown", "bab")], 1, "unknown", "bab"),  # one region whose search filled its memory
+    ([("unknown", "timeout")], 1, "timeout", "timeout"),
+    ([("unknown", "bab"), ("robust", "bounds")], 2, "unknown", "bab"),
+    ([("robust", "bounds"), ("unknown", "timeout")], 2, "timeout", "timeout"),
+    ([("robust", "bounds"), ("robust", "lp")], 2, "unsat", "lp"),
+    ([("unknown", "bab"), ("robust", "bounds")], 1, "timeout", "timeout"),  # no time for the second region
+])
+def test_unknown_is_a_timeout_only_when_time_ran_out(monkeypatch, outcomes, tried, word, decided_by):
+    """`unknown` in the VNN-COMP sense (gave up early, e.g. a full search memory) stays apart
+    from `timeout` over the regions of a property: a region's own reason is kept, and "timeout"
+    is given when time ran out before every region was tried."""
+    from verifier import api
+    from verifier.result import Result
+    from verifier.vnncomp import result_word
+
+    prop = parse_vnnlib(HAND_WRITTEN, "hand.vnnlib")
+    prop.regions = prop.regions[:len(outcomes)]
+    net = verifier.load(mlp_onnx(*random_mlp(np.random.default_rng(0), [2, 4, 3])))
+    given = iter(outcomes)
+    timeout = 10.0
+
+    def fake_region(net, region, centre, opts, label=None):
+        status, by = next(given)
+        spent = timeout if len(outcomes) > tried else 0.01  # the whole budget: no region after this one
+        return Result(Status(status), None, 0, 0.0, 1.0, None, None, spent, by)
+
+    monkeypatch.setattr(api, "check_region", fake_region)
+    r = verifier.check(net, prop, timeout=timeout)
+    assert (result_word(r), r.decided_by, r.stats["regions"]) == (word, decided_by, tried)
+
+
 @pytest.mark.parametrize("text,line,needle", [
     ("(declare-const X_0 Real)\n(assert (<= X_0 1)", 2, "unclosed"),
     ("(declare-const X_0 Real))", 1, "unbalanced"),

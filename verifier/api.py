@@ -114,7 +114,9 @@ def check(net: Network | str | os.PathLike, prop: Property, timeout: float | Non
 
 
 def _combine(results: list[Result], regions: int) -> Result:
-    """One verdict for several regions: any violation wins; robust needs every region robust."""
+    """One verdict for several regions: any violation wins; robust needs every region robust.
+    An unknown one is decided by the first region left unknown (e.g. "timeout", or "bab" when a
+    search filled its memory), or by "timeout" when time ran out before every region was tried."""
     last = results[-1]
     if last.status == Status.ADVERSARIAL or len(results) == 1:
         status = last.status
@@ -122,7 +124,11 @@ def _combine(results: list[Result], regions: int) -> Result:
         status = Status.ROBUST
     else:
         status = Status.UNKNOWN
+    decided_by = last.decided_by
+    if status == Status.UNKNOWN:
+        unknown = [r for r in results if r.status == Status.UNKNOWN]
+        decided_by = unknown[0].decided_by if unknown and len(results) == regions else "timeout"
     return Result(status, last.label, last.prediction, min(r.margin_lower for r in results),
                   min(r.margin_upper for r in results), last.counterexample, last.adversarial_label,
-                  sum(r.time for r in results), last.decided_by if status != Status.UNKNOWN else "timeout",
+                  sum(r.time for r in results), decided_by,
                   {"regions": len(results), **last.stats}, last.counterexample_outputs)
