@@ -19,7 +19,6 @@ import multiprocessing
 import os
 import resource
 import statistics
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -59,12 +58,9 @@ def run_instance(bench: str, network: str, prop: str, timeout: float, settings: 
 def _die_with_parent(parent: int) -> None:
     """In an instance's process: exit once the harness that started it is gone (killed), rather
     than run on for up to its timeout with nobody to record the row."""
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
+    from verifier.lifetime import die_with_parent
 
-    threading.Thread(target=watch, daemon=True).start()
+    die_with_parent(parent)
 
 
 def run_pool(bench: str, todo: list, workers: int, settings: dict, record) -> list:

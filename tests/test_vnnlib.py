@@ -90,11 +90,13 @@ def test_hand_written_disjunctions_and_linear_terms():
     ([("robust", "bounds"), ("unknown", "timeout")], 2, "timeout", "timeout"),
     ([("robust", "bounds"), ("robust", "lp")], 2, "unsat", "lp"),
     ([("unknown", "bab"), ("robust", "bounds")], 1, "timeout", "timeout"),  # no time for the second region
+    ([("robust", "bounds"), ("robust", "lp")], 1, "timeout", "timeout"),  # robust needs every region tried
 ])
 def test_unknown_is_a_timeout_only_when_time_ran_out(monkeypatch, outcomes, tried, word, decided_by):
     """`unknown` in the VNN-COMP sense (gave up early, e.g. a full search memory) stays apart
     from `timeout` over the regions of a property: a region's own reason is kept, and "timeout"
-    is given when time ran out before every region was tried."""
+    is given when time ran out before every region was tried — also when the ones tried were
+    robust (the others were never looked at)."""
     from verifier import api
     from verifier.result import Result
     from verifier.vnncomp import result_word

@@ -118,7 +118,7 @@ def _combine(results: list[Result], regions: int) -> Result:
     An unknown one is decided by the first region left unknown (e.g. "timeout", or "bab" when a
     search filled its memory), or by "timeout" when time ran out before every region was tried."""
     last = results[-1]
-    if last.status == Status.ADVERSARIAL or len(results) == 1:
+    if last.status == Status.ADVERSARIAL or regions == 1:
         status = last.status
     elif len(results) == regions and all(r.status == Status.ROBUST for r in results):
         status = Status.ROBUST
