@@ -351,3 +351,33 @@ def test_graph_search_shares_prove_over_two_processes():
                      1e-6, __import__("time").perf_counter() + 120, lambda x: False, BabSettings(batch=4, steps=0))
     assert out.status == "proved" and out.stats["bab_rounds"] > 10
     assert min(out.lower) <= expected + 1e-6
+
+
+def test_walk_times_once_measured_price_the_next_walk():
+    """alpha.pass_seconds: after a walk from a node, the next walk from it of up to twice the
+    rows is priced at the measured time per row (the matrix-product estimate missed a CPU's
+    convolutions several times over); a much larger one at no less than the estimate; another
+    thread count, dtype or start node is not priced by it."""
+    from verifier.bounds.alpha import pass_seconds, record_pass
+    from verifier.bounds.walker import FAST
+
+    net = verifier.load(mlp_onnx(*random_mlp(np.random.default_rng(0), [4, 8, 8, 2])))
+    graph = compiled(net)
+    start = graph.pre(graph.splits[-1])
+    estimate = pass_seconds(graph, start, 100)
+    seconds = record_pass(graph, start, 100, __import__("time").perf_counter() - 7.0)  # a walk "took" 7 s
+    assert seconds == pytest.approx(7.0, rel=0.01)
+    assert pass_seconds(graph, start, 200) == pytest.approx(14.0, rel=0.01)
+    assert pass_seconds(graph, start, 1000) >= pass_seconds(graph, start, 200)
+    assert estimate < 0.1  # a tiny MLP: the 7 s below can only come from the recorded walk
+    assert pass_seconds(graph, start, 100, FAST) < 0.1 and pass_seconds(graph, start, 100, FAST, grad=True) < 0.1
+    assert pass_seconds(graph, graph.pre(graph.splits[0]), 100) < 0.1
+    assert pass_seconds(graph.to(FAST), start, 100) == pytest.approx(7.0, rel=0.01)  # shared by the dtypes
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        assert pass_seconds(graph, start, 100) < 0.1
+    finally:
+        torch.set_num_threads(threads)
+    other = verifier.load(mlp_onnx(*random_mlp(np.random.default_rng(0), [4, 8, 8, 2])))
+    assert pass_seconds(compiled(other), start, 100) == pytest.approx(estimate)  # another network's graph

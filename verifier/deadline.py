@@ -41,6 +41,14 @@ def check(deadline: float) -> None:
         raise OutOfTime
 
 
+def since(began: float, device: torch.device) -> float:
+    """Seconds from perf_counter() `began` to the end of the work queued on `device` (a GPU
+    runs its kernels after the calls return: its clock is read once they are done)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - began
+
+
 def fits(deadline: float, seconds: float) -> bool:
     """Whether work expected to take `seconds` ends before the deadline."""
     return time.perf_counter() + seconds <= deadline

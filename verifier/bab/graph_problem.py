@@ -125,8 +125,10 @@ class GraphProblem:
         from this start took (alpha.pass_seconds)."""
         return pass_seconds(self.graph, self.start, domains * self.m, dtype or (FAST if grad else EXACT), grad)
 
-    def _record(self, domains: int, seconds: float, dtype: torch.dtype = EXACT, grad: bool = False) -> None:
-        record_pass(self.graph, self.start, domains * self.m, seconds, dtype, grad)
+    def _record(self, domains: int, began: float, dtype: torch.dtype = EXACT, grad: bool = False,
+                walks: int = 1) -> None:
+        """Note the time of the pass(es) over `domains` domains begun at `began` (pass_seconds)."""
+        record_pass(self.graph, self.start, domains * self.m, began, dtype, grad, walks)
 
     def default_alphas(self, spec_ids: torch.Tensor) -> list[torch.Tensor]:
         lower, upper = [l[spec_ids] for l in self.lower], [u[spec_ids] for u in self.upper]
@@ -180,14 +182,14 @@ class GraphProblem:
                 ascent_step(opt, out.value.max(dim=1).values.sum(), alphas, betas)
                 taken += 1
             if taken:
-                self._record(len(spec_ids), (time.perf_counter() - began) / taken, FAST, grad=True)
+                self._record(len(spec_ids), began, FAST, grad=True, walks=taken)
         alphas = [a.detach() for a in alphas]  # kept in float32 for the children's warm start
         betas = [b.detach() for b in betas]
         began = time.perf_counter()
         with torch.no_grad():
             out = self.walk(rows, const, self.relaxation(lower, upper, EXACT), [a.to(EXACT) for a in alphas],
                             [b.to(EXACT) for b in betas], [s.to(EXACT).unsqueeze(1) for s in signs])
-        self._record(len(spec_ids), time.perf_counter() - began)
+        self._record(len(spec_ids), began)
         value = out.value.max(dim=1).values  # a disjunct's slack is the max of its rows
         out = Bound(out.value, out.lam0, [mu.to(FAST) for mu in out.mus])
         return value, alphas, betas, out, lower, upper
@@ -215,7 +217,7 @@ class GraphProblem:
         try:
             return self._trial_walk(spec_ids, lower, upper, alphas, betas, signs, reps, fixes)
         finally:
-            self._record(len(spec_ids) * reps, time.perf_counter() - began, FAST)
+            self._record(len(spec_ids) * reps, began, FAST)
 
     def _trial_walk(self, spec_ids, lower, upper, alphas, betas, signs, reps: int, fixes: list) -> torch.Tensor:
         relax = self.relaxation(lower, upper, FAST).repeated(reps)

@@ -18,7 +18,7 @@ import torch
 
 from verifier.bounds.graph import BoundGraph, Box
 from verifier.bounds.walker import EXACT, FAST, Relaxation, backward_bound, extents_of, walk_cost
-from verifier.deadline import Pace, fits, product_seconds
+from verifier.deadline import Pace, fits, product_seconds, since
 
 #: Entries of the coefficient tensors one walk may hold per node on an accelerator (2^23 float64:
 #: 64 MB) and on a CPU (2^21: 16 MB): the rows of a wide layer's bounds, and a search's domains,
@@ -65,28 +65,39 @@ def ascent_step(opt: torch.optim.Optimizer, objective: torch.Tensor, slopes, mul
             b.clamp_(min=0.0)
 
 
-def walk_kind(dtype: torch.dtype, grad: bool) -> str:
-    """A walk's kind for its timing: "step" (a float32 Adam step, the walk and its gradient),
-    "exact" (a float64 walk) or "trial" (a float32 walk without gradient)."""
-    return "step" if grad else "exact" if dtype == EXACT else "trial"
+def _timing_key(start: int, dtype: torch.dtype, grad: bool) -> tuple:
+    """A walk's key in BoundGraph.timings: its start, its kind ("step": a float32 Adam step,
+    the walk and its gradient; "exact": a float64 walk; "trial": a float32 walk without
+    gradient) and torch's thread count (a walk on one thread is not one on two)."""
+    kind = "step" if grad else "exact" if dtype == EXACT else "trial"
+    return start, kind, torch.get_num_threads()
 
 
 def pass_seconds(graph: BoundGraph, start: int, rows: int, dtype: torch.dtype = EXACT, grad: bool = False) -> float:
     """Expected seconds of one walk of `rows` rows in all from `start`; with `grad`, of an
-    optimisation step (the walk and its gradient). As the last such walk took, per row, once
-    one has run (`record_pass`); before, estimated from the matrix products, which miss a CPU's
-    convolutions and elementwise work by several times (a float64 walk through a CIFAR CNN's
-    two convolutions took 6x its estimate)."""
-    measured = graph.timings.get((start, walk_kind(dtype, grad)))
-    if measured is not None:
-        return rows * measured
-    return product_seconds(rows * walk_cost(graph, start) * (2 if grad else 1), dtype)
+    optimisation step (the walk and its gradient). As the last such walk took per row, once
+    one has run (`record_pass`), for up to twice its rows; estimated from the matrix products
+    before, which miss a CPU's convolutions and elementwise work by several times (a float64
+    walk through a CIFAR CNN's two convolutions took 6x its estimate). A walk of many more rows
+    than the measured one takes the larger of the two: a CPU's time per row grows with the rows
+    (out of cache; 7x from 128 to 4096 rows, benchmarks/RESULTS.md)."""
+    estimate = lambda: product_seconds(rows * walk_cost(graph, start) * (2 if grad else 1), dtype)  # noqa: E731
+    measured = graph.timings.get(_timing_key(start, dtype, grad))
+    if measured is None:
+        return estimate()
+    rows_seen, per_row = measured
+    if rows <= 2 * rows_seen:
+        return rows * per_row
+    return max(rows * per_row, estimate())
 
 
-def record_pass(graph: BoundGraph, start: int, rows: int, seconds: float, dtype: torch.dtype = EXACT,
-                grad: bool = False) -> None:
-    """Note that a walk of `rows` rows from `start` took `seconds` (for `pass_seconds`)."""
-    graph.timings[(start, walk_kind(dtype, grad))] = seconds / max(rows, 1)
+def record_pass(graph: BoundGraph, start: int, rows: int, began: float, dtype: torch.dtype = EXACT,
+                grad: bool = False, walks: int = 1) -> float:
+    """Note that `walks` walks of `rows` rows each from `start`, begun at perf_counter()
+    `began`, are done (for `pass_seconds`); returns the seconds one took."""
+    seconds = since(began, graph.device) / max(walks, 1)
+    graph.timings[_timing_key(start, dtype, grad)] = (rows, seconds / max(rows, 1))
+    return seconds
 
 
 def split_ancestors(graph: BoundGraph, start: int) -> list[int]:
@@ -106,8 +117,7 @@ def optimise_alpha(graph: BoundGraph, start: int, rows: torch.Tensor, const: tor
     exact = Relaxation.of(graph, bounds, extents_of(bounds))
     began = time.perf_counter()
     best = backward_bound(graph, start, rows, const, x_lo, x_hi, exact).value
-    final = time.perf_counter() - began
-    record_pass(graph, start, b * m, final)
+    final = record_pass(graph, start, b * m, began)
     splits = split_ancestors(graph, start)
     step = pass_seconds(graph, start, b * m, FAST, grad=True)
     if steps <= 0 or not splits or not fits(deadline, adam_seconds() + step + final):
@@ -127,7 +137,7 @@ def optimise_alpha(graph: BoundGraph, start: int, rows: torch.Tensor, const: tor
         taken += 1
     if taken == 0:
         return best
-    record_pass(graph, start, b * m, (time.perf_counter() - began) / taken, FAST, grad=True)
+    record_pass(graph, start, b * m, began, FAST, grad=True, walks=taken)
     with torch.no_grad():
         value = backward_bound(graph, start, rows, const, x_lo, x_hi, exact,
                                {s: a.detach().to(EXACT) for s, a in alphas.items()}).value

@@ -61,8 +61,8 @@ class BoundGraph:
         self.relaxed = [i for i, n in enumerate(self.nodes) if n.op is not None and not n.op.linear]
         #: nodes branch and bound may split (ReLU), in topological order
         self.splits = [i for i in self.relaxed if self.nodes[i].op.splittable]
-        #: seconds per bound row of the last walk of each kind from a start node, {(start, kind):
-        #: seconds}, shared by the graph's dtypes on this device (alpha.pass_seconds)
+        #: the last walk of each kind from a start node, {(start, kind, threads): (rows, seconds
+        #: per row)}, shared by the graph's dtypes on this device (alpha.pass_seconds)
         self.timings: dict[tuple[int, str], float] = net.cache.setdefault(("walk_timings", str(device)), {})
 
     def to(self, dtype: torch.dtype) -> "BoundGraph":

@@ -104,9 +104,11 @@ class TorchConv(TorchLinear):
     """A 2-D convolution on (C, H, W) images flattened in C order.
 
     Forward pads explicitly (ONNX pads may be asymmetric, torch's are not) and convolves.
-    Backward is the adjoint: a transposed convolution gives the gradient on the padded input,
-    short by the bottom/right rows and columns that no window reaches when the stride does not
-    divide evenly (those get zeros), and cropping removes the padding."""
+    Backward is the adjoint: the gradient on the padded input, then cropped. In float64 on a
+    CPU it is torch's convolution-gradient kernel on the padded shape (`_conv_input_gradient`);
+    elsewhere a transposed convolution (as fast as that kernel in float32, and cuDNN's on a
+    GPU), short by the bottom/right rows and columns that no window reaches when the stride
+    does not divide evenly (those get zeros)."""
 
     def __init__(self, kernel: np.ndarray, in_shape: tuple[int, int, int], out_shape: tuple[int, int, int],
                  strides: tuple[int, int], pads: tuple[int, int, int, int], dilations: tuple[int, int],
