@@ -25,7 +25,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 FIELDS = ["network", "property", "timeout", "result", "time", "decided_by", "margin_lower", "margin_upper",
-          "engine", "bab_domains", "peak_mb"]
+          "engine", "bab_domains", "memory_full", "peak_mb"]
 
 
 def run_instance(bench: str, network: str, prop: str, timeout: float, settings: dict) -> dict:
@@ -50,7 +50,7 @@ def run_instance(bench: str, network: str, prop: str, timeout: float, settings: 
     return {"network": network, "property": prop, "timeout": timeout, "result": word,
             "time": round(time.perf_counter() - start, 3), "decided_by": by,
             "margin_lower": lo, "margin_upper": hi, "engine": stats.get("engine", ""),
-            "bab_domains": stats.get("bab_domains", 0),
+            "bab_domains": stats.get("bab_domains", 0), "memory_full": stats.get("bab_memory_full", 0),
             # peak resident memory of this process, which ran this instance alone (see run_pool)
             "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
@@ -123,9 +123,15 @@ def read_done(out: Path) -> dict[tuple[str, str], dict]:
 
 
 def append(out: Path, row: dict) -> None:
+    """One row more in `out`, in the columns of its header (a run resumed from an older file
+    keeps that file's columns)."""
     new = not out.exists() or out.stat().st_size == 0
+    fields = FIELDS
+    if not new:
+        with open(out, newline="") as f:
+            fields = next(csv.reader(f))
     with open(out, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         if new:
             w.writeheader()
         w.writerow(row)

@@ -61,8 +61,9 @@ class VerifyOptions:
     output_bound_budget: float = 0.15
     bab_batch: int = 256  # domains split per branch-and-bound round
     # Memory (GB) the open domains of one branch and bound may take before it stops with the
-    # bounds it has; None: 3 GB, or an eighth of the machine's memory if that is less (one
-    # search per worker process, so parallel runs multiply it).
+    # bounds it has; None: 2.5 GB, or an eighth of the machine's memory if that is less, which
+    # keeps a whole CIFAR run under 4 GB (one search per worker process, so parallel runs
+    # multiply it).
     bab_memory: float | None = None
     # Branching rule: "gap" (BaBSR-style estimate), "trial" (filtered smart branching) or "auto":
     # gap on one hidden layer, trial on deeper chains. Adam steps on slopes and split multipliers
