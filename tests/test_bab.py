@@ -93,6 +93,28 @@ def test_search_stops_soundly_when_its_memory_is_full():
     assert stopped > 0  # the cap was reached at least once, so the check above ran
 
 
+def test_search_stops_soundly_when_the_process_holds_too_much():
+    """A limit on the whole process's resident memory (below what it holds already): the
+    search stops after its root, unproven unless the root proves it, with a bound still below
+    the enumerated minimum; the resident size read is a plausible one for this process."""
+    from verifier.resources import resident_bytes
+
+    held = resident_bytes()
+    assert held is not None and 5e7 < held < 1e11  # torch alone holds more than 50 MB
+    for seed in range(200, 206):
+        ws, bs, box, conj = _case(seed)
+        expected = enumerate_min_slack(ws, bs, box.lo, box.hi, [(conj.C, conj.d)])
+        net = verifier.load(mlp_onnx(ws, bs))
+        layered = as_layered(net)
+        lo, hi = _root_bounds(net, layered, box)
+        out = branch_and_bound(layered, [layered.spec_rows(conj.C, conj.d)], torch.as_tensor(box.lo),
+                               torch.as_tensor(box.hi), lo, hi, 1e-5, deadline=time.perf_counter() + 30,
+                               is_counterexample=lambda x: False, settings=BabSettings(batch=1, max_resident=1))
+        assert out.lower[0] <= expected + 1e-9 and out.stats["bab_rounds"] == 0
+        if out.status != "proved":
+            assert out.stats.get("bab_memory_full") == 1
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_search_bound_never_falls_below_the_root_bound(seed):
     """However a search is cut short, its bound is at least the root's (the search with no room

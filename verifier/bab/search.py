@@ -29,6 +29,7 @@ import torch
 from verifier.bab.branching import choose_by_gap, choose_by_trial
 from verifier.bounds.walker import EXACT, FAST, Bound, minimiser
 from verifier.deadline import fits
+from verifier.resources import resident_bytes
 
 
 @dataclass(slots=True)
@@ -63,6 +64,9 @@ class BabSettings:
     # Open domains are kept while they fit in this many bytes (~3 KB each on mnistfc 256x4:
     # about a million); past it the search stops with the bounds it has.
     max_memory: int = 3_000_000_000
+    # The process's resident memory (verifier/resources.py) past which the search stops too,
+    # whatever the queue's estimate says; None: no such limit.
+    max_resident: int | None = None
     # On a real point at or below 0: "stop" with it (verification). In bound refinement, "drop"
     # the spec (it cannot be proven, but the others can) or "continue" splitting it: a tighter
     # bound on a truly unstable neuron still narrows its relaxation (measured, see refine.py);
@@ -253,7 +257,8 @@ def branch_and_bound(net, specs: list[tuple[torch.Tensor, torch.Tensor]], x_lo, 
         domains = 2 * min(settings.batch, len(queue))
         if not fits(deadline, problem.pass_seconds(domains) + overhead[0] * domains):
             break  # a round's float64 pass, which it cannot skip, would end past the deadline
-        if len(queue) > max_queue:
+        if len(queue) > max_queue or (settings.max_resident is not None
+                                      and (resident_bytes() or 0) > settings.max_resident):
             stats["bab_memory_full"] = 1
             break
         picked = []
