@@ -57,7 +57,8 @@ def refine_node(graph: BoundGraph, split: int, x_lo, x_hi, known: Mapping[int, B
 
 def refined_bounds(graph: BoundGraph, x_lo, x_hi, known: Mapping[int, Box], alpha_steps: int, layer_budget: float,
                    layers: int, deadline: float, order: str = "gap", on_witness: str = "continue",
-                   max_memory: int = BabSettings.max_memory, finished: dict | None = None,
+                   max_memory: int = BabSettings.max_memory, max_resident: int | None = None,
+                   finished: dict | None = None,
                    workers: SpecWorkers | None = None) -> tuple[dict[int, Box], dict]:
     """alpha-CROWN on every relaxed node's input in topological order, with the first `layers`
     refinable split nodes (`refinable`) also refined by branch and bound before the next node is
@@ -80,7 +81,8 @@ def refined_bounds(graph: BoundGraph, x_lo, x_hi, known: Mapping[int, Box], alph
             budget = layer_budget * len(shares) * shares[k]
             before = _inputs_of(graph, r, known)
             below = len(split_ancestors(graph, graph.pre(r)))  # split nodes its search may split
-            settings = layer_settings(below, on_witness=on_witness, order=order, max_memory=max_memory)
+            settings = layer_settings(below, on_witness=on_witness, order=order, max_memory=max_memory,
+                                      max_resident=max_resident)
             known, st = refine_node(graph, r, x_lo, x_hi, known, min(deadline, start + budget), settings, workers)
             if st.get("exhausted"):
                 finished[r] = before

@@ -83,11 +83,12 @@ def layer_settings(k: int, **kwargs) -> BabSettings:
 def refined_bounds(net: Layered, x_lo, x_hi, lower: list, upper: list, alpha_steps: int,
                    layer_budget: float, layers: int, deadline: float, order: str = "gap",
                    on_witness: str = "continue", max_memory: int = BabSettings.max_memory,
-                   finished: dict | None = None, workers: SpecWorkers | None = None) -> tuple[list, list, dict]:
+                   max_resident: int | None = None, finished: dict | None = None,
+                   workers: SpecWorkers | None = None) -> tuple[list, list, dict]:
     """alpha-CROWN layer by layer, with the first `layers` layers after the first also refined
     by branch and bound before the next layer is bounded: `layer_budget` seconds per layer on
-    average, shared as `layer_shares` says, its open domains within `max_memory` bytes like the
-    final search's. `order` and `on_witness` as in BabSettings; the defaults are the measured
+    average, shared as `layer_shares` says, its open domains within `max_memory` bytes and the process within
+    `max_resident` like the final search's. `order` and `on_witness` as in BabSettings; the defaults are the measured
     best (module docstring).
 
     `finished`, kept by the caller over passes, maps a layer whose search closed every domain to
@@ -106,7 +107,8 @@ def refined_bounds(net: Layered, x_lo, x_hi, lower: list, upper: list, alpha_ste
             start = time.perf_counter()
             budget = layer_budget * len(shares) * shares[k - 1]
             before = ([t.clone() for t in lower[:k]], [t.clone() for t in upper[:k]])
-            settings = layer_settings(k, on_witness=on_witness, order=order, max_memory=max_memory)
+            settings = layer_settings(k, on_witness=on_witness, order=order, max_memory=max_memory,
+                                      max_resident=max_resident)
             lower, upper, st = refine_layer(net, k, x_lo, x_hi, lower, upper, min(deadline, start + budget), settings,
                                             workers)
             if st.get("exhausted"):

@@ -63,7 +63,7 @@ class BabSettings:
     lr_beta: float = 0.05
     # Open domains are kept while they fit in this many bytes (~3 KB each on mnistfc 256x4:
     # about a million); past it the search stops with the bounds it has.
-    max_memory: int = 3_000_000_000
+    max_memory: int = 2_500_000_000
     # The process's resident memory (verifier/resources.py) past which the search stops too,
     # whatever the queue's estimate says; None: no such limit.
     max_resident: int | None = None

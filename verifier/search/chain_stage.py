@@ -94,7 +94,8 @@ def refine_pass(run, state: ChainBounds, per_layer: float, layers: int, end: flo
     set_threads(run.options)
     state.lower, state.upper, stats = refined_bounds(
         state.layered, state.x_lo, state.x_hi, state.lower, state.upper, run.options.alpha_steps, per_layer, layers,
-        end, max_memory=run.plan.settings.max_memory, finished=finished, workers=workers, **run.plan.refine_mode)
+        end, max_memory=run.plan.settings.max_memory,
+        max_resident=run.plan.settings.max_resident, finished=finished, workers=workers, **run.plan.refine_mode)
     state.lower, state.upper = _intersected(run, state)
     return stats
 

@@ -114,7 +114,8 @@ def refine_pass(run, state: GraphBounds, per_layer: float, layers: int, end: flo
     set_threads(run.options)
     state.known, stats = graph_refine.refined_bounds(
         state.graph, state.x_lo, state.x_hi, state.known, run.options.alpha_steps, per_layer, layers, end,
-        max_memory=run.plan.settings.max_memory, finished=finished, workers=workers, **run.plan.refine_mode)
+        max_memory=run.plan.settings.max_memory,
+        max_resident=run.plan.settings.max_resident, finished=finished, workers=workers, **run.plan.refine_mode)
     return stats
 
 
