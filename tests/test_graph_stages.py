@@ -239,3 +239,68 @@ def test_graph_pipeline_on_deep_mlps_matches_enumeration(seed):
     r = verifier.check(net, prop, timeout=60, options=verifier.VerifyOptions(**FORCED))
     assert r.stats.get("engine", "graph") == "graph"
     assert_verdict_agrees(r, expected)
+
+
+def _run(net, lo, hi, conjs, device="cpu", timeout=60.0):
+    """A RunState over the box with `conjs` as its disjuncts, as check_region makes it."""
+    from verifier import InputRegion, VerifyOptions
+    from verifier.search.run_state import RunState
+
+    region = InputRegion(InputBox(lo, hi), conjs)
+    options = VerifyOptions(device=device, timeout=timeout)
+    return RunState(net, region, None, options, time.perf_counter(), np.full(len(conjs), -np.inf), lo.copy())
+
+
+@pytest.mark.parametrize("name", sorted(GRAPHS))
+def test_crown_stage_contains_samples_and_matches_the_numpy_walk(name):
+    """The cheap CROWN stage every run starts with (graph_stage.crown, the bound engine's walk):
+    its layer bounds contain every sampled value, its row bounds are below each row's exact
+    minimum (enumeration); and on ReLU graphs they equal the
+    independent numpy back-substitution (bounds/symbolic.py) to 1e-6."""
+    from verifier.bounds.symbolic import backward_lower, symbolic_bounds
+    from verifier.search import graph_stage
+    from verifier.spec.property import Conjunction
+
+    f, shape = GRAPHS[name](70)
+    net = verifier.load(export(f, shape))
+    _, lo, hi = _box(shape, 71, eps=0.25)
+    rows = np.random.default_rng(72).normal(size=(4, 3))
+    offsets = np.zeros(4)
+    run = _run(net, lo, hi, [Conjunction(rows, offsets)])
+    intervals = interval_bounds(net, lo, hi)
+    bounds, lower = graph_stage.crown(run, intervals, rows, offsets)
+
+    exact = np.array([enumerate_min(f, shape, lo, hi, row[None]) for row in rows])
+    assert np.all(lower <= exact + 1e-6)
+    graph = compiled(net)
+    values = graph.forward_all(_samples(lo, hi, 300, 73))
+    for i, node in enumerate(graph.nodes):
+        if node.name in bounds and values[i] is not None:
+            v = values[i].numpy()
+            assert np.all(v >= bounds[node.name][0] - TOLERANCE) and np.all(v <= bounds[node.name][1] + TOLERANCE)
+    if name in ("residual_add", "batchnorm", "clip", "leaky_relu"):
+        numpy_bounds = symbolic_bounds(net, intervals)
+        numpy_lower = backward_lower(net, numpy_bounds, net.output_node, rows, -offsets)
+        np.testing.assert_allclose(lower, numpy_lower, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="runs where torch sees a CUDA device")
+@pytest.mark.parametrize("name", ["residual_add", "batchnorm", "clip", "maxpool", "leaky_relu"])
+def test_check_on_cuda_gives_the_cpu_verdicts(name):
+    """verifier.check end to end with device="cuda" (every stage, defaults otherwise): the CPU's
+    verdicts, both agreeing with enumeration."""
+    from verifier import InputRegion, Property, VerifyOptions
+    from verifier.spec.property import Conjunction
+
+    for seed in range(3):
+        f, shape = GRAPHS[name](80 + seed)
+        net = verifier.load(export(f, shape))
+        _, lo, hi = _box(shape, 90 + seed, eps=0.3)
+        row = np.random.default_rng(seed).normal(size=(1, 3))
+        target = 0.03 if seed != 1 else -0.03
+        conj = Conjunction(row, np.array([enumerate_min(f, shape, lo, hi, row) - target]))
+        prop = Property([InputRegion(InputBox(lo, hi), [conj])], lo.size, 3)
+        cpu = verifier.check(net, prop, timeout=60, options=VerifyOptions(device="cpu"))
+        gpu = verifier.check(net, prop, timeout=60, options=VerifyOptions(device="cuda"))
+        assert gpu.status == cpu.status
+        assert_verdict_agrees(gpu, target)

@@ -5,7 +5,8 @@ can be dealt out to separate processes, each running the same search on its shar
 results put back in order: a refinement search's specs (each unstable neuron's two bound
 directions), or the final search's disjuncts. On a machine given to one instance (the VNN-COMP
 setting) that uses every core where threads inside torch do not: the matrices of one domain
-batch are too small for threads to pay (1.14x with two, measured on mnistfc 256x4).
+batch are too small for threads to pay (measured on mnistfc 256x4, see benchmarks/RESULTS.md,
+"Why the defaults are what they are").
 
 Helpers are spawned (not forked: a forked torch with live OpenMP threads can hang) when the pool
 is made, so they import while the caller does other work. A helper stops at the first candidate
@@ -23,14 +24,18 @@ import pickle
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 
-from verifier.bab.layered import Layered
 from verifier.bab.search import BabOutcome, BabSettings, add_stats, branch_and_bound
 from verifier.lifetime import die_with_parent
+from verifier.threads import worker_threads
+
+if TYPE_CHECKING:
+    from verifier.bab.graph_problem import GraphTarget
+    from verifier.bab.layered import Layered
 
 #: Seconds a helper may overrun its share's deadline before its share is given up. Helpers
 #: keep the deadline as this process does (deadline.py), so their results arrive in time; a
@@ -44,7 +49,7 @@ def _candidate(x) -> bool:
 
 
 def _init_worker(parent_pid: int) -> None:
-    torch.set_num_threads(1)
+    worker_threads()
     die_with_parent(parent_pid)
 
 
@@ -72,7 +77,7 @@ def _job(*args) -> bytes:
     return pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _search_packed(net: Layered, packed, x_lo, x_hi, lower: list, upper: list, tolerance: float,
+def _search_packed(net: "Layered | GraphTarget", packed, x_lo, x_hi, lower: list, upper: list, tolerance: float,
                    wall_deadline: float, settings: BabSettings) -> BabOutcome:
     """One share's search, from `_packed` specs, until `wall_deadline` (time.time(): the one
     clock processes share; a helper still importing starts late but ends on time)."""
@@ -109,8 +114,9 @@ def merge(shares: list[BabOutcome | None], sizes: list[int], check: Callable[[np
     return BabOutcome("proved" if proved else "unknown", lower, None, stats, exhausted=exhausted)
 
 
-def search(workers: "SpecWorkers | None", net: Layered, specs: list, x_lo, x_hi, lower: list, upper: list,
-           tolerance: float, deadline: float, check: Callable[[np.ndarray], bool], settings: BabSettings) -> BabOutcome:
+def search(workers: "SpecWorkers | None", net: "Layered | GraphTarget", specs: list, x_lo, x_hi, lower: list,
+           upper: list, tolerance: float, deadline: float, check: Callable[[np.ndarray], bool],
+           settings: BabSettings) -> BabOutcome:
     """branch_and_bound, shared out over `workers` if given (see SpecWorkers.search)."""
     if workers is None:
         return branch_and_bound(net, specs, x_lo, x_hi, lower, upper, tolerance, deadline, check, settings=settings)
@@ -147,7 +153,7 @@ class SpecWorkers:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def search(self, net: Layered, specs: list, x_lo, x_hi, lower: list, upper: list, tolerance: float,
+    def search(self, net: "Layered | GraphTarget", specs: list, x_lo, x_hi, lower: list, upper: list, tolerance: float,
                deadline: float, check: Callable[[np.ndarray], bool], settings: BabSettings) -> BabOutcome:
         """branch_and_bound over `specs`, shared out (see `merge` for how the results combine).
         Root bounds are (1, n_k) or one row per spec; each process keeps its open domains within

@@ -45,14 +45,13 @@ _WORKER_MODEL: list[bytes] = []  # in a pool worker: the ONNX bytes it was start
 
 
 def _init_pool_worker(onnx_bytes: bytes, parent_pid: int) -> None:
-    import torch
-
     from verifier.batch.tasks import network
     from verifier.lifetime import die_with_parent
+    from verifier.threads import worker_threads
 
     die_with_parent(parent_pid)  # a kill -9 of the run must not leave its workers running
 
-    torch.set_num_threads(1)
+    worker_threads()
     _WORKER_MODEL.append(onnx_bytes)
     network(onnx_bytes)  # load once, before the first task
 
@@ -129,7 +128,7 @@ def _ray(onnx_bytes: bytes, job: Job, tasks: Iterable[Task], workers: int, addre
 
 
 def _ray_sample(onnx_bytes: bytes, job: Job, index: int, image: np.ndarray, label: int):
-    import torch
+    from verifier.threads import worker_threads
 
-    torch.set_num_threads(1)
+    worker_threads()
     return certify_sample(onnx_bytes, job, index, image, label)

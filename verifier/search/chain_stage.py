@@ -23,7 +23,6 @@ from verifier.bab.parallel import SpecWorkers, search
 from verifier.bab.refine import refined_bounds
 from verifier.bounds.graph import compiled
 from verifier.bounds.interval import Bounds, interval_bounds
-from verifier.search.threads import set_threads
 
 
 @dataclass
@@ -72,7 +71,6 @@ def alpha_crown(run, layered: Layered, bounds: Bounds, budget: float) -> tuple[B
     """Tighten every ReLU layer's bounds and each open disjunct's lower bound with alpha-CROWN
     within `budget` seconds; returns the bounds dict with the tighter pre-activation bounds, and
     the engine's state for the stages that follow."""
-    set_threads(run.options)
     start = time.perf_counter()
     x_lo, x_hi, lo, hi = _tensors(run, layered, bounds)
     lo, hi = intermediate_bounds(layered, x_lo, x_hi, lo, hi, run.options.alpha_steps, start + budget)
@@ -91,7 +89,6 @@ def refine_pass(run, state: ChainBounds, per_layer: float, layers: int, end: flo
                 workers: SpecWorkers | None = None) -> dict:
     """One refinement pass (bab_stages.refine): the first `layers` layers after the first
     refined by branch and bound, `per_layer` seconds each on average; updates `state`."""
-    set_threads(run.options)
     state.lower, state.upper, stats = refined_bounds(
         state.layered, state.x_lo, state.x_hi, state.lower, state.upper, run.options.alpha_steps, per_layer, layers,
         end, max_memory=run.plan.settings.max_memory,
@@ -119,7 +116,6 @@ def constrained(run, state: ChainBounds, d: int, deadline: float) -> tuple[tuple
     """Disjunct d's layer bounds valid where it is not yet proven (its last
     `output_bound_layers` layers tightened in `output_bound_rounds` passes) and alpha-CROWN's
     bound on d with them (inf where they cross); bab_stages.constrain records it."""
-    set_threads(run.options)
     layered = state.layered
     rows, const = layered.spec_rows(run.disjuncts[d].C, run.disjuncts[d].d)
     d_lo, d_hi = constrained_bounds(layered, rows, const, run.options.tolerance, state.x_lo, state.x_hi,
@@ -143,7 +139,6 @@ def bab_search(run, state: ChainBounds, disjuncts: list[int], deadline: float,
     deadline = min(deadline, run.deadline)
     if time.perf_counter() > deadline:  # nothing to search with: the bounds stay as they are
         return None
-    set_threads(run.options)
     layered, x_lo, x_hi, lo, hi = state.layered, state.x_lo, state.x_hi, state.lower, state.upper
     capped = set()
     if per_disjunct is not None:

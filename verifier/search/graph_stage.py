@@ -23,7 +23,6 @@ from verifier.bab.parallel import search
 from verifier.bounds.alpha import layer_bounds, optimise_alpha
 from verifier.bounds.graph import BoundGraph, compiled, resolve_device
 from verifier.bounds.walker import EXACT
-from verifier.search.threads import set_threads
 
 
 def graph_of(run) -> BoundGraph:
@@ -64,13 +63,28 @@ def _disjunct_rows(run, graph: BoundGraph, d: int):
     return rows.to(graph.device), const.to(graph.device)
 
 
+def crown(run, bounds: dict, rows: np.ndarray, offsets: np.ndarray) -> tuple[dict, np.ndarray]:
+    """CROWN (default slopes, no optimisation) on every relaxed node's input in topological
+    order, then on the property's rows C @ y - d (`rows`, `offsets` = d): the cheap linear bounds
+    every run starts with, on any network, by the same walk the later stages optimise. Neurons
+    not reached by run.deadline keep the bounds they had. Returns the numpy bounds dict
+    (tightened) and a lower bound per row (-inf for rows not bounded in time)."""
+    graph = graph_of(run)
+    state = GraphBounds(run, graph, bounds)
+    state.known = layer_bounds(graph, state.x_lo, state.x_hi, state.known, 0, run.deadline)
+    boxes = dict(enumerate(state.boxes()))
+    c = torch.as_tensor(np.asarray(rows, dtype=np.float64), device=graph.device)[None]
+    d = -torch.as_tensor(np.asarray(offsets, dtype=np.float64), device=graph.device)[None]
+    lower = optimise_alpha(graph, graph.output, c, d, state.x_lo, state.x_hi, boxes, 0, deadline=run.deadline)
+    return state.numpy(bounds), lower[0].cpu().numpy()
+
+
 def alpha_crown(run, graph: BoundGraph, bounds: dict, budget: float) -> tuple[dict, GraphBounds]:
-    """alpha-CROWN within `budget` seconds: each open disjunct first on the layer bounds the
-    symbolic stage left (one walk per step from the output: cheap, and on easy instances all it
+    """alpha-CROWN within `budget` seconds: each open disjunct first on the layer bounds CROWN
+    left (`crown`) (one walk per step from the output: cheap, and on easy instances all it
     takes), then every relaxed node's input bounds (one walk per step from each of them: most
     of the cost on CNNs) and the disjuncts again. Returns the numpy bounds dict (tightened) and
     the engine's bounds for the stages that follow."""
-    set_threads(run.options)
     start = time.perf_counter()
     end = min(run.deadline, start + budget)
     state = GraphBounds(run, graph, bounds)
@@ -111,7 +125,6 @@ def refine_pass(run, state: GraphBounds, per_layer: float, layers: int, end: flo
                 workers=None) -> dict:
     """One refinement pass (bab_stages.refine): the first `layers` refinable split nodes refined
     by branch and bound, `per_layer` seconds each on average; updates `state`."""
-    set_threads(run.options)
     state.known, stats = graph_refine.refined_bounds(
         state.graph, state.x_lo, state.x_hi, state.known, run.options.alpha_steps, per_layer, layers, end,
         max_memory=run.plan.settings.max_memory,
@@ -123,7 +136,6 @@ def constrained(run, state: GraphBounds, d: int, deadline: float) -> tuple[dict,
     """Disjunct d's bounds valid where it is not yet proven (its last `output_bound_layers`
     split nodes' inputs tightened in `output_bound_rounds` passes) and alpha-CROWN's bound on d
     with them (inf where they cross); bab_stages.constrain records it."""
-    set_threads(run.options)
     rows, const = _disjunct_rows(run, state.graph, d)
     known = constrained_bounds(state.graph, rows, const, run.options.tolerance, state.x_lo, state.x_hi, state.known,
                                run.options.output_bound_layers, run.options.output_bound_rounds, deadline=deadline)
@@ -143,7 +155,6 @@ def bab_search(run, state: GraphBounds, disjuncts: list[int], deadline: float, p
     deadline = min(deadline, run.deadline)
     if time.perf_counter() > deadline or not disjuncts:
         return None
-    set_threads(run.options)
     graph = state.graph
     boxes = state.boxes()
     target = GraphTarget(graph, graph.output, {i: b for i, b in enumerate(boxes) if b is not None})
