@@ -37,8 +37,8 @@ def leaf_bound(problem, spec: int, signs: list, lower: list, upper: list, time_l
     """(safe lower bound on min over the domain of max_r rows_r value(start) + const_r, minimiser
     or None). Any unstable ReLU left unsplit on the way makes it no leaf: -inf."""
     graph, net = problem.graph, problem.graph.net
-    for l, u in zip(lower, upper):
-        if bool(((l < 0) & (u > 0)).any()):
+    for op, l, u in zip(problem.ops, lower, upper):
+        if bool(op.uncertain(l, u).any()):
             return -np.inf, None
     known = dict(problem.fixed)
     known.update({p: (l[None], u[None]) for p, l, u in zip(problem.pre, lower, upper)})

@@ -60,7 +60,7 @@ class Relaxation:
 
     def repeated(self, reps: int) -> "Relaxation":
         """Each domain's relaxation repeated `reps` times in a row (copies, safe to `fix`)."""
-        return Relaxation({r: d.repeated(reps) if hasattr(d, "repeated") else d for r, d in self.data.items()},
+        return Relaxation({r: d.repeated(reps) for r, d in self.data.items()},
                           self.extents)
 
 

@@ -51,13 +51,13 @@ class BoundOp(Protocol):
     - interval: bounds of the output from bounds of the inputs; outward-rounded in float64.
     - relax(bounds): the parts of its linear relaxation fixed by its inputs' bounds (None for
       linear ops); computed once per batch of domains and reused by every step.
-    - uncertain(lo, hi): for relaxed ops, the mask of input entries (n,) whose tighter bounds
-      could tighten the relaxation (what layer-bound tightening spends its rows on).
+    - uncertain(lo, hi): for relaxed ops (`RelaxedBoundOp`), the mask of input entries (n,)
+      whose tighter bounds could tighten the relaxation (what layer-bound tightening spends its
+      rows on).
     - backward(lam, ctx): the relaxation applied to coefficients on its output. For every
       parameter in its set (slopes in [0, 1], multipliers >= 0) the result is a valid bound.
     - linear: whether the op is affine (exact both ways; no relaxation, no bounds needed).
-    - splittable: whether branch and bound may split it (then it also has `clamp`, `fix` and
-      `split_scores`, see relu.py).
+    - splittable: whether branch and bound may split it (then it is a `SplittableBoundOp`).
     - cost: multiply-adds of one backward step per bound row (for time estimates).
     """
 
@@ -72,6 +72,57 @@ class BoundOp(Protocol):
     def relax(self, bounds: list[tuple[torch.Tensor, torch.Tensor]]) -> Any: ...
 
     def backward(self, lam: torch.Tensor, ctx: StepContext) -> Backward: ...
+
+
+@runtime_checkable
+class RelaxedBoundOp(BoundOp, Protocol):
+    """A bound op that is not linear (`linear` False): `relax` returns an `OpRelaxation`, and
+    `uncertain` says which input entries are worth tighter bounds."""
+
+    def uncertain(self, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class OpRelaxation(Protocol):
+    """What a relaxed op's `relax` returns: tensors batched over domains (B or 1 first).
+    `repeated(reps)` gives each domain's relaxation `reps` times in a row, as copies a search may
+    change (the children of a split start from their parent's)."""
+
+    def repeated(self, reps: int) -> "OpRelaxation": ...
+
+
+@runtime_checkable
+class SplittableRelaxation(OpRelaxation, Protocol):
+    """The relaxation of an op branch and bound splits.
+
+    - default_slope: CROWN's lower slopes (B or 1, 1, n), where alpha-CROWN starts.
+    - fix(rows, neurons, active): in place, domains `rows` get entry `neurons` fixed to one side
+      of its split, as `relax` would give on bounds that put it there.
+    """
+
+    @property
+    def default_slope(self) -> torch.Tensor: ...
+
+    def fix(self, rows: torch.Tensor, neurons: torch.Tensor, active: bool) -> None: ...
+
+
+@runtime_checkable
+class SplittableBoundOp(RelaxedBoundOp, Protocol):
+    """A bound op branch and bound splits (`splittable` True), each input entry at one point
+    (ReLU: at 0) into two sides; signs (B, n) say per domain: -1 the upper side (input >= 0),
+    +1 the lower side (input <= 0), 0 not split.
+
+    - clamp(lower, upper, signs): input bounds (B, n) with split entries clamped to their side.
+    - split_scores(mu, lower, upper, alpha): (B, n) estimated gain of splitting each entry (mu:
+      the entries' coefficients (B, m, n) in the bound); 0 where a split cannot gain.
+    - relax returns a `SplittableRelaxation`.
+    """
+
+    def clamp(self, lower: torch.Tensor, upper: torch.Tensor,
+              signs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def split_scores(self, mu: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
+                     alpha: torch.Tensor) -> torch.Tensor: ...
 
 
 @runtime_checkable

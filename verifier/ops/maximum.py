@@ -149,6 +149,12 @@ class MaximumRelaxation:
     exact: torch.Tensor  # bool
     upper: torch.Tensor  # 0 where exact
 
+    def repeated(self, reps: int) -> "MaximumRelaxation":
+        """Each domain's relaxation `reps` times in a row (one shared by all stays shared)."""
+        def rep(t: torch.Tensor) -> torch.Tensor:
+            return t if t.shape[0] == 1 else t.repeat_interleave(reps, 0)
+        return MaximumRelaxation(rep(self.leader), rep(self.exact), rep(self.upper))
+
 
 class MaximumBound:
     """The maximum of groups in the bound engine (contract.BoundOp): y >= x_leader below, and
