@@ -62,10 +62,11 @@ class SolveOptions:
     feasibility_tol: float = 1e-6
 
 
-#: Feasibility tolerance for solves whose optimum is reported as exact (VerifyOptions.exact):
-#: measured on a tiny pad/ReLU MILP, HiGHS 1.16 returned a point violating a row by 8.9e-7 and
-#: an "optimal" value 2e-6 below the true one (1.11: 1e-6 below) at the default 1e-6; at 1e-9
-#: both errors shrink a thousandfold, far inside the 1e-6 that exact answers promise.
+#: Feasibility tolerance for solves whose optimum is reported as exact (VerifyOptions.exact): at
+#: the default 1e-6 HiGHS returns points violating rows, and "optimal" values below the true one,
+#: by about that tolerance; at 1e-9 both errors shrink with it, far inside the 1e-6 that exact
+#: answers promise (measured on a tiny pad/ReLU MILP, see benchmarks/RESULTS.md, "Why the
+#: defaults are what they are").
 EXACT_FEASIBILITY = 1e-9
 
 

@@ -207,9 +207,9 @@ class PulpSolver:
             # CBC only looks for solutions this much better than its incumbent (default 1e-5,
             # our whole tolerance): keep it at the allowed gap, which the bound below subtracts.
             kwargs["options"] = [f"increment {self._increment(options)!r}"]
-            # CBC's scaling makes it return wrong optima on some verification MILPs (measured:
-            # a ResNet margin MILP, "optimal" -0.187 where a feasible -0.350 exists; with scaling
-            # off it agrees with HiGHS). Their rows mix coefficients from 1e-9 to 1e2.
+            # CBC's scaling makes it return wrong optima on some verification MILPs (seen on a
+            # ResNet margin MILP, see benchmarks/RESULTS.md, "Why the defaults are what they are";
+            # with scaling off it agrees with HiGHS). Their rows mix tiny and large coefficients.
             kwargs["options"].append("scaling off")
             if np.isfinite(options.cutoff):
                 kwargs["options"].append(f"cutoff {float(options.cutoff)!r}")

@@ -5,8 +5,8 @@ with a budget of its own passes the earlier of the two. These helpers keep work 
 Checking the deadline only before each loop iteration is not enough when one iteration costs
 seconds: an Adam step through a wide CNN's dense layers with thousands of rows, or the final
 float64 pass after the steps, which must run for the steps to count. A stage entered just
-before the deadline then overran by its first iteration plus that pass (oval21 cifar_wide_kw at
-30 s: one output-bound layer of 2742 rows took 115 s, 4 s a step). So a loop starts an
+before the deadline then overran by its first iteration plus that pass, on a wide CNN by more
+than a minute (benchmarks/RESULTS.md, "Why the defaults are what they are"). So a loop starts an
 iteration only if it is expected to end before the deadline with the time still `reserve`d for
 what must follow (`Pace`); the first iteration, and one-off passes, are estimated from their
 matrix products at a rate measured once per process (`product_seconds`). Anything skipped for
@@ -23,8 +23,9 @@ import torch
 #: (a small matrix product, a quiet machine); passes also do elementwise work and autograd.
 SAFETY = 3.0
 
-#: Seconds per nonzero to assemble a sparse model and hand it to HiGHS (`passModel`), measured
-#: at ~1.2e-7 on resnet_4b's 11.5M-nonzero LP (1.3 s), with room for a slower machine.
+#: Seconds per nonzero to assemble a sparse model and hand it to HiGHS (`passModel`): the rate
+#: measured on a residual CNN's LP, with room for a slower machine (benchmarks/RESULTS.md, "Why
+#: the defaults are what they are").
 MODEL_SECONDS_PER_NONZERO = 3e-7
 
 _rates: dict = {}  # (dtype, torch threads) -> measured multiply-adds per second
@@ -56,7 +57,7 @@ def fits(deadline: float, seconds: float) -> bool:
 
 def _rate(dtype: torch.dtype) -> float:
     """Multiply-adds per second of a dense product here (measured once per dtype and thread
-    count, ~10 ms)."""
+    count, by a few small products)."""
     key = (dtype, torch.get_num_threads())
     if key not in _rates:
         a, b = torch.ones((128, 512), dtype=dtype), torch.ones((512, 512), dtype=dtype)
@@ -81,7 +82,7 @@ def model_seconds(nonzeros: int) -> float:
 
 def model_fits(deadline: float, nonzeros: int) -> bool:
     """Whether a model of `nonzeros` entries can be handed to a solver before the deadline:
-    that is one native call, not cut short once started (1.3 s for resnet_4b's 11.5M nonzeros)."""
+    that is one native call, not cut short once started (seconds on a residual CNN's LP)."""
     return fits(deadline, model_seconds(nonzeros))
 
 

@@ -19,11 +19,12 @@ class VerifyOptions:
     tolerance: float = 1e-5  # a margin must be proven > tolerance to count as robust
     attack_restarts: int = 6
     attack_steps: int = 40
-    symbolic: bool = True  # CROWN-style bounds after interval arithmetic
+    symbolic: bool = True  # CROWN bounds (the bound graph's walk) after interval arithmetic
     lp_tightening: bool = True  # LP-tighten ambiguous ReLUs before a MIP
     lp_budget: float = 0.25  # share of the remaining time LP tightening may use
-    # Open disjuncts in the MIP: "joint" (one MIP choosing among them; measured better on mnistfc
-    # 256x2: 27 vs 26 of 30 solved at 60 s) or "split" (one MIP each, most threatening first).
+    # Open disjuncts in the MIP: "joint" (one MIP choosing among them; it answered more of mnistfc
+    # 256x2) or "split" (one MIP each, most threatening first). Measured, see benchmarks/RESULTS.md,
+    # "Why the defaults are what they are".
     disjunctions: str = "joint"
     # Bound propagation on plain ReLU chains (MLPs, CNNs as matrices): alpha-CROWN on every layer,
     # then branch and bound over ReLU splits instead of the MIP on chains of >= bab_min_depth
@@ -36,10 +37,10 @@ class VerifyOptions:
     refine_first_pass: float = 2.0  # seconds per layer in the first refinement pass (then doubling)
     # Share of the remaining time the refinement of layer bounds may use; None: 0.1 on two ReLU
     # layers, 0.8 on deeper chains (where `refine_stall` ends it early once it stops paying).
-    # Measured on mnistfc at the competition timeouts: 256x2 prop_1 eps 0.03 is proven in 95 s
-    # with 0.1 and left at -0.04 with 0.5 (its one refined layer gains little after a few
-    # seconds); 256x6 prop_10 eps 0.05 ends at -4.9 with 0.5 and -0.72 with 0.8 (with the stall
-    # rule, which gives 256x4 prop_3 eps 0.03 back 60 s of search: robust in 96 s, was 282 s).
+    # On two layers the one refined layer gains little after a few seconds, so the search gets the
+    # time; deeper chains keep gaining from refinement, and the stall rule hands the search back
+    # what a refinement that no longer pays would spend. Measured on mnistfc, see
+    # benchmarks/RESULTS.md, "Why the defaults are what they are".
     refine_budget: float | None = None
     # Refinement stops early after a pass that lifts the worst open disjunct's bound by less than
     # this share of its magnitude; None: 0.05 on chains of >= 3 ReLU layers, 0 on two.
@@ -53,8 +54,8 @@ class VerifyOptions:
     # Layer bounds under each disjunct's own negation for the final search (bab/output_bounds.py):
     # "auto" on chains of >= 3 ReLU layers, "on", "off"; the last `output_bound_layers` layers
     # in `output_bound_rounds` passes, within `output_bound_budget` of the remaining time.
-    # 3 and 3 (was 2 and 2): mnistfc 256x6 prop_10 eps 0.05 at 300 s -0.68 -> -0.53, -0.72 ->
-    # -0.55 in an earlier build, in the same ~7-8 s (RESULTS, sessions 9-10).
+    # 3 and 3 (was 2 and 2): tighter final bounds on deep chains in about the same time (measured
+    # on mnistfc 256x6, see benchmarks/RESULTS.md, "Why the defaults are what they are").
     output_bounds: str = "auto"
     output_bound_layers: int = 3
     output_bound_rounds: int = 3
@@ -67,9 +68,10 @@ class VerifyOptions:
     bab_memory: float | None = None
     # Branching rule: "gap" (BaBSR-style estimate), "trial" (filtered smart branching) or "auto":
     # gap on one hidden layer, trial on deeper chains. Adam steps on slopes and split multipliers
-    # per round: None is 4 on one hidden layer, 12 on deeper chains. Measured: on one hidden
-    # layer (RSL18a) cheap rounds win, since a domain's bound is close to its LP after a few
-    # warm-started steps and the search needs many domains; deeper chains need the better splits.
+    # per round: None is 4 on one hidden layer, 12 on deeper chains. On one hidden layer cheap
+    # rounds win, since a domain's bound is close to its LP after a few warm-started steps and the
+    # search needs many domains; deeper chains need the better splits (measured on RSL18a and
+    # mnistfc, see benchmarks/RESULTS.md, "Why the defaults are what they are").
     bab_branching: str = "auto"
     bab_steps: int | None = None
     # Relax the binaries of last-hidden-layer ReLUs whose output can only raise a minimised

@@ -1,7 +1,8 @@
 """The memory this process holds now, for limits that must count everything a run holds: a
-search's queue is priced by an estimate per domain (search.domain_bytes), which on oval21's
-CIFAR CNNs left whole runs at up to 5.6 GB against a 3 GB queue budget (the rest of a run,
-rounds' working tensors and the allocator's slack are not in it; benchmarks/RESULTS.md).
+search's queue is priced by an estimate per domain (search.domain_bytes), which on CIFAR CNNs
+left whole runs far above the queue's budget (the rest of a run, rounds' working tensors and
+the allocator's slack are not in it; benchmarks/RESULTS.md, "Why the defaults are what they
+are").
 """
 
 from __future__ import annotations

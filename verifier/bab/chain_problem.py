@@ -35,8 +35,9 @@ class ChainProblem:
     one row per spec (bounds valid only where that spec is unproven, see output_bounds.py)."""
 
     def __init__(self, net: Layered, specs, x_lo, x_hi, lower, upper) -> None:
-        # Neurons inactive over the whole box are dropped from the chain: on mnistfc 256x4 at
-        # eps 0.03 that leaves 45, 82, 6 and 63 of 256 per layer, and every matrix shrinks.
+        # Neurons inactive over the whole box are dropped from the chain: on MLPs most of them
+        # are (see benchmarks/RESULTS.md, "Why the defaults are what they are"), and every matrix
+        # shrinks.
         lower = [l.reshape(-1, l.shape[-1]) for l in lower]
         upper = [u.reshape(-1, u.shape[-1]) for u in upper]
         keep = [torch.nonzero(~(u <= 0).all(0)).flatten() for u in upper]  # a NaN bound stays

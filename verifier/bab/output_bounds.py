@@ -14,10 +14,9 @@ slack's exact minimum (so not in exact mode), and crossed bounds (lower > upper)
 `RunState.prove_constrained` records such a bound accordingly (for both engines; the graph
 engine's form of this module is graph_output_bounds.py).
 
-Measured on mnistfc 256x4 prop_6 eps 0.05 after 120 s of refinement: two passes over the four
-layers (about 1.5 s per disjunct) lift the nine disjuncts' alpha-CROWN bounds from
--0.50 .. -0.79 to -0.31 .. -0.71; at the root (before refinement, bounds near -12) they gain
-2%: the constraint bites only once the disjunct is nearly proven.
+The constraint bites only once the disjunct is nearly proven: after refinement these bounds
+lift the disjuncts' alpha-CROWN bounds markedly, at the root they gain little (measured on
+mnistfc 256x4, see benchmarks/RESULTS.md, "Why the defaults are what they are").
 """
 
 from __future__ import annotations
@@ -38,8 +37,9 @@ def _tighten_layer(net: Layered, k: int, rows: torch.Tensor, const: torch.Tensor
                    deadline: float = float("inf")) -> tuple[list, list]:
     """Layer k's unstable neurons bounded on U (module docstring); rows (m, n_L), const (m,).
     At lambda = 0 the bound is the plain one, so a layer is left as it is unless a step and the
-    final float64 pass fit before `deadline` (a layer of 2742 rows on oval21's wide CNN takes
-    4 s a step), and steps stop when the next would not leave time for that pass."""
+    final float64 pass fit before `deadline` (on a wide CNN's layer one step takes seconds; see
+    benchmarks/RESULTS.md, "Why the defaults are what they are"), and steps stop when the next
+    would not leave time for that pass."""
     idx = torch.nonzero((lower[k][0] < 0) & (upper[k][0] > 0)).flatten()
     n = idx.numel()
     if n == 0:

@@ -11,11 +11,11 @@ A spec refuted by a real point (the neuron really is unstable that way) is still
 bound cannot reach 0, but a tighter one still narrows the neuron's relaxation. Which domain goes
 next is the one whose spec has the largest share of its gap still open, the gap ending at 0 or
 at the least real value seen, whichever is lower — so a spec near what real points reach yields
-to those that can still move or close. Measured on mnistfc 256x4 (300 s, whole pipeline):
-dropping refuted specs and sharing effort by relative bound left prop_3 eps 0.03 at -0.37 and
-prop_6 eps 0.05 at -0.51; splitting them with the same order, -0.22 and -1.94 (stuck specs took
-the effort); splitting them with the gap order, prop_3 robust in 282 s and prop_6 at -0.03.
-On two ReLU layers the old way is better (search.plan picks per depth).
+to those that can still move or close. Splitting refuted specs in the plain order lets specs
+that cannot move take the effort; with the gap order, deep chains end tighter than by dropping
+them (measured on mnistfc 256x4, see benchmarks/RESULTS.md, "Why the defaults are what they
+are"). On two ReLU layers dropping them, with the relative order, is better (search.plan picks
+per depth).
 With splitting continued, a domain whose bound reaches the least real value seen for its spec
 is closed (splitting it cannot raise the spec's bound), and a layer whose domains are all
 closed ends early (the pass, and so the next one, starts sooner).
@@ -56,11 +56,9 @@ def refine_layer(net: Layered, k: int, x_lo, x_hi, lower: list, upper: list, dea
 
 def layer_shares(layers: int) -> list[float]:
     """Share of a pass's time for refined layers 1..layers: (layers + 1 - k)^2, normalised.
-    Early layers first, since every later layer's relaxation rests on them. Measured on mnistfc
-    256x6 prop_10 eps 0.05 (150 s of passes): equal shares left the disjunct at -1.93, linear
-    ones rising with depth at -39 (after 75 s, against -6.1), falling linear at -1.66, falling
-    squares at -1.40; on 256x4 prop_6 eps 0.05 (120 s) -0.79 equal, -0.76 falling squares,
-    which reach -0.87 after 19 s where equal shares are at -1.14."""
+    Early layers first, since every later layer's relaxation rests on them; falling squares beat
+    equal, rising and falling linear shares (measured on mnistfc 256x6 and 256x4, see
+    benchmarks/RESULTS.md, "Why the defaults are what they are")."""
     weights = [(layers + 1 - k) ** 2 for k in range(1, layers + 1)]
     return [w / sum(weights) for w in weights]
 
@@ -70,11 +68,8 @@ def layer_settings(k: int, **kwargs) -> BabSettings:
     With one (k = 1) a domain's bound is near its LP after a few warm-started steps and the
     search needs many domains, as in the final search on one hidden layer: gap branching, 4
     steps. With more, the gap estimate misjudges which split pays, and trying 16 candidates for
-    real beats trying 4. Measured on mnistfc 256x6 prop_10 eps 0.05 (captured inputs of the
-    third pass, 10 s per layer, sum of the layer's relaxation gaps u(-l)/(u-l)): layer 1
-    121.6 -> 116.3 with trial of 4 and 8 steps, -> 99.4 with gap and 4 steps; layer 2 192.7 ->
-    172 with 4 candidates, -> 138.6 with 16; layer 3 101.6 -> 77.6 / 58.4; layer 4 60.6 -> 28.7
-    / 15.3."""
+    real beats trying 4 (measured on mnistfc 256x6, see benchmarks/RESULTS.md, "Why the defaults
+    are what they are")."""
     if k == 1:
         return BabSettings(steps=4, branching="gap", **kwargs)
     return BabSettings(steps=8, branching="trial", candidates=16, **kwargs)
@@ -87,14 +82,15 @@ def refined_bounds(net: Layered, x_lo, x_hi, lower: list, upper: list, alpha_ste
                    workers: SpecWorkers | None = None) -> tuple[list, list, dict]:
     """alpha-CROWN layer by layer, with the first `layers` layers after the first also refined
     by branch and bound before the next layer is bounded: `layer_budget` seconds per layer on
-    average, shared as `layer_shares` says, its open domains within `max_memory` bytes and the process within
-    `max_resident` like the final search's. `order` and `on_witness` as in BabSettings; the defaults are the measured
-    best (module docstring).
+    average, shared as `layer_shares` says, its open domains within `max_memory` bytes and the
+    process within `max_resident` like the final search's. `order` and `on_witness` as in
+    BabSettings; the defaults are the measured best (module docstring).
 
     `finished`, kept by the caller over passes, maps a layer whose search closed every domain to
     the bounds of the layers before it then; while those are unchanged the layer is skipped, as
-    rerunning would only repeat it (on mnistfc 256x6 prop_0 eps 0.03 layer 1 did so for 9-12 s
-    in each of the last three passes). `workers` shares each layer's specs out over processes."""
+    rerunning would only repeat it, seconds per pass (measured on mnistfc 256x6, see
+    benchmarks/RESULTS.md, "Why the defaults are what they are"). `workers` shares each layer's
+    specs out over processes."""
     stats = {"refine_domains": 0, "refine_time": 0.0}
     shares = layer_shares(min(layers, net.depth - 1))
     finished = {} if finished is None else finished

@@ -1,13 +1,15 @@
 """Branch and bound over ReLU splits, bounded by beta-CROWN, for the disjuncts of a property.
 
 A subproblem ("domain") belongs to one disjunct (spec) and fixes some unstable ReLUs to a side.
-Its lower bound comes from `crown.backward_bound` with slopes and split multipliers optimised
-by a few Adam steps, warm-started from the parent; domains whose bound exceeds the tolerance
-are closed. Each round splits the first open domains in the queue's order (for verification the
-lowest bounds; see BabSettings.order) — of all disjuncts at once, since on a CPU a round costs
-little more for many domains than for a few — on the neuron
-chosen by `branching.py` (by default: the best few by relaxation gap, each tried for real). Each bound also yields the box corner where its
-linear lower bound is least; it is run through the real network as a cheap attack.
+Its lower bound comes from the target problem's walk (graph_problem.py: the bound engine's
+walker over the graph; chain_problem.py: the dense chain's fast path) with slopes and split
+multipliers optimised by a few Adam steps, warm-started from the parent; domains whose bound
+exceeds the tolerance are closed. Each round splits the first open domains in the queue's order
+(for verification the lowest bounds; see BabSettings.order) — of all disjuncts at once, since on
+a CPU a round costs little more for many domains than for a few — on the neuron chosen by
+`branching.py` (by default: the best few by relaxation gap, each tried for real). Each bound
+also yields the box corner where its linear lower bound is least; it is run through the real
+network as a cheap attack.
 
 The minimum over a disjunct's open domains is a valid lower bound at every moment, so a run
 cut short still reports sound bounds; only an empty queue is a proof.
@@ -35,12 +37,14 @@ from verifier.resources import resident_bytes
 @dataclass(slots=True)
 class Domain:
     """An open subproblem, stored compactly: two tensors of its own (not views that would pin
-    a whole batch's storage), ~2.9 KB on mnistfc 256x4 against ~9 KB as per-layer views."""
+    a whole batch's storage): far less memory than per-layer views (measured on mnistfc
+    256x4, see benchmarks/RESULTS.md, "Why the defaults are what they are")."""
 
     spec: int
-    signs: torch.Tensor  # (N,) int8 over all ReLU layers' neurons: -1 active, +1 inactive, 0 free
+    signs: torch.Tensor  # (N,) int8 over every split node's entries, in the problem's order of split
+    #                      nodes: -1 active, +1 inactive, 0 free
     params: torch.Tensor  # (2, m, N) float32: alphas, then betas
-    branch: tuple[int, int]  # (layer, neuron) to split next
+    branch: tuple[int, int]  # (k, entry): the k-th split node of the problem and its entry, split next
     bound: float  # its proven lower bound
 
 
@@ -61,8 +65,8 @@ class BabSettings:
     steps: int = 12  # Adam steps on alpha and beta per round
     lr_alpha: float = 0.1
     lr_beta: float = 0.05
-    # Open domains are kept while they fit in this many bytes (~3 KB each on mnistfc 256x4:
-    # about a million); past it the search stops with the bounds it has.
+    # Open domains are kept while they fit in this many bytes (about a million of a small MLP's
+    # domains, see domain_bytes); past it the search stops with the bounds it has.
     max_memory: int = 2_500_000_000
     # The process's resident memory (verifier/resources.py) past which the search stops too,
     # whatever the queue's estimate says; None: no such limit.
@@ -118,7 +122,7 @@ def add_stats(total: dict, stats: dict) -> None:
 
 def domain_bytes(neurons: int, rows: int) -> int:
     """Memory of one queued domain: its sign and parameter tensors, and ~1.2 KB of object
-    overhead (measured: 2.9 KB for 196 neurons and one row)."""
+    overhead (measured, see benchmarks/RESULTS.md, "Why the defaults are what they are")."""
     return neurons + 2 * rows * neurons * 4 + 1200
 
 

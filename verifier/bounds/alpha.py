@@ -23,8 +23,8 @@ from verifier.deadline import Pace, fits, product_seconds, since
 #: Entries of the coefficient tensors one walk may hold per node on an accelerator (2^23 float64:
 #: 64 MB) and on a CPU (2^21: 16 MB): the rows of a wide layer's bounds, and a search's domains,
 #: are walked in chunks of at most this many entries. A CPU walks big tensors slower per row
-#: (out of cache): measured on a CIFAR CNN, alpha-CROWN over its layers took 2-2.5x longer in
-#: chunks of 2^23 than of 2^20-2^22 (benchmarks/RESULTS.md).
+#: (out of cache), so its chunks are smaller (measured on a CIFAR CNN, see benchmarks/RESULTS.md,
+#: "Why the defaults are what they are").
 CHUNK_ENTRIES = 1 << 23
 CPU_CHUNK_ENTRIES = 1 << 21
 
@@ -34,7 +34,8 @@ def chunk_entries(device: torch.device | str) -> int:
     return CPU_CHUNK_ENTRIES if torch.device(device).type == "cpu" else CHUNK_ENTRIES
 
 #: Seconds the first optimiser of a process may take to create: torch.optim then imports
-#: torch._dynamo (1.4-2.5 s measured), inside whichever run comes first.
+#: torch._dynamo, inside whichever run comes first; this leaves room over the measured import
+#: time (benchmarks/RESULTS.md, "Why the defaults are what they are").
 FIRST_OPTIMISER_SECONDS = 3.0
 
 
@@ -44,8 +45,9 @@ def adam_seconds() -> float:
 
 
 def adam(groups) -> torch.optim.Adam:
-    """Adam over slopes and multipliers: the fused kernel where torch has it (5x faster than the
-    foreach one on these many small tensors, measured on a CPU), else the foreach one."""
+    """Adam over slopes and multipliers: the fused kernel where torch has it (much faster than the
+    foreach one on these many small tensors, measured on a CPU: benchmarks/RESULTS.md, "Why the
+    defaults are what they are"), else the foreach one."""
     try:
         return torch.optim.Adam(groups, fused=True)
     except (RuntimeError, TypeError, ValueError):
@@ -77,10 +79,10 @@ def pass_seconds(graph: BoundGraph, start: int, rows: int, dtype: torch.dtype = 
     """Expected seconds of one walk of `rows` rows in all from `start`; with `grad`, of an
     optimisation step (the walk and its gradient). As the last such walk took per row, once
     one has run (`record_pass`), for up to twice its rows; estimated from the matrix products
-    before, which miss a CPU's convolutions and elementwise work by several times (a float64
-    walk through a CIFAR CNN's two convolutions took 6x its estimate). A walk of many more rows
-    than the measured one takes the larger of the two: a CPU's time per row grows with the rows
-    (out of cache; 7x from 128 to 4096 rows, benchmarks/RESULTS.md)."""
+    before, which miss a CPU's convolutions and elementwise work by several times. A walk of
+    many more rows than the measured one takes the larger of the two: a CPU's time per row grows
+    with the rows (out of cache). Both measured on a CIFAR CNN, see benchmarks/RESULTS.md, "Why
+    the defaults are what they are"."""
     estimate = lambda: product_seconds(rows * walk_cost(graph, start) * (2 if grad else 1), dtype)  # noqa: E731
     measured = graph.timings.get(_timing_key(start, dtype, grad))
     if measured is None:

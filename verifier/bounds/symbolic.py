@@ -5,6 +5,10 @@ the node back to the input box (`op.backward_lower`), then minimising over the b
 stay scipy-sparse while the weights are sparse (convolutions), so the cost follows the receptive
 fields, not the layer widths. Used for intermediate ReLU bounds and for label margins; both are
 intersected with interval bounds, so the result is never looser than intervals.
+
+Verification runs bound with the bound engine's walk (search/graph_stage.crown, on a device);
+this numpy walk serves the minimum-distortion search (distortion/direct.py) and is the tests'
+second, independent implementation of CROWN.
 """
 
 from __future__ import annotations
@@ -73,8 +77,9 @@ def symbolic_bounds(net: Network, bounds: Bounds, deadline: float = math.inf) ->
     """Tighten the pre-activation bounds of every ReLU by back-substitution, layer by layer,
     until `deadline`: a layer's neurons go in chunks of CHUNK (each row's bound is independent
     of the others, so chunking changes no bound), and a chunk starts only if the slowest so
-    far would end in time; neurons not reached keep their interval bounds. On resnet_4b one
-    layer's 3422 rows take 6 s and all layers 17 s, more than a 10 s timeout."""
+    far would end in time; neurons not reached keep their interval bounds. On a residual CNN
+    all layers take longer than a short timeout (benchmarks/RESULTS.md, "Why the defaults are
+    what they are")."""
     lo, hi = bounds[net.input_node]
     known: Bounds = {}
     pace = Pace(deadline)

@@ -4,9 +4,10 @@ The minimum distortion is reached on the boundary itself (a tie, which counts as
 float64), so whether onnxruntime's float32 pass agrees is up to rounding; a solver that writes
 its solution with 8 digits (CBC through PuLP) adds its own rounding. Seen on tiny networks and
 on WK17a: the MILP finished "optimal" with the right lower bound, its point came back with a
-slack of +1e-8, and pushing it outward along the perturbation (`Checker.settle`) did not help
-because its moved coordinates sat on faces of the input set. The answer was then `unknown`
-with the attack's far worse upper bound.
+tiny positive slack (benchmarks/RESULTS.md, "Why the defaults are what they are"), and pushing
+it outward along the perturbation (`Checker.settle`) did not help because its moved coordinates
+sat on faces of the input set. The answer was then `unknown` with the attack's far worse upper
+bound.
 
 `confirm_near` tries, cheapest first and each point re-checked by `Checker.confirm`:
 1. the point itself, and `settle`'s outward pushes;

@@ -74,9 +74,9 @@ class NormEncoding:
     def snap(self, x: np.ndarray) -> np.ndarray:
         """A MILP point with what its integer columns imply made exact: l0 coordinates whose
         binary is 0 put back on x0. A solver's point carries noise (CBC's is read back with 8
-        digits): measured on WK17a, an unchanged pixel at x0 = 0 came back as a tiny nonzero
-        value, which float32 keeps, so the example counted 48 changed pixels for an optimum
-        of 47."""
+        digits): on WK17a an unchanged pixel at x0 = 0 came back as a tiny nonzero value, which
+        float32 keeps, so the example counted one changed pixel more than the optimum
+        (benchmarks/RESULTS.md, "Why the defaults are what they are")."""
         if self.norm != "l0":
             return x
         x = np.array(x, dtype=np.float64)

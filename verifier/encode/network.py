@@ -139,7 +139,8 @@ def encode_network(net: Network, bounds: dict, nodes: list[str] | None = None,
     """Encode `nodes` (default: all, in topological order) with the given per-node bounds; the
     input box is bounds[input]. Unstable ReLUs get binaries (relax them for an LP). Raises
     deadline.OutOfTime once `deadline` passes between two ops: substituted expressions fill in
-    on residual CNNs (resnet_4b: 11.5M nonzeros, 2.5 s to encode)."""
+    on residual CNNs, to millions of nonzeros and seconds to encode (benchmarks/RESULTS.md, "Why
+    the defaults are what they are")."""
     builder = MilpBuilder()
     lo, hi = bounds[net.input_node]
     cols = builder.add_cols(lo, hi)

@@ -152,8 +152,9 @@ def _conv_input_gradient(images: torch.Tensor, kernel: torch.Tensor, padded: tup
                          group: int) -> torch.Tensor:
     """The transposed convolution as the gradient of a convolution on the padded input of
     `padded` shape: the same numbers as conv_transpose2d, but for float64 on a CPU torch's
-    gradient kernel is 2-4x faster than its conv_transpose2d (which float64 walks through a
-    CIFAR conv spend seconds in; benchmarks/RESULTS.md)."""
+    gradient kernel is several times faster than its conv_transpose2d (which float64 walks
+    through a CIFAR conv spend seconds in; benchmarks/RESULTS.md, "Why the defaults are what
+    they are")."""
     shape = torch.Size(padded)
     return torch.ops.aten.convolution_backward(
         images, images.new_empty(1).expand(shape), kernel, None, list(strides), [0, 0], list(dilations), False,

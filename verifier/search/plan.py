@@ -49,12 +49,12 @@ def make_plan(options: VerifyOptions, engine: str, depth: int) -> Plan:
 def _lp_bounds(engine: str, depth: int, bab: bool) -> bool:
     """Whether each open disjunct gets an LP bound over the whole network before the search.
     Not on one hidden layer: optimised slopes reach the LP's bound already (the triangle
-    relaxation's dual), so the LPs would only repeat it; measured on RSL18a they took 15 s of
-    40. Not on chains of 3+ ReLU layers searched by branch and bound either: there the LP, on
-    the same layer bounds as alpha-CROWN, sits hundreds below 0 and cannot prove a disjunct,
-    yet took 51 s of 300 on mnistfc 256x6 prop_10 eps 0.05; adding it before refinement had
-    answered no more instances. Not before a graph search (on CNNs the whole-network LP has
-    millions of nonzeros: resnet_4b's 11.5M)."""
+    relaxation's dual), so the LPs would only repeat it, at a large share of the time. Not on
+    chains of 3+ ReLU layers searched by branch and bound either: there the LP, on the same
+    layer bounds as alpha-CROWN, sits far below 0 and cannot prove a disjunct, yet takes a sizeable
+    share of the time; adding it before refinement had answered no more instances. Not before a
+    graph search (on CNNs the whole-network LP has millions of nonzeros). Measured on RSL18a,
+    mnistfc 256x6 and resnet_4b, see benchmarks/RESULTS.md, "Why the defaults are what they are"."""
     if engine == "none":
         return True
     if engine == "graph":
@@ -94,7 +94,8 @@ def _output_bounds(options: VerifyOptions, depth: int) -> bool:
     """Whether the final search bounds each disjunct's domains with layer bounds under its own
     negation: "auto" at 3 or more split layers (ReLU layers of a chain, split nodes of a graph),
     where refinement has brought the disjuncts near 0 and the constraint bites (measured on
-    chains; on the CNNs of benchmarks/RESULTS.md the stages neither gain nor lose at 60 s)."""
+    chains; on CNNs the stages neither gain nor lose: benchmarks/RESULTS.md, "Why the defaults are
+    what they are")."""
     if options.output_bound_layers == 0 or options.output_bound_rounds == 0:
         return False
     if options.output_bounds == "auto":
@@ -115,16 +116,18 @@ def bab_settings(options: VerifyOptions, depth: int) -> BabSettings:
 
 
 #: Bytes a run may hold besides its search's queue before the search stops (the process's
-#: resident memory against the queue's budget plus this): ~0.9 GB measured on oval21's CIFAR
-#: CNNs beside the queue, which alone its estimate did not keep within 4 GB.
+#: resident memory against the queue's budget plus this): what a CIFAR CNN's run holds beside
+#: its queue, with room to spare, since the queue's estimate alone did not keep whole runs within
+#: 4 GB (measured on oval21, see benchmarks/RESULTS.md, "Why the defaults are what they are").
 RUN_MEMORY = 1_300_000_000
 
 
 def memory_budget(options: VerifyOptions) -> int:
     """Bytes for one search's open domains (option `bab_memory`; None: 2.5 GB, or an eighth of
-    the machine's memory if that is less). The rest of a run holds ~0.9 GB on oval21's CIFAR
-    CNNs and the queue's real footprint exceeds its estimate (search.domain_bytes) by ~10 %:
-    with 3 GB, cifar_wide_kw's searches peaked at 4.2 GB (benchmarks/RESULTS.md)."""
+    the machine's memory if that is less). Below 3 GB because the rest of a CIFAR CNN's run
+    holds memory too and the queue's real footprint exceeds its estimate (search.domain_bytes),
+    so a 3 GB queue let whole runs pass 4 GB (measured on oval21, see benchmarks/RESULTS.md,
+    "Why the defaults are what they are")."""
     if options.bab_memory is not None:
         return int(options.bab_memory * 1e9)
     try:
