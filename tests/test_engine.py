@@ -141,9 +141,9 @@ GRAPH_NETS = ["residual_add", "maxpool", "average_pool", "leaky_relu", "clip", "
               "batchnorm", "maxpool_padded", "global_max_pool"]
 
 
-def _graph_search(net, lo, hi, label, device="cpu", deadline=30.0, settings=None, root_steps=5):
+def _graph_search(net, lo, hi, label, device="cpu", deadline=30.0, settings=None, root_steps=5, shift=0.0):
     """The graph search for `label` over the box, from (alpha-)CROWN root bounds (root_steps
-    Adam steps; None: interval bounds only)."""
+    Adam steps; None: interval bounds only): is y_label - y_j > shift for every j?"""
     graph = compiled(net, device)
     x_lo, x_hi = torch.as_tensor(lo, device=graph.device), torch.as_tensor(hi, device=graph.device)
     known = {} if root_steps is None else layer_bounds(graph, x_lo, x_hi, steps=root_steps)
@@ -154,7 +154,7 @@ def _graph_search(net, lo, hi, label, device="cpu", deadline=30.0, settings=None
     for j in range(n_out):
         if j != label:
             C = (np.eye(n_out)[label] - np.eye(n_out)[j])[None]
-            r, c = spec_rows(C, np.zeros(1))
+            r, c = spec_rows(C, np.full(1, shift))
             specs.append((r.to(graph.device), c.to(graph.device)))
     pres = [graph.pre(s) for s in target.splits]
     found = []
@@ -162,7 +162,7 @@ def _graph_search(net, lo, hi, label, device="cpu", deadline=30.0, settings=None
     def check(x):
         found.append(x)
         y = net.forward(np.asarray(x))
-        return bool(np.delete(y, label).max() >= y[label])
+        return bool(np.delete(y, label).max() >= y[label] - shift)
 
     out = branch_and_bound(target, specs, x_lo, x_hi, [boxes[p][0] for p in pres], [boxes[p][1] for p in pres],
                            1e-6, __import__("time").perf_counter() + deadline, check,
@@ -208,6 +208,24 @@ def test_graph_branch_and_bound_matches_enumeration(name, seed, steps):
         assert expected <= 1e-6
     else:
         assert min(out.lower) <= expected + 1e-6
+
+
+@pytest.mark.parametrize("name", GRAPH_NETS)
+def test_graph_branch_and_bound_finds_the_exact_minimum_margin(name):
+    """The search pins the exact minimum margin (enumeration) to 1e-3 from both sides: asked
+    whether the margin stays above expected - 1e-3 it proves it, above expected + 1e-3 it finds
+    a point below."""
+    f, shape = NETS[name](60)
+    net = verifier.load(export(f, shape))
+    x, lo, hi = _box(shape, 61, eps=0.1)
+    label = int(np.argmax(net.forward(x)))
+    expected = min_margin(f, shape, lo, hi, label, 3)
+    settings = BabSettings(batch=8, steps=6)
+    below, _ = _graph_search(net, lo, hi, label, settings=settings, shift=expected - 1e-3)
+    above, found = _graph_search(net, lo, hi, label, settings=settings, shift=expected + 1e-3)
+    assert below.status == "proved", (below.status, below.lower, expected)
+    assert above.status == "counterexample", (above.status, above.lower, expected)
+    assert min(below.lower) > 0 and min(above.lower) <= 1e-3 + 1e-6
 
 
 def mlp_net(seed, sizes=(5, 10, 10, 3)):
