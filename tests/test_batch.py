@@ -223,3 +223,13 @@ def test_workers_end_when_the_run_is_killed_with_sigkill(tmp_path):
         for w in workers:
             if _alive(w):
                 os.kill(w, signal.SIGKILL)
+
+
+def test_default_workers_are_one_per_core_and_one_on_a_gpu():
+    import os
+
+    from verifier.batch.executors import default_workers
+
+    assert default_workers("cpu") == len(os.sched_getaffinity(0))
+    assert default_workers(None) == default_workers("cpu")
+    assert default_workers("cuda") == 1 and default_workers("cuda:1") == 1

@@ -99,7 +99,7 @@ def run(
     strategy: str = typer.Option("auto", help="With --distortion: auto, direct (one MILP), bisection or hybrid (eps-ball verifications then the MILP; linf)."),
     report: Optional[Path] = typer.Option(None, help="Batch run: certify the data set, keep results and the report (HTML, CSV, JSON) in this folder; rerun to resume."),
     data: Optional[Path] = typer.Option(None, help="With --report: an .npz (images, labels) or a folder of .npy files with labels.npy (default: the embedded MNIST slice)."),
-    workers: Optional[int] = typer.Option(None, help="With --report: parallel samples (default: one per core)."),
+    workers: Optional[int] = typer.Option(None, help="With --report: parallel samples (default: one per core; one on a GPU)."),
     executor: str = typer.Option("process", help="With --report: process (local pool), ray (a Ray cluster) or serial."),
     address: Optional[str] = typer.Option(None, help="With --executor ray: the cluster address (default: start Ray locally)."),
     processes: int = typer.Option(1, help="Processes one sample's searches may share (an instance with the machine to itself, as in VNN-COMP); for batch runs use --workers."),

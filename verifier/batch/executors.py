@@ -22,7 +22,11 @@ EXECUTORS = ("process", "ray", "serial")
 Task = tuple[int, np.ndarray, int]
 
 
-def default_workers() -> int:
+def default_workers(device: str | None = "cpu") -> int:
+    """One worker per core on the CPU; one on a GPU, which a single process's batched bounds
+    keep busy (each more would hold its own CUDA context and memory)."""
+    if str(device or "cpu").startswith("cuda"):
+        return 1
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 

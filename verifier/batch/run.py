@@ -68,11 +68,11 @@ def certify_dataset(net: Network | str | Path | bytes, images=None, labels=None,
     if eps_max is not None:
         eps_max = _number("eps_max", eps_max, minimum=0.0)
     check_executor(executor)  # before the store is created
-    workers = default_workers() if workers is None else int(workers)
+    opts = replace(_options(options, timeout, solver), threads=1)
+    workers = default_workers(opts.device) if workers is None else int(workers)
     if workers < 1:
         raise InputError(f"workers must be >= 1, got {workers}")
     indices = _selection(len(dataset), start, limit)
-    opts = replace(_options(options, timeout, solver), threads=1)
     job = Job(eps, opts, distortion, eps_max)
     settings = _settings(net, dataset, job)
 

@@ -38,10 +38,8 @@ class ChainBounds:
 
 
 def chain_of(run) -> Layered | None:
-    """The run's network as a dense ReLU chain (the fast path for MLPs on the CPU), or None."""
-    options = run.options
-    if options.bab == "off" or options.engine != "auto" or options.device != "cpu":
-        return None
+    """The run's network as a dense ReLU chain (the fast path for MLPs on the CPU), or None
+    where it is not one (plan.engines_to_try says when a run asks)."""
     return as_layered(run.net, run.deadline)
 
 

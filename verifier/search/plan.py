@@ -31,6 +31,18 @@ class Plan:
     settings: BabSettings = field(default_factory=BabSettings)
 
 
+def engines_to_try(options: VerifyOptions) -> tuple[str, ...]:
+    """The engines a run tries, in order, the first that takes the network running it: without
+    branch and bound ("off") none; the dense chain engine only on the CPU under engine="auto"
+    (its measured fast path is MLPs: dense float64 matrices); the graph engine takes any
+    network."""
+    if options.bab == "off":
+        return ("none",)
+    if options.engine == "auto" and str(options.device or "cpu") == "cpu":
+        return ("chain", "graph")
+    return ("graph",)
+
+
 def make_plan(options: VerifyOptions, engine: str, depth: int) -> Plan:
     """The plan for a network whose engine is `engine` with `depth` split layers."""
     if engine == "none" or options.exact:  # exact minima need the MIP

@@ -30,7 +30,7 @@ from verifier.result import Result, Status
 from verifier.search import chain_stage, graph_stage
 from verifier.search.attack import pgd_attack
 from verifier.search.bab_stages import bab_stages
-from verifier.search.plan import make_plan
+from verifier.search.plan import engines_to_try, make_plan
 from verifier.search.run_state import RunState
 from verifier.threads import run_threads
 from verifier.spec.property import Conjunction, InputRegion
@@ -82,6 +82,18 @@ def check_region(net: Network, region: InputRegion, x_ref: np.ndarray, options: 
         return run.result(Status.UNKNOWN, "timeout")
 
 
+def _engine(run: RunState) -> tuple:
+    """(kind, stage module, what it runs on, split depth) of the first engine in the plan's
+    order (plan.engines_to_try) that takes the network; ("none", None, None, 0) if none."""
+    for kind in engines_to_try(run.options):
+        if kind == "chain" and (layered := chain_stage.chain_of(run)) is not None:
+            return kind, chain_stage, layered, layered.depth
+        if kind == "graph":
+            graph = graph_stage.graph_of(run)
+            return kind, graph_stage, graph, len(graph.splits)
+    return "none", None, None, 0
+
+
 def _decide(run: RunState, x_ref: np.ndarray) -> Result:
     """The stages of `check_region`, cheap to exact; each keeps to run.deadline."""
     net, region, options, start = run.net, run.region, run.options, run.start
@@ -111,18 +123,13 @@ def _decide(run: RunState, x_ref: np.ndarray) -> Result:
     attacked = dict(zip(run.open(), attack.per_disjunct))
     order = sorted(run.open(), key=lambda d: attacked[d])
 
-    layered = chain_stage.chain_of(run)
-    graph = graph_stage.graph_of(run) if layered is None and options.bab != "off" else None
-    kind = "chain" if layered is not None else "graph" if graph is not None else "none"
-    run.plan = plan = make_plan(options, kind, layered.depth if layered is not None else
-                                len(graph.splits) if graph is not None else 0)
+    kind, engine, target, depth = _engine(run)
+    run.plan = plan = make_plan(options, kind, depth)
     run.stats["engine"] = plan.engine
-    engine = chain_stage if layered is not None else graph_stage
     state = None  # the engine's bounds state, once alpha-CROWN made it
     if plan.alpha_crown and run.open():
         began = time.perf_counter()
-        bounds, state = engine.alpha_crown(run, layered if layered is not None else graph, bounds,
-                                           options.alpha_budget * run.remaining())
+        bounds, state = engine.alpha_crown(run, target, bounds, options.alpha_budget * run.remaining())
         run.stats.update(_relu_stats(net, bounds, "alpha"))
         run.note("alpha-CROWN", began)
         if not run.open():
