@@ -255,7 +255,7 @@ def _run(net, lo, hi, conjs, device="cpu", timeout=60.0):
 def test_crown_stage_contains_samples_and_matches_the_numpy_walk(name):
     """The cheap CROWN stage every run starts with (graph_stage.crown, the bound engine's walk):
     its layer bounds contain every sampled value, its row bounds are below each row's exact
-    minimum (enumeration); and on ReLU graphs they equal the
+    minimum (enumeration); and on graphs without a max they equal the
     independent numpy back-substitution (bounds/symbolic.py) to 1e-6."""
     from verifier.bounds.symbolic import backward_lower, symbolic_bounds
     from verifier.search import graph_stage
@@ -278,7 +278,7 @@ def test_crown_stage_contains_samples_and_matches_the_numpy_walk(name):
         if node.name in bounds and values[i] is not None:
             v = values[i].numpy()
             assert np.all(v >= bounds[node.name][0] - TOLERANCE) and np.all(v <= bounds[node.name][1] + TOLERANCE)
-    if name in ("residual_add", "batchnorm", "clip", "leaky_relu"):
+    if "max" not in name and name != "pooled_branches":  # the numpy walk relaxes a max otherwise
         numpy_bounds = symbolic_bounds(net, intervals)
         numpy_lower = backward_lower(net, numpy_bounds, net.output_node, rows, -offsets)
         np.testing.assert_allclose(lower, numpy_lower, rtol=1e-6, atol=1e-6)

@@ -181,14 +181,13 @@ def layer_bounds(graph: BoundGraph, x_lo, x_hi, known: Mapping[int, Box] | None 
     (alpha-)CROWN on the bounds before it, in topological order; intersected with `known` and
     never looser. Returns `known` updated with the new boxes (keyed by the input node)."""
     known = dict(known or {})
-    relaxed = set(graph.relaxed)
     for r in graph.relaxed if nodes is None else nodes:
         p = graph.pre(r)
         if time.perf_counter() > deadline:
             break
         boxes = graph.interval(x_lo, x_hi, known, upto=p)
         lo, hi = boxes[p]
-        if not graph.ancestors[p] & relaxed:  # an affine map of the box alone: intervals are exact
+        if p == 0 or graph.nodes[p].inputs == [0]:  # the box, or one op on it: intervals are exact
             known[p] = (lo, hi)
             continue
         idx = torch.nonzero(graph.nodes[r].op.uncertain(lo[0], hi[0])).flatten()

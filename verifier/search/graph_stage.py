@@ -49,7 +49,10 @@ class GraphBounds:
     def numpy(self, bounds: dict) -> dict:
         """The bounds dict with every node's bounds intersected with the engine's."""
         out = dict(bounds)
-        for i, (lo, hi) in enumerate(self.boxes()):
+        for i, box in enumerate(self.boxes()):
+            if box is None:  # a node the output does not depend on
+                continue
+            lo, hi = box
             name = self.graph.nodes[i].name
             lo, hi = lo[0].cpu().numpy(), hi[0].cpu().numpy()
             if name in out:
@@ -72,7 +75,7 @@ def crown(run, bounds: dict, rows: np.ndarray, offsets: np.ndarray) -> tuple[dic
     graph = graph_of(run)
     state = GraphBounds(run, graph, bounds)
     state.known = layer_bounds(graph, state.x_lo, state.x_hi, state.known, 0, run.deadline)
-    boxes = dict(enumerate(state.boxes()))
+    boxes = {i: b for i, b in enumerate(state.boxes()) if b is not None}
     c = torch.as_tensor(np.asarray(rows, dtype=np.float64), device=graph.device)[None]
     d = -torch.as_tensor(np.asarray(offsets, dtype=np.float64), device=graph.device)[None]
     lower = optimise_alpha(graph, graph.output, c, d, state.x_lo, state.x_hi, boxes, 0, deadline=run.deadline)
@@ -103,7 +106,7 @@ def prove(run, state: GraphBounds) -> None:
 
 def _prove(run, state: GraphBounds, deadline: float) -> None:
     """alpha-CROWN on each open disjunct with the current layer bounds."""
-    boxes = dict(enumerate(state.boxes()))
+    boxes = {i: b for i, b in enumerate(state.boxes()) if b is not None}
     for d in run.open():
         run.prove(d, _disjunct_bound(run, state, d, boxes, deadline))
 
@@ -141,7 +144,7 @@ def constrained(run, state: GraphBounds, d: int, deadline: float) -> tuple[dict,
                                run.options.output_bound_layers, run.options.output_bound_rounds, deadline=deadline)
     if crossed(known):  # nothing in the box violates the disjunct by more than the tolerance
         return known, math.inf
-    boxes = dict(enumerate(state.graph.interval(state.x_lo, state.x_hi, known)))
+    boxes = {i: b for i, b in enumerate(state.graph.interval(state.x_lo, state.x_hi, known)) if b is not None}
     return known, _disjunct_bound(run, state, d, boxes, deadline)
 
 
