@@ -19,7 +19,7 @@ class VerifyOptions:
     tolerance: float = 1e-5  # a margin must be proven > tolerance to count as robust
     attack_restarts: int = 6
     attack_steps: int = 40
-    symbolic: bool = True  # CROWN bounds (the bound graph's walk) after interval arithmetic
+    symbolic: bool = True  # CROWN bounds after interval arithmetic (plan.first_walk says which walk)
     lp_tightening: bool = True  # LP-tighten ambiguous ReLUs before a MIP
     lp_budget: float = 0.25  # share of the remaining time LP tightening may use
     # Open disjuncts in the MIP: "joint" (one MIP choosing among them; it answered more of mnistfc

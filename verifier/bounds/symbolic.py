@@ -6,9 +6,10 @@ stay scipy-sparse while the weights are sparse (convolutions), so the cost follo
 fields, not the layer widths. Used for intermediate ReLU bounds and for label margins; both are
 intersected with interval bounds, so the result is never looser than intervals.
 
-Verification runs bound with the bound engine's walk (search/graph_stage.crown, on a device);
-this numpy walk serves the minimum-distortion search (distortion/direct.py) and is the tests'
-second, independent implementation of CROWN.
+Every run's first CROWN bounds on a CPU come from here (search/plan.first_walk: its sparse rows
+beat the bound engine's dense walk on convolutions); on a GPU, and for every later bound, the
+engine's walk gives them. It also serves the minimum-distortion search (distortion/direct.py),
+and the tests compare the two walks.
 """
 
 from __future__ import annotations

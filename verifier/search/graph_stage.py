@@ -69,7 +69,7 @@ def _disjunct_rows(run, graph: BoundGraph, d: int):
 def crown(run, bounds: dict, rows: np.ndarray, offsets: np.ndarray) -> tuple[dict, np.ndarray]:
     """CROWN (default slopes, no optimisation) on every relaxed node's input in topological
     order, then on the property's rows C @ y - d (`rows`, `offsets` = d): the cheap linear bounds
-    every run starts with, on any network, by the same walk the later stages optimise. Neurons
+    a run on a GPU starts with (plan.first_walk), by the same walk the later stages optimise. Neurons
     not reached by run.deadline keep the bounds they had. Returns the numpy bounds dict
     (tightened) and a lower bound per row (-inf for rows not bounded in time)."""
     graph = graph_of(run)

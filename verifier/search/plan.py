@@ -43,6 +43,16 @@ def engines_to_try(options: VerifyOptions) -> tuple[str, ...]:
     return ("graph",)
 
 
+def first_walk(options: VerifyOptions) -> str:
+    """Which walk gives every run its first CROWN bounds: "graph", the bound engine's walk
+    (graph_stage.crown), on a GPU, where the numpy one would be a detour through the CPU; on a
+    CPU "numpy", the sparse back-substitution of bounds/symbolic.py, which equals it (to 1e-6 on
+    graphs without a max; tests/test_graph_stages.py) and is ~10x faster on convolutions: its
+    rows stay as sparse as a neuron's receptive field, where the walk's are dense feature maps
+    (measured on WK17a, see benchmarks/RESULTS.md). Every later bound is the walk's."""
+    return "numpy" if str(options.device or "cpu") == "cpu" else "graph"
+
+
 def make_plan(options: VerifyOptions, engine: str, depth: int) -> Plan:
     """The plan for a network whose engine is `engine` with `depth` split layers."""
     if engine == "none" or options.exact:  # exact minima need the MIP

@@ -1,14 +1,14 @@
 """Deciding one input region of a property: the stages from cheap to exact.
 
-reference point -> interval bounds -> CROWN on the bound graph (graph_stage.crown) -> PGD
-attack -> alpha-CROWN -> LP bounds -> branch and bound stages (bab_stages.py: probe, refined
-layer bounds, search) on the dense chain engine for MLPs (chain_stage.py) or the bound engine's
-graph (graph_stage.py); without branch and bound, LP tightening and a MIP over the disjuncts
-still open. Each disjunct d has a slack s_d (<= 0 means violated); the run keeps a proven lower
-bound per disjunct and the best point found. `robust` only comes from lower bounds above the
-tolerance (bound propagation, a branch and bound with every domain closed, safe LP duals, or a
-finished MIP); `adversarial` only from a point that onnxruntime confirms; everything else is
-`unknown` with the bounds reached.
+reference point -> interval bounds -> CROWN (plan.first_walk: sparse numpy on a CPU, the bound
+graph's walk on a GPU) -> PGD attack -> alpha-CROWN -> LP bounds -> branch and bound stages
+(bab_stages.py: probe, refined layer bounds, search) on the dense chain engine for MLPs
+(chain_stage.py) or the bound engine's graph (graph_stage.py); without branch and bound, LP
+tightening and a MIP over the disjuncts still open. Each disjunct d has a slack s_d (<= 0 means
+violated); the run keeps a proven lower bound per disjunct and the best point found. `robust`
+only comes from lower bounds above the tolerance (bound propagation, a branch and bound with
+every domain closed, safe LP duals, or a finished MIP); `adversarial` only from a point that
+onnxruntime confirms; everything else is `unknown` with the bounds reached.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from solvers.base import EXACT_FEASIBILITY, SolveOptions, SolveStatus
 from solvers.highs import HighsSolver
 from verifier.bounds.interval import interval_bounds, output_rows_lower
 from verifier.bounds.lp import lp_min, safe_lower_bound, tighten_with_lp
+from verifier.bounds.symbolic import backward_lower, symbolic_bounds
 from verifier.deadline import OutOfTime, check_model
 from verifier.encode.network import EncodedNetwork, encode_network
 from verifier.network.graph import Network
@@ -30,7 +31,7 @@ from verifier.result import Result, Status
 from verifier.search import chain_stage, graph_stage
 from verifier.search.attack import pgd_attack
 from verifier.search.bab_stages import bab_stages
-from verifier.search.plan import engines_to_try, make_plan
+from verifier.search.plan import engines_to_try, first_walk, make_plan
 from verifier.search.run_state import RunState
 from verifier.threads import run_threads
 from verifier.spec.property import Conjunction, InputRegion
@@ -108,7 +109,11 @@ def _decide(run: RunState, x_ref: np.ndarray) -> Result:
     run.stats.update(_relu_stats(net, bounds, "interval"))
     run.lower = _per_disjunct(output_rows_lower(net, bounds, rows) - offsets, owner, n)
     if options.symbolic:
-        bounds, crown = graph_stage.crown(run, bounds, rows, offsets)
+        if first_walk(options) == "graph":
+            bounds, crown = graph_stage.crown(run, bounds, rows, offsets)
+        else:
+            bounds = symbolic_bounds(net, bounds, run.deadline)
+            crown = backward_lower(net, bounds, net.output_node, rows, -offsets)
         run.lower = np.maximum(run.lower, _per_disjunct(crown, owner, n))
         run.stats.update(_relu_stats(net, bounds, "symbolic"))
     run.stats["time_bounds"] = round(time.perf_counter() - start, 4)
