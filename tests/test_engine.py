@@ -399,3 +399,45 @@ def test_walk_times_once_measured_price_the_next_walk():
         torch.set_num_threads(threads)
     other = verifier.load(mlp_onnx(*random_mlp(np.random.default_rng(0), [4, 8, 8, 2])))
     assert pass_seconds(compiled(other), start, 100) == pytest.approx(estimate)  # another network's graph
+
+
+def test_a_second_model_output_is_ignored_by_every_engine():
+    """An ONNX model with a second output (an auxiliary head) imports its nodes too; the output
+    the property is about is the first. Every engine answers it like enumeration, at the exact
+    minimum shifted by -0.05 (robust) and +0.05 (adversarial)."""
+    import io
+
+    from tests.pwl_oracle import TORCH_OPS, enumerate_min
+    from verifier import InputRegion, Property, Status, VerifyOptions
+    from verifier.spec.ball import InputBox
+    from verifier.spec.property import Conjunction
+
+    ps = _params(7, (12, 4), (12,), (12, 12), (12,), (3, 12), (3,), (2, 12), (2,))
+
+    def trunk(x, nl):
+        qs = _cast(ps, x)
+        h = nl.relu(F.linear(nl.relu(F.linear(x, qs[0], qs[1])), qs[2] / 3, qs[3]))
+        return h, qs
+
+    def f(x, nl):
+        h, qs = trunk(x, nl)
+        return F.linear(h, qs[4] / 3, qs[5])
+
+    class TwoHeads(torch.nn.Module):
+        def forward(self, x):
+            h, qs = trunk(x, TORCH_OPS)
+            return F.linear(h, qs[4] / 3, qs[5]), torch.relu(F.linear(h, qs[6], qs[7]))
+
+    buffer = io.BytesIO()
+    torch.onnx.export(TwoHeads(), (torch.zeros((1, 4)),), buffer, dynamo=False, output_names=["y", "aux"])
+    net = verifier.load(buffer.getvalue())
+    assert len(net.order) > 5  # the auxiliary head's nodes are in the network
+    lo, hi = np.full(4, -1.0), np.full(4, 1.0)
+    row = np.array([[1.0, -1.0, 0.0]])
+    exact = enumerate_min(f, (4,), lo, hi, row)
+    no_attack = dict(attack_steps=0, attack_restarts=0)
+    for shift, expected in ((-0.05, Status.ROBUST), (0.05, Status.ADVERSARIAL)):
+        prop = Property([InputRegion(InputBox(lo, hi), [Conjunction(row, np.array([exact + shift]))])], 4, 3)
+        for options in (VerifyOptions(**no_attack), VerifyOptions(engine="graph", **no_attack),
+                        VerifyOptions(bab="off")):
+            assert verifier.check(net, prop, timeout=30, options=options).status == expected, (shift, options)
