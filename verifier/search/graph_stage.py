@@ -61,6 +61,12 @@ class GraphBounds:
         return out
 
 
+def _present(boxes: list) -> dict:
+    """The boxes of a graph.interval list by node index, without the nodes the output does not
+    depend on (None there)."""
+    return {i: b for i, b in enumerate(boxes) if b is not None}
+
+
 def _disjunct_rows(run, graph: BoundGraph, d: int):
     rows, const = spec_rows(run.disjuncts[d].C, run.disjuncts[d].d)
     return rows.to(graph.device), const.to(graph.device)
@@ -69,13 +75,13 @@ def _disjunct_rows(run, graph: BoundGraph, d: int):
 def crown(run, bounds: dict, rows: np.ndarray, offsets: np.ndarray) -> tuple[dict, np.ndarray]:
     """CROWN (default slopes, no optimisation) on every relaxed node's input in topological
     order, then on the property's rows C @ y - d (`rows`, `offsets` = d): the cheap linear bounds
-    a run on a GPU starts with (plan.first_walk), by the same walk the later stages optimise. Neurons
-    not reached by run.deadline keep the bounds they had. Returns the numpy bounds dict
+    a run on a GPU starts with (plan.first_walk), by the same walk the later stages optimise.
+    Neurons not reached by run.deadline keep the bounds they had. Returns the numpy bounds dict
     (tightened) and a lower bound per row (-inf for rows not bounded in time)."""
     graph = graph_of(run)
     state = GraphBounds(run, graph, bounds)
     state.known = layer_bounds(graph, state.x_lo, state.x_hi, state.known, 0, run.deadline)
-    boxes = {i: b for i, b in enumerate(state.boxes()) if b is not None}
+    boxes = _present(state.boxes())
     c = torch.as_tensor(np.asarray(rows, dtype=np.float64), device=graph.device)[None]
     d = -torch.as_tensor(np.asarray(offsets, dtype=np.float64), device=graph.device)[None]
     lower = optimise_alpha(graph, graph.output, c, d, state.x_lo, state.x_hi, boxes, 0, deadline=run.deadline)
@@ -84,7 +90,7 @@ def crown(run, bounds: dict, rows: np.ndarray, offsets: np.ndarray) -> tuple[dic
 
 def alpha_crown(run, graph: BoundGraph, bounds: dict, budget: float) -> tuple[dict, GraphBounds]:
     """alpha-CROWN within `budget` seconds: each open disjunct first on the layer bounds CROWN
-    left (`crown`) (one walk per step from the output: cheap, and on easy instances all it
+    left (one walk per step from the output: cheap, and on easy instances all it
     takes), then every relaxed node's input bounds (one walk per step from each of them: most
     of the cost on CNNs) and the disjuncts again. Returns the numpy bounds dict (tightened) and
     the engine's bounds for the stages that follow."""
@@ -106,7 +112,7 @@ def prove(run, state: GraphBounds) -> None:
 
 def _prove(run, state: GraphBounds, deadline: float) -> None:
     """alpha-CROWN on each open disjunct with the current layer bounds."""
-    boxes = {i: b for i, b in enumerate(state.boxes()) if b is not None}
+    boxes = _present(state.boxes())
     for d in run.open():
         run.prove(d, _disjunct_bound(run, state, d, boxes, deadline))
 
@@ -144,7 +150,7 @@ def constrained(run, state: GraphBounds, d: int, deadline: float) -> tuple[dict,
                                run.options.output_bound_layers, run.options.output_bound_rounds, deadline=deadline)
     if crossed(known):  # nothing in the box violates the disjunct by more than the tolerance
         return known, math.inf
-    boxes = {i: b for i, b in enumerate(state.graph.interval(state.x_lo, state.x_hi, known)) if b is not None}
+    boxes = _present(state.graph.interval(state.x_lo, state.x_hi, known))
     return known, _disjunct_bound(run, state, d, boxes, deadline)
 
 
@@ -160,7 +166,7 @@ def bab_search(run, state: GraphBounds, disjuncts: list[int], deadline: float, p
         return None
     graph = state.graph
     boxes = state.boxes()
-    target = GraphTarget(graph, graph.output, {i: b for i, b in enumerate(boxes) if b is not None})
+    target = GraphTarget(graph, graph.output, _present(boxes))
     pres = [graph.pre(s) for s in target.splits]
     lower, upper = [boxes[p][0] for p in pres], [boxes[p][1] for p in pres]
     capped = set()

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 
 from verifier.bab.search import BabSettings
+from verifier.bounds.graph import resolve_device
 from verifier.options import VerifyOptions
 
 
@@ -38,7 +39,7 @@ def engines_to_try(options: VerifyOptions) -> tuple[str, ...]:
     network."""
     if options.bab == "off":
         return ("none",)
-    if options.engine == "auto" and str(options.device or "cpu") == "cpu":
+    if options.engine == "auto" and _on_cpu(options):
         return ("chain", "graph")
     return ("graph",)
 
@@ -47,10 +48,14 @@ def first_walk(options: VerifyOptions) -> str:
     """Which walk gives every run its first CROWN bounds: "graph", the bound engine's walk
     (graph_stage.crown), on a GPU, where the numpy one would be a detour through the CPU; on a
     CPU "numpy", the sparse back-substitution of bounds/symbolic.py, which equals it (to 1e-6 on
-    graphs without a max; tests/test_graph_stages.py) and is ~10x faster on convolutions: its
+    graphs without a max; tests/test_graph_stages.py) and is much faster on convolutions: its
     rows stay as sparse as a neuron's receptive field, where the walk's are dense feature maps
     (measured on WK17a, see benchmarks/RESULTS.md). Every later bound is the walk's."""
-    return "numpy" if str(options.device or "cpu") == "cpu" else "graph"
+    return "numpy" if _on_cpu(options) else "graph"
+
+
+def _on_cpu(options: VerifyOptions) -> bool:
+    return resolve_device(options.device).type == "cpu"
 
 
 def make_plan(options: VerifyOptions, engine: str, depth: int) -> Plan:

@@ -33,8 +33,8 @@ from verifier.search.attack import pgd_attack
 from verifier.search.bab_stages import bab_stages
 from verifier.search.plan import engines_to_try, first_walk, make_plan
 from verifier.search.run_state import RunState
-from verifier.threads import run_threads
 from verifier.spec.property import Conjunction, InputRegion
+from verifier.threads import run_threads
 
 
 def _stack(disjuncts: list[Conjunction]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
