@@ -7,6 +7,8 @@ it into an answer (RESULTS, "Sessions 12–13": from -0.65 it proved 256x6 prop_
 
     python benchmarks/stage_timeline.py ../shared/benchmarks/vnncomp2021/mnistfc 256x6 prop_10_0.05 300 \\
         --set processes=2
+    python benchmarks/stage_timeline.py ../shared/benchmarks/vnncomp2021/cifar10_resnet onnx/resnet_4b.onnx \\
+        vnnlib/resnet4b/prop_6_eps_0.004.vnnlib 120
 
 It listens to the verifier's stage log (verifier.search.run_state.stage_log): the verdict and
 the bounds are the verifier's own, printed at the end with its stats.
@@ -42,11 +44,18 @@ class _Timeline(logging.Handler):
               f"{record.worst_open:.4f} ({record.open} open)", flush=True)
 
 
+def _inside(bench: Path, given: str, short: str) -> Path:
+    """`given` as a path inside the benchmark folder if it is one, else its mnistfc short form."""
+    return bench / given if (bench / given).is_file() else bench / short
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bench", help="a VNN-COMP folder with onnx/ and vnnlib/, e.g. mnistfc")
-    parser.add_argument("network", help="e.g. 256x6 (the file onnx/mnist-net_<network>.onnx)")
-    parser.add_argument("prop", help="e.g. prop_10_0.05 (the file vnnlib/<prop>.vnnlib)")
+    parser.add_argument("network", help="e.g. 256x6 (the file onnx/mnist-net_<network>.onnx) or a path inside "
+                                            "the folder, e.g. onnx/resnet_4b.onnx")
+    parser.add_argument("prop", help="e.g. prop_10_0.05 (the file vnnlib/<prop>.vnnlib) or a path inside the "
+                                         "folder, e.g. vnnlib/resnet4b/prop_6_eps_0.004.vnnlib")
     parser.add_argument("timeout", type=float)
     parser.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
                         help="a VerifyOptions field, e.g. --set processes=2 (repeatable)")
@@ -54,8 +63,8 @@ def main() -> None:
     bench = Path(args.bench)
     try:  # a bad option or file: one line and exit code 2, as the CLI does
         settings = dict(parse_setting(s) for s in args.set)
-        net = verifier.load(bench / f"onnx/mnist-net_{args.network}.onnx")
-        spec = verifier.Property.from_vnnlib(bench / f"vnnlib/{args.prop}.vnnlib")
+        net = verifier.load(_inside(bench, args.network, f"onnx/mnist-net_{args.network}.onnx"))
+        spec = verifier.Property.from_vnnlib(_inside(bench, args.prop, f"vnnlib/{args.prop}.vnnlib"))
     except VerifierError as error:
         parser.exit(2, f"stage_timeline: {error}\n")
     stage_log.addHandler(_Timeline())

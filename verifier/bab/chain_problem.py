@@ -54,6 +54,11 @@ class ChainProblem:
         self.const = torch.stack([c for _, c in pad])  # (S, m)
         self.exact_per_domain: float | None = None  # seconds per domain of the last float64 pass
 
+    def free(self) -> list[torch.Tensor]:
+        """Per ReLU layer, (n_k,) bool: the neurons some domain may split or whose slope matters,
+        those unstable at the root for some spec (packing.py)."""
+        return [ReluBound.uncertain(lo, hi).any(0) for lo, hi in zip(self.lower, self.upper)]
+
     def clamped(self, spec_ids: torch.Tensor, signs: list[torch.Tensor]) -> tuple[list, list]:
         """Per-domain bounds (B, n_k): its spec's, split neurons clamped to their side."""
         lower, upper = [], []

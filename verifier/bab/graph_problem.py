@@ -92,6 +92,11 @@ class GraphProblem:
     def sizes(self) -> list[int]:
         return [l.shape[1] for l in self.lower]
 
+    def free(self) -> list[torch.Tensor]:
+        """Per split node, (n_k,) bool: the entries whose side some domain may fix or whose slope
+        matters, those uncertain at the root for some spec (packing.py)."""
+        return [op.uncertain(lo, hi).any(0) for op, lo, hi in zip(self.ops, self.lower, self.upper)]
+
     def clamped(self, spec_ids: torch.Tensor, signs: list[torch.Tensor]) -> tuple[list, list]:
         """Per-domain bounds (B, n_k): its spec's, split neurons clamped to their side."""
         lower, upper = [], []

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from verifier.bab.branching import choose_by_gap, choose_by_trial
+from verifier.bab.packing import STORED, Packing
 from verifier.bounds.walker import EXACT, FAST, Bound, minimiser
 from verifier.deadline import fits
 from verifier.resources import resident_bytes
@@ -38,12 +39,13 @@ from verifier.resources import resident_bytes
 class Domain:
     """An open subproblem, stored compactly: two tensors of its own (not views that would pin
     a whole batch's storage): far less memory than per-layer views (measured on mnistfc
-    256x4, see benchmarks/RESULTS.md, "Why the defaults are what they are")."""
+    256x4, see benchmarks/RESULTS.md, "Why the defaults are what they are"); over the entries
+    that can differ between domains only (packing.py)."""
 
     spec: int
-    signs: torch.Tensor  # (N,) int8 over every split node's entries, in the problem's order of split
+    signs: torch.Tensor  # (kept,) int8 over the packing's entries, in the problem's order of split
     #                      nodes: -1 active, +1 inactive, 0 free
-    params: torch.Tensor  # (2, m, N) float32: alphas, then betas
+    params: torch.Tensor  # (2, m, kept) float16: alphas, then betas
     branch: tuple[int, int]  # (k, entry): the k-th split node of the problem and its entry, split next
     bound: float  # its proven lower bound
 
@@ -121,9 +123,10 @@ def add_stats(total: dict, stats: dict) -> None:
 
 
 def domain_bytes(neurons: int, rows: int) -> int:
-    """Memory of one queued domain: its sign and parameter tensors, and ~1.2 KB of object
-    overhead (measured, see benchmarks/RESULTS.md, "Why the defaults are what they are")."""
-    return neurons + 2 * rows * neurons * 4 + 1200
+    """Memory of one queued domain keeping `neurons` entries (packing.py): its sign and
+    parameter tensors, and ~1.2 KB of object overhead (measured, see benchmarks/RESULTS.md, "Why
+    the defaults are what they are")."""
+    return neurons + 2 * rows * neurons * STORED.itemsize + 1200
 
 
 def branch_and_bound(net, specs: list[tuple[torch.Tensor, torch.Tensor]], x_lo, x_hi,
@@ -150,6 +153,7 @@ def branch_and_bound(net, specs: list[tuple[torch.Tensor, torch.Tensor]], x_lo, 
     m = problem.m
     dev = x_lo.device  # domains live where the problem's tensors do
     sizes = [l.shape[1] for l in problem.lower]
+    packing = Packing(problem.free())
     unsolved_leaves = [0]  # leaves left without an exact LP value (no time, or the LP failed)
     tie = itertools.count()
     queue: list = []  # (bound, tie, Domain)
@@ -233,7 +237,7 @@ def branch_and_bound(net, specs: list[tuple[torch.Tensor, torch.Tensor]], x_lo, 
                     unsolved_leaves[0] += not math.isfinite(exact)
             else:
                 if packed is None:
-                    packed = (torch.cat(signs, dim=-1), torch.stack([torch.cat(alphas, -1), torch.cat(betas, -1)], 1))
+                    packed = (packing.signs(signs), packing.params(alphas, betas))
                 dom = Domain(spec, packed[0][i].clone(), packed[1][i].clone(), choices[i], value)
                 key = _order_key(settings.order, value, spec, scale, best_real, tolerance)
                 heapq.heappush(queue, (key, next(tie), dom))
@@ -255,7 +259,7 @@ def branch_and_bound(net, specs: list[tuple[torch.Tensor, torch.Tensor]], x_lo, 
     scale = [max(-v, 1e-9) for v in root[0].tolist()]
     found = absorb(spec_ids, *root, signs)
     starts = np.cumsum([0] + sizes)  # flat index of each layer's first neuron
-    max_queue = settings.max_memory // domain_bytes(sum(sizes), m)
+    max_queue = settings.max_memory // domain_bytes(packing.kept, m)
     stats["bab_max_queue"] = int(max_queue)
     while queue and found is None:
         domains = 2 * min(settings.batch, len(queue))
@@ -274,11 +278,12 @@ def branch_and_bound(net, specs: list[tuple[torch.Tensor, torch.Tensor]], x_lo, 
                 picked.append(dom)
         if not picked:
             break
-        flat_signs = torch.stack([d.signs for d in picked] * 2)  # (2P, N): first all -1 children, then +1
+        # (2P, N): first all -1 children, then +1
+        flat_signs = packing.full_signs(torch.stack([d.signs for d in picked] * 2))
         split = torch.tensor([int(starts[d.branch[0]]) + d.branch[1] for d in picked] * 2, device=dev)
         side = torch.tensor([-1] * len(picked) + [1] * len(picked), dtype=torch.int8, device=dev)
         flat_signs[torch.arange(split.numel(), device=dev), split] = side
-        params = torch.stack([d.params for d in picked] * 2)  # (2P, 2, m, N)
+        params = packing.full_params(torch.stack([d.params for d in picked] * 2), FAST)  # (2P, 2, m, N)
         spec_ids = torch.tensor([d.spec for d in picked] * 2, device=dev)
         signs = list(flat_signs.split(sizes, dim=-1))
         alphas = list(params[:, 0].split(sizes, dim=-1))
