@@ -153,11 +153,19 @@ class _EnumOps:
 def enumerate_min(f, input_shape: tuple[int, ...], lo: np.ndarray, hi: np.ndarray,
                   rows: np.ndarray) -> float:
     """min over x in [lo, hi] (flat) and over rows r of r @ f(x): exact, by enumeration."""
+    return float(enumerate_row_minima(f, input_shape, lo, hi, rows).min())
+
+
+def enumerate_row_minima(f, input_shape: tuple[int, ...], lo: np.ndarray, hi: np.ndarray,
+                         rows: np.ndarray) -> np.ndarray:
+    """Per row r, min over x in [lo, hi] (flat) of r @ f(x): exact, by one enumeration of the
+    activation patterns for all rows."""
+    rows = np.atleast_2d(rows)
     n = lo.size
     points = torch.zeros((n + 1, n), dtype=torch.float64)
     points[1:] = torch.eye(n, dtype=torch.float64)
     points = points.reshape((n + 1, *input_shape))
-    best = np.inf
+    best = np.full(rows.shape[0], np.inf)
     stack: list[list[int]] = [[]]
     while stack:
         prefix = stack.pop()
@@ -170,11 +178,11 @@ def enumerate_min(f, input_shape: tuple[int, ...], lo: np.ndarray, hi: np.ndarra
             continue
         A = np.array(choices.A) if choices.A else None
         b = np.array(choices.b) if choices.b else None
-        for r in np.atleast_2d(rows):
+        for k, r in enumerate(rows):
             value = out.numpy() @ r
             res = linprog(value[1:] - value[0], A_ub=A, b_ub=b, bounds=list(zip(lo, hi)), method="highs")
             if res.status == 0:
-                best = min(best, res.fun + value[0])
+                best[k] = min(best[k], res.fun + value[0])
     return best
 
 
