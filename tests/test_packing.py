@@ -57,7 +57,7 @@ def test_graph_problem_frees_the_entries_unstable_for_some_spec():
     x_lo, x_hi = -torch.ones(shape, dtype=torch.float64), torch.ones(shape, dtype=torch.float64)
     boxes = graph.interval(x_lo, x_hi, {})
     target = GraphTarget(graph, graph.output, {i: b for i, b in enumerate(boxes) if b is not None})
-    specs = [tuple(t for t in spec_rows(np.eye(3)[[0]] - np.eye(3)[[j]], np.zeros(1))) for j in (1, 2)]
+    specs = [spec_rows(np.eye(3)[[0]] - np.eye(3)[[j]], np.zeros(1)) for j in (1, 2)]
     pres = [graph.pre(s) for s in target.splits]
     # Entries 0, 3, 6, ... are stable (active) under both specs' bounds, 1, 4, ... under the second's only.
     def stable(lo, keep):

@@ -26,7 +26,6 @@ class Packing:
     domains; entries outside it come back as 0 (sign: free; slope and multiplier: unused)."""
 
     def __init__(self, free: list[torch.Tensor]) -> None:
-        self.sizes = [int(f.numel()) for f in free]
         flat = torch.cat(free) if free else torch.zeros(0, dtype=torch.bool)
         self.index = torch.nonzero(flat).flatten()
         self.total = int(flat.numel())
