@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 
-from verifier.bab.search import BabOutcome, BabSettings, add_stats, branch_and_bound
+from verifier.bab.search import BabOutcome, BabSettings, Domain, add_stats, branch_and_bound
 from verifier.lifetime import die_with_parent
 from verifier.threads import worker_threads
 
@@ -78,14 +78,16 @@ def _job(*args) -> bytes:
 
 
 def _search_packed(net: "Layered | GraphTarget", packed, x_lo, x_hi, lower: list, upper: list, tolerance: float,
-                   wall_deadline: float, settings: BabSettings) -> BabOutcome:
-    """One share's search, from `_packed` specs, until `wall_deadline` (time.time(): the one
-    clock processes share; a helper still importing starts late but ends on time)."""
+                   wall_deadline: float, settings: BabSettings, start: list[Domain] | None = None) -> BabOutcome:
+    """One share's search, from `_packed` specs (and `start` domains, if given), until
+    `wall_deadline` (time.time(): the one clock processes share; a helper still importing
+    starts late but ends on time)."""
     rows, consts, counts = packed
     starts = [sum(counts[:i]) for i in range(len(counts))]
     specs = [(rows[s:s + n], consts[s:s + n]) for s, n in zip(starts, counts)]
     deadline = time.perf_counter() + (wall_deadline - time.time())
-    return branch_and_bound(net, specs, x_lo, x_hi, lower, upper, tolerance, deadline, _candidate, settings=settings)
+    return branch_and_bound(net, specs, x_lo, x_hi, lower, upper, tolerance, deadline, _candidate, settings=settings,
+                            start=start)
 
 
 def _share_bounds(bounds: list, i: int, p: int, n_specs: int) -> list:
@@ -111,6 +113,31 @@ def merge(shares: list[BabOutcome | None], sizes: list[int], check: Callable[[np
         lower[i::p] = share.lower  # an unconfirmed candidate's share reports -inf already
         exhausted = exhausted and share.exhausted
         proved = proved and share.status == "proved"
+    return BabOutcome("proved" if proved else "unknown", lower, None, stats, exhausted=exhausted)
+
+
+def merge_domains(first: BabOutcome, shares: list[BabOutcome | None], deals: list[list[Domain]],
+                  check: Callable[[np.ndarray], bool]) -> BabOutcome:
+    """The search that handed off its open domains (`first`) and the searches of their deals
+    as one: a spec's bound is the least over what `first` closed and every share's; share 0
+    ran here with `check` itself, another share's candidate counts only if `check` confirms
+    it. A lost share (None) proves nothing for the specs of its deal: -inf."""
+    lower, stats = list(first.lower), dict(first.stats)
+    proved = first.stats.get("bab_leaves_open", 0) == 0
+    exhausted = first.exhausted
+    for i, (share, deal) in enumerate(zip(shares, deals)):
+        if share is None:
+            proved = exhausted = False
+            for dom in deal:
+                lower[dom.spec] = -math.inf
+            continue
+        add_stats(stats, share.stats)
+        if share.status == "counterexample" and (i == 0 or check(share.x)):
+            return BabOutcome("counterexample", [-math.inf] * len(lower), share.x, stats)
+        lower = [min(a, b) for a, b in zip(lower, share.lower)]
+        proved = proved and share.status == "proved"
+        exhausted = exhausted and share.exhausted
+    proved = proved and all(v > -math.inf for v in lower) and all(s is not None for s in shares)
     return BabOutcome("proved" if proved else "unknown", lower, None, stats, exhausted=exhausted)
 
 
@@ -155,42 +182,76 @@ class SpecWorkers:
 
     def search(self, net: "Layered | GraphTarget", specs: list, x_lo, x_hi, lower: list, upper: list, tolerance: float,
                deadline: float, check: Callable[[np.ndarray], bool], settings: BabSettings) -> BabOutcome:
-        """branch_and_bound over `specs`, shared out (see `merge` for how the results combine).
-        Root bounds are (1, n_k) or one row per spec; each process keeps its open domains within
-        its share of settings.max_memory."""
-        p = min(self.processes if self._pool is not None else 1, len(specs))
+        """branch_and_bound over `specs`, shared out: by specs where there are as many as
+        processes (see `merge`), else by domains (see `merge_domains`). Root bounds are (1, n_k)
+        or one row per spec; each process keeps its open domains within its share of
+        settings.max_memory."""
+        processes = self.processes if self._pool is not None else 1
+        if len(specs) < processes and settings.order == "lowest" and settings.on_witness == "stop":
+            return self._share_domains(net, specs, x_lo, x_hi, lower, upper, tolerance, deadline, check, settings)
+        p = min(processes, len(specs))
         if p <= 1:
             return branch_and_bound(net, specs, x_lo, x_hi, lower, upper, tolerance, deadline, check,
                                     settings=settings)
         shared = BabSettings(**{**settings.__dict__, "max_memory": settings.max_memory // p})
         n = len(specs)
         wall_deadline = time.time() + (deadline - time.perf_counter())
-        futures = []
-        for i in range(1, p):
-            try:
-                futures.append(self._pool.submit(_search_payload, _job(
-                    net, _packed(specs[i::p]), x_lo, x_hi, _share_bounds(lower, i, p, n),
-                    _share_bounds(upper, i, p, n), tolerance, wall_deadline, shared)))
-            except RuntimeError:  # the pool is broken or shut down
-                futures.append(None)
+        futures = [self._submit(net, _packed(specs[i::p]), x_lo, x_hi, _share_bounds(lower, i, p, n),
+                                _share_bounds(upper, i, p, n), tolerance, wall_deadline, shared) for i in range(1, p)]
         own = branch_and_bound(net, specs[0::p], x_lo, x_hi, _share_bounds(lower, 0, p, n),
                                _share_bounds(upper, 0, p, n), tolerance, deadline, check, settings=shared)
-        results: list = [own]
-        if own.status != "counterexample":
-            end = deadline + GRACE
-            lost = False
-            for future in futures:
-                try:
-                    results.append(future.result(timeout=max(end - time.perf_counter(), 0.0))
-                                   if future is not None else None)
-                except FutureTimeout:  # late (a loaded machine): this share proves nothing
-                    results.append(None)
-                except Exception:  # a lost share proves nothing; the others still count
-                    results.append(None)
-                    lost = True
-            if lost or None in futures:
-                # A helper died or never started (e.g. a script without the __main__ guard):
-                # later searches stay in this process rather than lose shares again. A share
-                # that was only late keeps the helpers: they end on the same deadline.
-                self.close()
+        results = self._collect(own, futures, deadline)
         return merge(results + [None] * (p - len(results)), [len(specs[i::p]) for i in range(p)], check)
+
+    def _share_domains(self, net, specs: list, x_lo, x_hi, lower: list, upper: list, tolerance: float,
+                       deadline: float, check: Callable[[np.ndarray], bool], settings: BabSettings) -> BabOutcome:
+        """Fewer specs than processes (a property with one open disjunct): this process
+        searches until a round's worth of domains per process is open, deals them out by bound
+        (the lowest to every share alike), and every process goes on with its deal."""
+        p = self.processes
+        first = branch_and_bound(net, specs, x_lo, x_hi, lower, upper, tolerance, deadline, check,
+                                 settings=settings, handoff=p * settings.batch)
+        if not first.open:  # ended before handing off: proved, refuted, out of time or memory
+            return first
+        shared = BabSettings(**{**settings.__dict__, "max_memory": settings.max_memory // p})
+        deals = [first.open[i::p] for i in range(p)]
+        wall_deadline = time.time() + (deadline - time.perf_counter())
+        packed = _packed(specs)
+        futures = [self._submit(net, packed, x_lo, x_hi, lower, upper, tolerance, wall_deadline, shared, deals[i])
+                   for i in range(1, p)]
+        own = branch_and_bound(net, specs, x_lo, x_hi, lower, upper, tolerance, deadline, check, settings=shared,
+                               start=deals[0])
+        results = self._collect(own, futures, deadline)
+        return merge_domains(first, results + [None] * (p - len(results)), deals, check)
+
+    def _submit(self, *args):
+        """A share's search submitted to a helper (`_search_packed`'s arguments); None if the
+        pool is broken or shut down."""
+        try:
+            return self._pool.submit(_search_payload, _job(*args))
+        except RuntimeError:
+            return None
+
+    def _collect(self, own: BabOutcome, futures: list, deadline: float) -> list:
+        """This process's share, then the helpers' as they answer by the deadline (None for a
+        share lost or late); none once this process's own share found a counterexample."""
+        results: list = [own]
+        if own.status == "counterexample":
+            return results
+        end = deadline + GRACE
+        lost = False
+        for future in futures:
+            try:
+                results.append(future.result(timeout=max(end - time.perf_counter(), 0.0))
+                               if future is not None else None)
+            except FutureTimeout:  # late (a loaded machine): this share proves nothing
+                results.append(None)
+            except Exception:  # a lost share proves nothing; the others still count
+                results.append(None)
+                lost = True
+        if lost or None in futures:
+            # A helper died or never started (e.g. a script without the __main__ guard):
+            # later searches stay in this process rather than lose shares again. A share
+            # that was only late keeps the helpers: they end on the same deadline.
+            self.close()
+        return results

@@ -59,6 +59,9 @@ class BabOutcome:
     # Every domain closed, dropped or a leaf with its exact LP value; not stopped by time or memory:
     # the same inputs give the same bounds.
     exhausted: bool = False
+    # A search stopped at `handoff` domains: its open domains, for other searches to take on
+    # (parallel.py). `lower` then covers only the domains it closed or left as leaves.
+    open: list[Domain] = field(default_factory=list)
 
 
 @dataclass
@@ -132,7 +135,8 @@ def domain_bytes(neurons: int, rows: int) -> int:
 def branch_and_bound(net, specs: list[tuple[torch.Tensor, torch.Tensor]], x_lo, x_hi,
                      lower: list, upper: list, tolerance: float, deadline: float,
                      is_counterexample: Callable[[np.ndarray], bool],
-                     settings: BabSettings | None = None) -> BabOutcome:
+                     settings: BabSettings | None = None, start: list[Domain] | None = None,
+                     handoff: int | None = None) -> BabOutcome:
     """Prove, for every spec (rows R and constants c on the value v the search is about), that
     min over the box of max_r (R v(x) + c)_r > tolerance — or (on_witness="stop") find x with it
     <= 0 for one.
@@ -142,13 +146,23 @@ def branch_and_bound(net, specs: list[tuple[torch.Tensor, torch.Tensor]], x_lo, 
     data. lower/upper are root bounds of every split node's input, (1, n_k) or one row per
     spec (S, n_k); `is_counterexample`
     confirms a candidate independently (e.g. with onnxruntime on the original model).
+
+    `start`: open domains of an earlier search with the same inputs (its BabOutcome.open) to
+    go on from instead of the root; `handoff`: stop once this many domains are open and hand
+    them back (BabOutcome.open). Both serve one spec's domains shared over processes
+    (parallel.py), and take the "lowest" order only: its keys need no root bound.
     """
     settings = settings or BabSettings()
+    if (start is not None or handoff is not None) and settings.order != "lowest":
+        raise ValueError(f"a search started from or handing off domains needs order='lowest', not {settings.order!r}")
     n_specs = len(specs)
     stats = {"bab_rounds": 0, "bab_domains": n_specs, "bab_leaves_open": 0, "bab_candidates": 0,
              "bab_leaf_lps": 0}
     if time.perf_counter() >= deadline:  # setting the problem up alone takes a pass's time on a CNN
-        return BabOutcome("unknown", [-np.inf] * n_specs, None, {**stats, "bab_domains": 0})
+        lower_bounds = [-np.inf] * n_specs
+        if start is not None:  # the given domains' bounds still hold
+            lower_bounds = [min((d.bound for d in start if d.spec == i), default=np.inf) for i in range(n_specs)]
+        return BabOutcome("unknown", lower_bounds, None, {**stats, "bab_domains": 0})
     problem = net.problem(specs, x_lo, x_hi, lower, upper)
     m = problem.m
     dev = x_lo.device  # domains live where the problem's tensors do
@@ -243,25 +257,34 @@ def branch_and_bound(net, specs: list[tuple[torch.Tensor, torch.Tensor]], x_lo, 
                 heapq.heappush(queue, (key, next(tie), dom))
         return None
 
-    if not fits(deadline, problem.pass_seconds(n_specs)):  # no time for even the root's bound
-        return BabOutcome("unknown", [-np.inf] * n_specs, None, stats)
-    spec_ids = torch.arange(n_specs, device=dev)
-    signs = [torch.zeros((n_specs, n), dtype=torch.int8, device=dev) for n in sizes]
-    alphas = problem.default_alphas(spec_ids)
-    betas = [torch.zeros((n_specs, m, n), dtype=FAST, device=dev) for n in sizes]
-    root = problem.bound(spec_ids, signs, alphas, betas, settings, deadline)
-    if not fits(deadline, problem.pass_seconds(2 * min(settings.batch, n_specs))):
-        # No round would fit after it, so branching and the corner checks (seconds on a CNN's
-        # thousands of specs) would be spent for nothing: the root's bounds are the answer.
-        values = [float(v) for v in root[0].tolist()]
-        proved = all(v > tolerance for v in values)
-        return BabOutcome("proved" if proved else "unknown", values, None, stats)
-    scale = [max(-v, 1e-9) for v in root[0].tolist()]
-    found = absorb(spec_ids, *root, signs)
+    if start is not None:
+        scale = [1.0] * n_specs  # unused by the "lowest" order
+        stats["bab_domains"] = 0  # counted where they were bounded
+        for dom in start:
+            heapq.heappush(queue, (dom.bound, next(tie), dom))
+        found = None
+    else:
+        if not fits(deadline, problem.pass_seconds(n_specs)):  # no time for even the root's bound
+            return BabOutcome("unknown", [-np.inf] * n_specs, None, stats)
+        spec_ids = torch.arange(n_specs, device=dev)
+        signs = [torch.zeros((n_specs, n), dtype=torch.int8, device=dev) for n in sizes]
+        alphas = problem.default_alphas(spec_ids)
+        betas = [torch.zeros((n_specs, m, n), dtype=FAST, device=dev) for n in sizes]
+        root = problem.bound(spec_ids, signs, alphas, betas, settings, deadline)
+        if not fits(deadline, problem.pass_seconds(2 * min(settings.batch, n_specs))):
+            # No round would fit after it, so branching and the corner checks (seconds on a CNN's
+            # thousands of specs) would be spent for nothing: the root's bounds are the answer.
+            values = [float(v) for v in root[0].tolist()]
+            proved = all(v > tolerance for v in values)
+            return BabOutcome("proved" if proved else "unknown", values, None, stats)
+        scale = [max(-v, 1e-9) for v in root[0].tolist()]
+        found = absorb(spec_ids, *root, signs)
     starts = np.cumsum([0] + sizes)  # flat index of each layer's first neuron
     max_queue = settings.max_memory // domain_bytes(packing.kept, m)
     stats["bab_max_queue"] = int(max_queue)
     while queue and found is None:
+        if handoff is not None and len(queue) >= handoff:
+            break
         domains = 2 * min(settings.batch, len(queue))
         if not fits(deadline, problem.pass_seconds(domains) + overhead[0] * domains):
             break  # a round's float64 pass, which it cannot skip, would end past the deadline
@@ -305,10 +328,15 @@ def branch_and_bound(net, specs: list[tuple[torch.Tensor, torch.Tensor]], x_lo, 
     if found is not None:
         return BabOutcome("counterexample", [-np.inf] * n_specs, found, stats)
     lower_bounds = [min(c, d) for c, d in zip(closed, dropped)]
-    for _, _, dom in queue:
-        lower_bounds[dom.spec] = min(lower_bounds[dom.spec], dom.bound)
     for spec, value in leaves:
         lower_bounds[spec] = min(lower_bounds[spec], value)
+    if handoff is not None and queue:
+        handed = [dom for _, _, dom in sorted(queue, key=operator.itemgetter(0, 1))]
+        stats["bab_handed_off"] = len(handed)
+        return BabOutcome("unknown", [float(v) for v in lower_bounds], None, stats,
+                          exhausted=not unsolved_leaves[0], open=handed)
+    for _, _, dom in queue:
+        lower_bounds[dom.spec] = min(lower_bounds[dom.spec], dom.bound)
     proved = not queue and not leaves and not refuted and all(v > tolerance for v in lower_bounds)
     status = "proved" if proved else "unknown"
     return BabOutcome(status, [float(v) for v in lower_bounds], None, stats, exhausted=not queue and not unsolved_leaves[0])
