@@ -46,9 +46,10 @@ class VerifyOptions:
     # this share of its magnitude; None: 0.05 on chains of >= 3 ReLU layers, 0 on two.
     refine_stall: float | None = None
     refine_layers: int = 8  # ReLU layers (after the first) whose bounds branch and bound refines
-    # Processes that share each branch-and-bound search's specs (bab/parallel.py): a refinement
-    # search's neuron bounds, the probe's and final search's disjuncts. 1 keeps everything in this
-    # process; more pays when the instance has the machine to itself (the VNN-COMP setting).
+    # Processes that share each branch-and-bound search (bab/parallel.py): a refinement search's
+    # neuron bounds, the probe's and final search's disjuncts, or, with fewer disjuncts open than
+    # processes, the search's domains. 1 keeps everything in this process; more pays when the
+    # instance has the machine to itself (the VNN-COMP setting).
     # Helpers are spawned, so a script calling verifier.check needs `if __name__ == "__main__":`.
     processes: int = 1
     # Layer bounds under each disjunct's own negation for the final search (bab/output_bounds.py):

@@ -1,12 +1,15 @@
-"""The specs of one branch and bound shared out over processes.
+"""One branch and bound shared out over processes: by specs, or by domains.
 
 The specs of a search never interact: a spec's bound depends only on its own domains. So they
 can be dealt out to separate processes, each running the same search on its share, and the
 results put back in order: a refinement search's specs (each unstable neuron's two bound
-directions), or the final search's disjuncts. On a machine given to one instance (the VNN-COMP
-setting) that uses every core where threads inside torch do not: the matrices of one domain
-batch are too small for threads to pay (measured on mnistfc 256x4, see benchmarks/RESULTS.md,
-"Why the defaults are what they are").
+directions), or the final search's disjuncts. Nor do a spec's domains interact once split: a
+search with fewer specs than processes (a property left with one open disjunct) runs here
+until every process has a round's worth of open domains, deals them out by bound, and each
+process goes on with its deal. On a machine given to one instance (the VNN-COMP setting) that
+uses every core where threads inside torch do not: the matrices of one domain batch are too
+small for threads to pay (measured on mnistfc 256x4 and a CIFAR ResNet, see
+benchmarks/RESULTS.md, "Why the defaults are what they are").
 
 Helpers are spawned (not forked: a forked torch with live OpenMP threads can hang) when the pool
 is made, so they import while the caller does other work. A helper stops at the first candidate
