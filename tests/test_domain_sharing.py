@@ -103,9 +103,10 @@ def _domain(spec: int, bound: float) -> Domain:
     return Domain(spec, torch.zeros(1, dtype=torch.int8), torch.zeros((2, 1, 1), dtype=torch.float16), (0, 0), bound)
 
 
-def test_a_lost_deal_proves_nothing_for_its_specs():
-    """merge_domains: the least bound over the handing search and every share; a lost share's
-    specs get -inf; a helper's candidate counts only if the caller's check confirms it."""
+def test_a_lost_deal_proves_nothing_below_its_domains():
+    """merge_domains: the least bound over the handing search and every share; a lost share,
+    or one stopped by a candidate the caller's check rejects, contributes its dealt domains'
+    bounds and proves nothing; a helper's candidate counts only if the check confirms it."""
     first = BabOutcome("unknown", [math.inf, 0.5], None, {"bab_domains": 3}, exhausted=True,
                        open=[_domain(0, -1.0), _domain(1, -0.5)])
     deals = [[_domain(0, -1.0)], [_domain(1, -0.5)]]
@@ -115,11 +116,11 @@ def test_a_lost_deal_proves_nothing_for_its_specs():
     assert both.status == "proved" and both.lower == [2.0, 0.5] and both.exhausted
     assert both.stats["bab_domains"] == 9
     lost = merge_domains(first, [BabOutcome("proved", [2.0, math.inf], None, {}), None], deals, lambda x: True)
-    assert lost.status == "unknown" and lost.lower == [2.0, -math.inf] and not lost.exhausted
+    assert lost.status == "unknown" and lost.lower == [2.0, -0.5] and not lost.exhausted
     rejected = merge_domains(first, [BabOutcome("proved", [2.0, math.inf], None, {}),
                                      BabOutcome("counterexample", [-math.inf] * 2, np.zeros(3), {})], deals,
                              lambda x: False)
-    assert rejected.status == "unknown" and rejected.lower == [-math.inf, -math.inf]
+    assert rejected.status == "unknown" and rejected.lower == [2.0, -0.5]
     confirmed = merge_domains(first, [BabOutcome("proved", [2.0, math.inf], None, {}),
                                       BabOutcome("counterexample", [-math.inf] * 2, np.ones(3), {})], deals,
                               lambda x: True)
@@ -129,3 +130,19 @@ def test_a_lost_deal_proves_nothing_for_its_specs():
     assert merge_domains(leafy, [BabOutcome("proved", [2.0, math.inf], None, {}),
                                  BabOutcome("proved", [math.inf, 0.7], None, {})], deals,
                          lambda x: True).status == "unknown"
+
+
+def test_a_search_stopped_by_memory_hands_nothing_off():
+    """A search that stops before reaching `handoff` (here: its queue is full at once) keeps
+    its domains: their least bound is its answer, finite and below the exact minimum."""
+    stopped = 0
+    for seed in range(6):
+        net, layered, box, conj, lower, upper, expected = _case(seed)
+        out = branch_and_bound(layered, [layered.spec_rows(conj.C, conj.d)], torch.as_tensor(box.lo),
+                               torch.as_tensor(box.hi), lower, upper, 1e-5, time.perf_counter() + 60,
+                               lambda x: False, BabSettings(batch=1, max_memory=1), handoff=10)
+        if out.stats.get("bab_memory_full"):
+            stopped += 1
+            assert out.status == "unknown" and not out.open
+            assert -math.inf < out.lower[0] <= expected + 1e-9
+    assert stopped >= 3

@@ -124,23 +124,24 @@ def merge_domains(first: BabOutcome, shares: list[BabOutcome | None], deals: lis
     """The search that handed off its open domains (`first`) and the searches of their deals
     as one: a spec's bound is the least over what `first` closed and every share's; share 0
     ran here with `check` itself, another share's candidate counts only if `check` confirms
-    it. A lost share (None) proves nothing for the specs of its deal: -inf."""
+    it. A share lost (None) or stopped by a candidate the check rejects proves nothing below
+    the domains it was dealt: their bounds are what it contributes."""
     lower, stats = list(first.lower), dict(first.stats)
     proved = first.stats.get("bab_leaves_open", 0) == 0
     exhausted = first.exhausted
     for i, (share, deal) in enumerate(zip(shares, deals)):
-        if share is None:
+        if share is not None:
+            add_stats(stats, share.stats)
+            if share.status == "counterexample" and (i == 0 or check(share.x)):
+                return BabOutcome("counterexample", [-math.inf] * len(lower), share.x, stats)
+        if share is None or share.status == "counterexample":
             proved = exhausted = False
             for dom in deal:
-                lower[dom.spec] = -math.inf
+                lower[dom.spec] = min(lower[dom.spec], dom.bound)
             continue
-        add_stats(stats, share.stats)
-        if share.status == "counterexample" and (i == 0 or check(share.x)):
-            return BabOutcome("counterexample", [-math.inf] * len(lower), share.x, stats)
         lower = [min(a, b) for a, b in zip(lower, share.lower)]
         proved = proved and share.status == "proved"
         exhausted = exhausted and share.exhausted
-    proved = proved and all(v > -math.inf for v in lower) and all(s is not None for s in shares)
     return BabOutcome("proved" if proved else "unknown", lower, None, stats, exhausted=exhausted)
 
 
@@ -214,7 +215,7 @@ class SpecWorkers:
         p = self.processes
         first = branch_and_bound(net, specs, x_lo, x_hi, lower, upper, tolerance, deadline, check,
                                  settings=settings, handoff=p * settings.batch)
-        if not first.open:  # ended before handing off: proved, refuted, out of time or memory
+        if not first.open:  # ended before handing off: proved, refuted, out of time or memory (search.py)
             return first
         shared = BabSettings(**{**settings.__dict__, "max_memory": settings.max_memory // p})
         deals = [first.open[i::p] for i in range(p)]

@@ -60,7 +60,8 @@ class BabOutcome:
     # the same inputs give the same bounds.
     exhausted: bool = False
     # A search stopped at `handoff` domains: its open domains, for other searches to take on
-    # (parallel.py). `lower` then covers only the domains it closed or left as leaves.
+    # (parallel.py). `lower` then covers only the domains it closed or left as leaves, and
+    # `exhausted` says only that no leaf went without its LP.
     open: list[Domain] = field(default_factory=list)
 
 
@@ -282,8 +283,10 @@ def branch_and_bound(net, specs: list[tuple[torch.Tensor, torch.Tensor]], x_lo, 
     starts = np.cumsum([0] + sizes)  # flat index of each layer's first neuron
     max_queue = settings.max_memory // domain_bytes(packing.kept, m)
     stats["bab_max_queue"] = int(max_queue)
+    handing = False  # stopped at `handoff` open domains, to hand them off
     while queue and found is None:
         if handoff is not None and len(queue) >= handoff:
+            handing = True
             break
         domains = 2 * min(settings.batch, len(queue))
         if not fits(deadline, problem.pass_seconds(domains) + overhead[0] * domains):
@@ -330,7 +333,7 @@ def branch_and_bound(net, specs: list[tuple[torch.Tensor, torch.Tensor]], x_lo, 
     lower_bounds = [min(c, d) for c, d in zip(closed, dropped)]
     for spec, value in leaves:
         lower_bounds[spec] = min(lower_bounds[spec], value)
-    if handoff is not None and queue:
+    if handing:  # (a search stopped by time or memory keeps its domains: their bounds are its answer)
         handed = [dom for _, _, dom in sorted(queue, key=operator.itemgetter(0, 1))]
         stats["bab_handed_off"] = len(handed)
         return BabOutcome("unknown", [float(v) for v in lower_bounds], None, stats,
