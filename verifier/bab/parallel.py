@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 
-from verifier.bab.search import BabOutcome, BabSettings, Domain, add_stats, branch_and_bound
+from verifier.bab.search import BabOutcome, BabSettings, Domain, add_stats, branch_and_bound, least_bounds
 from verifier.lifetime import die_with_parent
 from verifier.threads import worker_threads
 
@@ -98,6 +98,11 @@ def _share_bounds(bounds: list, i: int, p: int, n_specs: int) -> list:
     return [t[i::p].contiguous() if t.shape[0] == n_specs and n_specs > 1 else t for t in bounds]
 
 
+def _per_process(settings: BabSettings, p: int) -> BabSettings:
+    """The settings of one of `p` processes sharing a search: its share of the queue memory."""
+    return BabSettings(**{**settings.__dict__, "max_memory": settings.max_memory // p})
+
+
 def merge(shares: list[BabOutcome | None], sizes: list[int], check: Callable[[np.ndarray], bool]) -> BabOutcome:
     """Outcomes of shares dealt round-robin (share i holds specs i, i + p, ...) as one, in spec
     order. Share 0 ran here with `check` itself; another share's candidate counts only if `check`
@@ -136,8 +141,7 @@ def merge_domains(first: BabOutcome, shares: list[BabOutcome | None], deals: lis
                 return BabOutcome("counterexample", [-math.inf] * len(lower), share.x, stats)
         if share is None or share.status == "counterexample":
             proved = exhausted = False
-            for dom in deal:
-                lower[dom.spec] = min(lower[dom.spec], dom.bound)
+            lower = least_bounds(lower, deal)
             continue
         lower = [min(a, b) for a, b in zip(lower, share.lower)]
         proved = proved and share.status == "proved"
@@ -197,7 +201,7 @@ class SpecWorkers:
         if p <= 1:
             return branch_and_bound(net, specs, x_lo, x_hi, lower, upper, tolerance, deadline, check,
                                     settings=settings)
-        shared = BabSettings(**{**settings.__dict__, "max_memory": settings.max_memory // p})
+        shared = _per_process(settings, p)
         n = len(specs)
         wall_deadline = time.time() + (deadline - time.perf_counter())
         futures = [self._submit(net, _packed(specs[i::p]), x_lo, x_hi, _share_bounds(lower, i, p, n),
@@ -217,7 +221,7 @@ class SpecWorkers:
                                  settings=settings, handoff=p * settings.batch)
         if not first.open:  # ended before handing off: proved, refuted, out of time or memory (search.py)
             return first
-        shared = BabSettings(**{**settings.__dict__, "max_memory": settings.max_memory // p})
+        shared = _per_process(settings, p)
         deals = [first.open[i::p] for i in range(p)]
         wall_deadline = time.time() + (deadline - time.perf_counter())
         packed = _packed(specs)

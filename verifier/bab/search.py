@@ -126,6 +126,15 @@ def add_stats(total: dict, stats: dict) -> None:
         total[key] = combine(total.get(key, 0), value)
 
 
+def least_bounds(lower: list[float], domains) -> list[float]:
+    """`lower` (one bound per spec) with each domain's bound folded into its spec's least: the
+    bounds that hold while those domains are open."""
+    out = list(lower)
+    for dom in domains:
+        out[dom.spec] = min(out[dom.spec], dom.bound)
+    return out
+
+
 def domain_bytes(neurons: int, rows: int) -> int:
     """Memory of one queued domain keeping `neurons` entries (packing.py): its sign and
     parameter tensors, and ~1.2 KB of object overhead (measured, see benchmarks/RESULTS.md, "Why
@@ -160,9 +169,8 @@ def branch_and_bound(net, specs: list[tuple[torch.Tensor, torch.Tensor]], x_lo, 
     stats = {"bab_rounds": 0, "bab_domains": n_specs, "bab_leaves_open": 0, "bab_candidates": 0,
              "bab_leaf_lps": 0}
     if time.perf_counter() >= deadline:  # setting the problem up alone takes a pass's time on a CNN
-        lower_bounds = [-np.inf] * n_specs
-        if start is not None:  # the given domains' bounds still hold
-            lower_bounds = [min((d.bound for d in start if d.spec == i), default=np.inf) for i in range(n_specs)]
+        # Given domains keep their bounds; a search from the root has proven nothing.
+        lower_bounds = [-np.inf] * n_specs if start is None else least_bounds([np.inf] * n_specs, start)
         return BabOutcome("unknown", lower_bounds, None, {**stats, "bab_domains": 0})
     problem = net.problem(specs, x_lo, x_hi, lower, upper)
     m = problem.m
@@ -338,8 +346,7 @@ def branch_and_bound(net, specs: list[tuple[torch.Tensor, torch.Tensor]], x_lo, 
         stats["bab_handed_off"] = len(handed)
         return BabOutcome("unknown", [float(v) for v in lower_bounds], None, stats,
                           exhausted=not unsolved_leaves[0], open=handed)
-    for _, _, dom in queue:
-        lower_bounds[dom.spec] = min(lower_bounds[dom.spec], dom.bound)
+    lower_bounds = least_bounds(lower_bounds, (dom for _, _, dom in queue))
     proved = not queue and not leaves and not refuted and all(v > tolerance for v in lower_bounds)
     status = "proved" if proved else "unknown"
     return BabOutcome(status, [float(v) for v in lower_bounds], None, stats, exhausted=not queue and not unsolved_leaves[0])
