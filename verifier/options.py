@@ -9,7 +9,8 @@ from verifier.errors import InputError
 
 #: The options that take one of a few words, and those words.
 _CHOICES = {"disjunctions": ("joint", "split"), "bab": ("auto", "on", "off"), "bab_branching": ("auto", "gap", "trial"),
-            "output_bounds": ("auto", "on", "off"), "engine": ("auto", "graph")}
+            "output_bounds": ("auto", "on", "off"), "engine": ("auto", "graph"), "split": ("auto", "input", "relu"),
+            "input_split_rule": ("sensitivity", "widest")}
 
 
 @dataclass
@@ -91,13 +92,23 @@ class VerifyOptions:
     # the dense chain engine with its refinement stages, measured faster there; every other
     # network, and every network on a GPU, the engine over the graph) or "graph" (always).
     engine: str = "auto"
+    # What branch and bound splits: "input" (halve the input box: bab/input_split.py), "relu"
+    # (ReLU splits), or "auto": the input on regions with at most `input_split_max` free inputs
+    # (ACAS Xu's five), where bounds over a small box are nearly exact, ReLUs otherwise.
+    split: str = "auto"
+    input_split_max: int = 8
+    # Which input a box is halved along: "sensitivity" (the one whose spread costs the worst
+    # bound most) or "widest" (relative to the region's box). Measured on ACAS Xu, see
+    # benchmarks/RESULTS.md, "Why the defaults are what they are".
+    input_split_rule: str = "sensitivity"
+    input_split_batch: int = 256  # boxes halved per round
 
     def __post_init__(self) -> None:
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise InputError(f"option {name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
         for name, least in (("output_bound_layers", 0), ("output_bound_rounds", 0), ("refine_layers", 0),
-                            ("processes", 1)):
+                            ("processes", 1), ("input_split_max", 0), ("input_split_batch", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise InputError(f"option {name}={value!r}: expected a whole number >= {least}")

@@ -121,18 +121,29 @@ def backward_bound(graph: BoundGraph, start: int, rows: torch.Tensor, const: tor
 def concretise(a: torch.Tensor, c: torch.Tensor, magnitude: torch.Tensor | None, x_lo, x_hi) -> torch.Tensor:
     """min over the box of a @ x + c, minus the outward rounding slack when `magnitude` (the sum
     of |terms| so far) is given; NaN (e.g. slopes overflowed in float32 steps) proves nothing:
-    -inf. The last step of both walks (this one and the chain engine's, bab/crown.py)."""
+    -inf. The box is one (n0,) for every domain, or one (B, n0) per domain (input splitting).
+    The last step of both walks (this one and the chain engine's, bab/crown.py)."""
     centre, radius = (x_lo + x_hi) / 2, (x_hi - x_lo) / 2
-    value = c + a @ centre - a.abs() @ radius
+    value = c + _dot(a, centre) - _dot(a.abs(), radius)
     if magnitude is not None:
         with torch.no_grad():
-            magnitude = magnitude + a.abs() @ (centre.abs() + radius)
+            magnitude = magnitude + _dot(a.abs(), centre.abs() + radius)
         value = value - REL_SLACK * magnitude - ABS_SLACK
     return torch.where(torch.isnan(value), torch.full_like(value, -torch.inf), value)
 
 
+def _dot(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """a (B, m, n0) times a shared v (n0,) or a per-domain v (B, n0): (B, m)."""
+    if v.dim() == 1:
+        return a @ v
+    return (a @ v.unsqueeze(-1)).squeeze(-1)
+
+
 def minimiser(lam0: torch.Tensor, x_lo: torch.Tensor, x_hi: torch.Tensor) -> torch.Tensor:
-    """The corner of the box where the relaxed bound is attained (a candidate counterexample)."""
+    """The corner of the box where the relaxed bound is attained (a candidate counterexample);
+    boxes as in `concretise`."""
+    if x_lo.dim() == 2:
+        x_lo, x_hi = x_lo.unsqueeze(1), x_hi.unsqueeze(1)
     return torch.where(lam0 >= 0, x_lo, x_hi)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from verifier.bab.input_split import InputSplitSettings
 from verifier.bab.search import BabSettings
 from verifier.bounds.graph import resolve_device
 from verifier.options import VerifyOptions
@@ -30,6 +31,9 @@ class Plan:
     refine_stall: float = 0.0  # a pass gaining less than this share of the worst bound ends it
     output_bounds: bool = False  # layer bounds under each disjunct's negation for the final search
     settings: BabSettings = field(default_factory=BabSettings)
+    #: branch and bound over the input box (input_stage.py) instead of all the stages above
+    input_split: bool = False
+    input_settings: InputSplitSettings = field(default_factory=InputSplitSettings)
 
 
 def engines_to_try(options: VerifyOptions) -> tuple[str, ...]:
@@ -58,8 +62,9 @@ def _on_cpu(options: VerifyOptions) -> bool:
     return resolve_device(options.device).type == "cpu"
 
 
-def make_plan(options: VerifyOptions, engine: str, depth: int) -> Plan:
-    """The plan for a network whose engine is `engine` with `depth` split layers."""
+def make_plan(options: VerifyOptions, engine: str, depth: int, free_inputs: int | None = None) -> Plan:
+    """The plan for a network whose engine is `engine` with `depth` split layers, on a region
+    with `free_inputs` inputs that vary (None: many)."""
     if engine == "none" or options.exact:  # exact minima need the MIP
         bab = False
     elif engine == "graph":
@@ -70,7 +75,22 @@ def make_plan(options: VerifyOptions, engine: str, depth: int) -> Plan:
                 bab=bab, probe=bab and depth > 1, refine_share=_refine_share(options, depth),
                 refine_mode=_refine_mode(depth), refine_stall=_refine_stall(options, depth),
                 output_bounds=bab and _output_bounds(options, depth),
-                settings=bab_settings(options, depth))
+                settings=bab_settings(options, depth),
+                input_split=_input_split(options, engine, free_inputs),
+                input_settings=InputSplitSettings(batch=options.input_split_batch, heuristic=options.input_split_rule,
+                                                  max_memory=memory_budget(options)))
+
+
+def _input_split(options: VerifyOptions, engine: str, free_inputs: int | None) -> bool:
+    """Whether the region is searched by halving its input box: under split="input", or "auto"
+    on regions with at most `input_split_max` free inputs, where bounds over small boxes are
+    nearly exact (ACAS Xu: five). Never without branch and bound (bab="off") or for exact minima
+    (the MIP's job)."""
+    if engine == "none" or options.exact or options.split == "relu":
+        return False
+    if options.split == "input":
+        return True
+    return free_inputs is not None and free_inputs <= options.input_split_max
 
 
 def _lp_bounds(engine: str, depth: int, bab: bool) -> bool:

@@ -31,6 +31,7 @@ from verifier.result import Result, Status
 from verifier.search import chain_stage, graph_stage
 from verifier.search.attack import pgd_attack
 from verifier.search.bab_stages import bab_stages
+from verifier.search.input_stage import free_inputs, input_search
 from verifier.search.plan import engines_to_try, first_walk, make_plan
 from verifier.search.run_state import RunState
 from verifier.spec.property import Conjunction, InputRegion
@@ -129,8 +130,11 @@ def _decide(run: RunState, x_ref: np.ndarray) -> Result:
     order = sorted(run.open(), key=lambda d: attacked[d])
 
     kind, engine, target, depth = _engine(run)
-    run.plan = plan = make_plan(options, kind, depth)
+    run.plan = plan = make_plan(options, kind, depth, free_inputs(run))
     run.stats["engine"] = plan.engine
+    if plan.input_split:
+        run.stats["split"] = "input"
+        return input_search(run, plan.input_settings)
     state = None  # the engine's bounds state, once alpha-CROWN made it
     if plan.alpha_crown and run.open():
         began = time.perf_counter()

@@ -1,0 +1,185 @@
+"""Branch and bound over the input box (bab/input_split.py, search/input_stage.py) on tiny
+networks with 2-5 inputs, against independent oracles: the exact least slack by enumerating
+activation patterns (an LP each), dense sampling, and a 2-D grid; properties in every VNN-LIB
+form ACAS Xu uses (one output against a constant, comparisons between outputs, conjunctions,
+disjunctions of conjunctions), and a pinned input (lo = hi) as in ACAS Xu's property 4."""
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import verifier
+from tests.nets import mlp_onnx, random_mlp
+from tests.oracles import assert_verdict_agrees, enumerate_min_slack
+from verifier import Status, VerifyOptions
+from verifier.spec.vnnlib import parse_vnnlib
+
+DATA = Path(__file__).parent / "data"
+
+#: Output conditions of a violation, each with -1 as Y_0's coefficient in every row, so that
+#: raising Y_0's bias by t raises every disjunct's slack by t.
+FORMS = {
+    "one output against a constant": "(assert (>= Y_0 0.25))",
+    "a conjunction of comparisons between outputs": "(assert (>= Y_0 Y_1))\n(assert (>= Y_0 Y_2))",
+    "a disjunction of comparisons": "(assert (or (>= Y_0 Y_1) (>= Y_0 Y_2)))",
+    "a disjunction of conjunctions": "(assert (or (and (>= Y_0 Y_1) (>= Y_0 0.1)) (and (>= Y_0 Y_2) (>= Y_0 Y_1))))",
+}
+
+
+def _vnnlib(lo, hi, n_out: int, output: str) -> str:
+    lines = [f"(declare-const X_{i} Real)" for i in range(len(lo))]
+    lines += [f"(declare-const Y_{j} Real)" for j in range(n_out)]
+    for i, (a, b) in enumerate(zip(lo, hi)):
+        lines += [f"(assert (>= X_{i} {float(a)!r}))", f"(assert (<= X_{i} {float(b)!r}))"]
+    return "\n".join(lines + [output]) + "\n"
+
+
+def _conjunctions(prop) -> list:
+    return [(c.C, c.d) for c in prop.regions[0].disjuncts]
+
+
+def _case(seed: int, form: str, target: float, pinned: bool = False):
+    """A random MLP with 2-5 inputs, a wide box (one input pinned if asked) and the property
+    `form`, with Y_0's bias moved so that the least slack over the box is about `target`;
+    returns the network, the property, the weights and the exact least slack (enumerated on the
+    float32 weights the ONNX file holds)."""
+    rng = np.random.default_rng(900 + seed)
+    n_in = 2 + seed % 4
+    sizes = [n_in, 5, 4, 3]
+    ws, bs = random_mlp(rng, sizes)
+    centre = rng.uniform(-0.5, 0.5, n_in)
+    lo, hi = centre - 1.0, centre + 1.0
+    if pinned:
+        lo[1] = hi[1] = float(np.float32(centre[1]))
+    lo, hi = lo.astype(np.float32).astype(np.float64), hi.astype(np.float32).astype(np.float64)
+    text = _vnnlib(lo, hi, sizes[-1], FORMS[form])
+    prop = parse_vnnlib(text, "case.vnnlib")
+    base = enumerate_min_slack(ws, bs, lo, hi, _conjunctions(prop))
+    bs[-1][0] = np.float32(bs[-1][0] + base - target)
+    exact = enumerate_min_slack(ws, bs, lo, hi, _conjunctions(prop))
+    return verifier.load(mlp_onnx(ws, bs)), prop, (ws, bs, lo, hi), exact
+
+
+def _slacks(ws, bs, prop, x: np.ndarray) -> np.ndarray:
+    """The least disjunct slack at each row of x, by a plain forward pass."""
+    h = x
+    for k, (w, b) in enumerate(zip(ws, bs)):
+        h = h @ w.T + b
+        if k < len(ws) - 1:
+            h = np.maximum(h, 0)
+    return np.min([c.slack(h) for c in prop.regions[0].disjuncts], axis=0)
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_verdicts_and_bounds_match_enumeration_for_every_output_form(form):
+    """Least slack 0.02 above 0 or below it: the verdict follows the sign, the proven margin is
+    never above the exact least slack, a counterexample really violates the property, and no
+    sampled point violates a property found robust. The input split decides each proof."""
+    verdicts = set()
+    for seed in range(4):
+        target = 0.02 if seed % 2 == 0 else -0.02
+        net, prop, (ws, bs, lo, hi), exact = _case(seed, form, target)
+        result = verifier.check(net, prop, timeout=60)
+        assert_verdict_agrees(result, exact)
+        assert result.decided_by in ("input_split", "attack", "clean")  # the attack may come first
+        verdicts.add(result.status)
+        if result.status == Status.ADVERSARIAL:
+            x = np.asarray(result.counterexample, dtype=np.float64).ravel()
+            assert np.all(x >= lo) and np.all(x <= hi)
+            assert _slacks(ws, bs, prop, x[None])[0] <= 0
+        if result.status == Status.ROBUST:
+            samples = np.random.default_rng(seed).uniform(lo, hi, size=(20000, lo.size))
+            assert _slacks(ws, bs, prop, samples).min() > 0
+    assert verdicts == {Status.ROBUST, Status.ADVERSARIAL}
+
+
+def test_a_pinned_input_is_never_split_and_the_verdict_matches_enumeration():
+    """One input fixed (lo = hi, as ACAS Xu's property 4 fixes X_2): the search halves only the
+    others, and still decides both ways as enumeration says."""
+    for seed in range(4):
+        target = 0.02 if seed % 2 == 0 else -0.02
+        net, prop, (ws, bs, lo, hi), exact = _case(seed + 1, "a conjunction of comparisons between outputs",
+                                                   target, pinned=True)
+        result = verifier.check(net, prop, timeout=60)
+        assert_verdict_agrees(result, exact)
+        if result.status == Status.ROBUST:
+            assert result.decided_by == "input_split" and result.stats["input_boxes"] > 1
+        if result.status == Status.ADVERSARIAL:
+            assert np.asarray(result.counterexample).ravel()[1] == np.float32(lo[1])
+
+
+def test_two_inputs_agree_with_a_dense_grid():
+    """On 2-input networks the least slack over a 401 x 401 grid (an upper bound on the true
+    least slack) agrees with the verdict: robust only where the grid sees no violation, the
+    proven margin below the grid's least, adversarial where the grid finds a violation."""
+    checked = 0
+    for seed in range(0, 16, 4):  # seeds whose networks have two inputs
+        for target in (0.03, -0.03):
+            net, prop, (ws, bs, lo, hi), exact = _case(seed, "a disjunction of comparisons", target)
+            assert lo.size == 2
+            g0, g1 = np.meshgrid(np.linspace(lo[0], hi[0], 401), np.linspace(lo[1], hi[1], 401))
+            grid = _slacks(ws, bs, prop, np.stack([g0.ravel(), g1.ravel()], axis=1)).min()
+            result = verifier.check(net, prop, timeout=60)
+            assert result.margin_lower <= grid + 1e-9
+            if result.status == Status.ROBUST:
+                assert grid > 0
+            if grid < -1e-3:
+                assert result.status == Status.ADVERSARIAL
+            checked += 1
+    assert checked == 8
+
+
+def test_the_strategy_is_automatic_and_an_option_forces_it():
+    """A 3-input region takes the input split by default and ReLU splits under split="relu" (with
+    the same verdict); a 784-input eps-ball never takes it under "auto"."""
+    net, prop, _, exact = _case(1, "a disjunction of comparisons", 0.02)
+    by_input = verifier.check(net, prop, timeout=60)
+    by_relu = verifier.check(net, prop, timeout=60, options=VerifyOptions(split="relu"))
+    assert by_input.stats.get("split") == "input"
+    assert by_relu.stats.get("split") is None and by_relu.decided_by != "input_split"
+    assert by_input.status == by_relu.status == Status.ROBUST
+    mnist = verifier.load(DATA / "mnist-net_256x2.onnx")
+    x = np.full(784, 0.5)
+    result = verifier.verify(mnist, x, label=int(np.argmax(mnist.forward(x))), eps=0.001, timeout=30)
+    assert result.stats.get("split") is None
+
+
+def test_acas_xu_property_4_is_proven_by_the_input_split():
+    """ACAS Xu network 1_2 on property 4 (X_2 pinned to 0): unsat in the 2021 consensus; the
+    input split proves it within its time limit."""
+    net = verifier.load(DATA / "acasxu_run2a_1_2.onnx")
+    prop = verifier.Property.from_vnnlib(DATA / "acasxu_prop_4.vnnlib")
+    result = verifier.check(net, prop, timeout=60)
+    assert result.status == Status.ROBUST and result.decided_by == "input_split"
+
+
+def test_the_time_limit_holds_on_a_search_that_cannot_finish():
+    """ACAS Xu network 1_2 over property 1's wide box, asked whether Y_0 can reach -0.0172 (its
+    largest sampled value is about -0.0177, so a proof needs many boxes): the run ends within its
+    2 s limit plus the promised max(5 %, 2 s) after splitting boxes, with no proof it has not
+    earned."""
+    net = verifier.load(DATA / "acasxu_run2a_1_2.onnx")
+    lo, hi = np.array([0.6, -0.5, -0.5, 0.45, -0.5]), np.array([0.679857769, 0.5, 0.5, 0.5, -0.45])
+    prop = parse_vnnlib(_vnnlib(lo, hi, 5, "(assert (>= Y_0 -0.0172))"), "hard.vnnlib")
+    samples = np.random.default_rng(0).uniform(lo, hi, size=(2000, 5))
+    highest = max(float(net.forward(x)[0]) for x in samples)
+    began = time.perf_counter()
+    result = verifier.check(net, prop, timeout=2.0)
+    assert time.perf_counter() - began <= 4.0
+    assert result.stats["input_boxes"] > 0
+    assert result.margin_lower <= -0.0172 - highest + 1e-9  # the slack c - Y_0 at the best sample
+    if result.status == Status.ADVERSARIAL:
+        assert float(result.counterexample_outputs[0]) >= -0.0172
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="runs where torch sees a CUDA device")
+def test_input_split_on_cuda_gives_the_cpu_verdicts():
+    for seed in range(4):
+        net, prop, _, exact = _case(seed, "a disjunction of conjunctions", 0.02 if seed % 2 == 0 else -0.02)
+        cpu = verifier.check(net, prop, timeout=60)
+        gpu = verifier.check(net, prop, timeout=60, options=VerifyOptions(device="cuda"))
+        assert cpu.status == gpu.status
+        assert_verdict_agrees(gpu, exact)
