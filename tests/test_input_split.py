@@ -96,14 +96,16 @@ def test_verdicts_and_bounds_match_enumeration_for_every_output_form(form):
     assert verdicts == {Status.ROBUST, Status.ADVERSARIAL}
 
 
-def test_a_pinned_input_is_never_split_and_the_verdict_matches_enumeration():
+@pytest.mark.parametrize("rule,trial", [("sensitivity", 2), ("sensitivity", 1), ("widest", 1), ("widest", 3)])
+def test_a_pinned_input_is_never_split_and_the_verdict_matches_enumeration(rule, trial):
     """One input fixed (lo = hi, as ACAS Xu's property 4 fixes X_2): the search halves only the
-    others, and still decides both ways as enumeration says."""
+    others, and still decides both ways as enumeration says, whichever rule picks the input."""
+    options = VerifyOptions(input_split_rule=rule, input_split_trial=trial)
     for seed in range(4):
         target = 0.02 if seed % 2 == 0 else -0.02
         net, prop, (ws, bs, lo, hi), exact = _case(seed + 1, "a conjunction of comparisons between outputs",
                                                    target, pinned=True)
-        result = verifier.check(net, prop, timeout=60)
+        result = verifier.check(net, prop, timeout=60, options=options)
         assert_verdict_agrees(result, exact)
         if result.status == Status.ROBUST:
             assert result.decided_by == "input_split" and result.stats["input_boxes"] > 1

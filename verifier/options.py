@@ -101,14 +101,18 @@ class VerifyOptions:
     # bound most) or "widest" (relative to the region's box). Measured on ACAS Xu, see
     # benchmarks/RESULTS.md, "Why the defaults are what they are".
     input_split_rule: str = "sensitivity"
-    input_split_batch: int = 256  # boxes halved per round
+    # Each box is halved along each of its best `input_split_trial` inputs by that rule, and the
+    # pair of halves whose bounds come out best is kept (1: the rule's pick alone).
+    input_split_trial: int = 2
+    input_split_batch: int = 128  # boxes halved per round
 
     def __post_init__(self) -> None:
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise InputError(f"option {name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
         for name, least in (("output_bound_layers", 0), ("output_bound_rounds", 0), ("refine_layers", 0),
-                            ("processes", 1), ("input_split_max", 0), ("input_split_batch", 1)):
+                            ("processes", 1), ("input_split_max", 0), ("input_split_batch", 1),
+                            ("input_split_trial", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise InputError(f"option {name}={value!r}: expected a whole number >= {least}")

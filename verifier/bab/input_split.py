@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from verifier.bounds.boxes import box_bounds
+from verifier.bounds.boxes import BoxBounds, box_bounds
 from verifier.bounds.graph import BoundGraph
 from verifier.bounds.walker import EXACT, minimiser
 from verifier.deadline import fits
@@ -33,8 +33,9 @@ from verifier.deadline import fits
 
 @dataclass
 class InputSplitSettings:
-    batch: int = 256  # boxes split per round (2x as many bounded)
+    batch: int = 256  # boxes split per round
     heuristic: str = "sensitivity"  # which input to halve: "sensitivity" or "widest"
+    trial: int = 1  # halve along each of the best `trial` inputs by that score, keep the best halves
     max_memory: int = 1_000_000_000  # bytes of open boxes before the search stops
 
 
@@ -74,15 +75,15 @@ class Specs:
 
 
 class _Queue:
-    """The open boxes, in tensors: corners (N, n0), spec bounds (N, S) and the input each is to
-    be halved along (N,), chosen when it was bounded (-1: too small to halve)."""
+    """The open boxes, in tensors: corners (N, n0), spec bounds (N, S) and each input's split
+    score (N, n0), from the box's own bounds (-1: too narrow to halve)."""
 
     def __init__(self, n0: int, specs: int, device: torch.device) -> None:
         self.parts = (torch.empty((0, n0), dtype=EXACT, device=device), torch.empty((0, n0), dtype=EXACT, device=device),
                       torch.empty((0, specs), dtype=EXACT, device=device),
-                      torch.empty((0,), dtype=torch.long, device=device))
+                      torch.empty((0, n0), dtype=EXACT, device=device))
         #: bytes per box: the tensors' entries (the queue lives in a few big tensors)
-        self.box_bytes = 8 * (2 * n0 + specs + 1)
+        self.box_bytes = 8 * (3 * n0 + specs)
 
     def __len__(self) -> int:
         return self.parts[0].shape[0]
@@ -95,7 +96,7 @@ class _Queue:
         self.parts = tuple(torch.cat([old, new]) for old, new in zip(self.parts, parts))
 
     def pop(self, k: int) -> tuple:
-        """The k boxes whose least spec bound is lowest, as (lo, hi, lower, dims)."""
+        """The k boxes whose least spec bound is lowest, as (lo, hi, lower, scores)."""
         take = torch.topk(self.lower.min(dim=1).values, min(k, len(self)), largest=False).indices
         keep = torch.ones(len(self), dtype=torch.bool, device=take.device)
         keep[take] = False
@@ -127,7 +128,7 @@ def input_branch_and_bound(graph: BoundGraph, specs: Specs, x_lo: torch.Tensor, 
     bounds = box_bounds(graph, lo, hi, specs.rows, specs.const, deadline)
     while True:
         if bounds is None:  # the deadline passed inside: the boxes keep their parent's bounds
-            queue.push(lo, hi, parent, torch.full((lo.shape[0],), -1, device=device))
+            queue.push(lo, hi, parent, torch.full_like(lo, -1.0))
             status = "timeout"
             break
         spec_lower = torch.fmax(specs.per_spec(bounds.value), parent)
@@ -138,9 +139,9 @@ def input_branch_and_bound(graph: BoundGraph, specs: Specs, x_lo: torch.Tensor, 
         if bool(done.any()):
             closed = torch.minimum(closed, spec_lower[done].min(dim=0).values)
         keep = ~done
-        dims = _split_dims(specs, lo[keep], hi[keep], bounds.lam0[keep], bounds.value[keep], spec_lower[keep],
-                           tolerance, scale, settings.heuristic)
-        queue.push(lo[keep], hi[keep], spec_lower[keep], dims)
+        scores = _split_scores(specs, lo[keep], hi[keep], bounds.lam0[keep], bounds.value[keep], spec_lower[keep],
+                               tolerance, scale, settings.heuristic)
+        queue.push(lo[keep], hi[keep], spec_lower[keep], scores)
         stats["input_boxes"] += lo.shape[0]
         stats["input_rounds"] += 1
         round_seconds = time.perf_counter() - began
@@ -153,16 +154,15 @@ def input_branch_and_bound(graph: BoundGraph, specs: Specs, x_lo: torch.Tensor, 
             status = "timeout"
             break
         began = time.perf_counter()
-        lo, hi, parent, dims = queue.pop(settings.batch)
-        stuck = dims < 0
+        lo, hi, parent, scores = queue.pop(settings.batch)
+        stuck = scores.max(dim=1).values < 0
         if bool(stuck.any()):  # a box too small to halve stays open for good
             status = "stuck"
-            queue.push(lo[stuck], hi[stuck], parent[stuck], dims[stuck])
-            lo, hi, parent, dims = lo[~stuck], hi[~stuck], parent[~stuck], dims[~stuck]
+            queue.push(lo[stuck], hi[stuck], parent[stuck], scores[stuck])
+            lo, hi, parent, scores = lo[~stuck], hi[~stuck], parent[~stuck], scores[~stuck]
             if not len(lo):
                 break
-        lo, hi, parent = _halves(lo, hi, parent, dims)
-        bounds = box_bounds(graph, lo, hi, specs.rows, specs.const, deadline)
+        lo, hi, parent, bounds = _children(graph, specs, lo, hi, parent, scores, settings.trial, deadline)
     stats["input_open"] = len(queue)
     stats["time_input_split"] = round(time.perf_counter() - started, 4)
     least = torch.minimum(closed, queue.lower.min(dim=0).values) if len(queue) else closed
@@ -171,23 +171,46 @@ def input_branch_and_bound(graph: BoundGraph, specs: Specs, x_lo: torch.Tensor, 
     return InputSplitOutcome(status, least.cpu().numpy(), stats)
 
 
-def _split_dims(specs: Specs, lo, hi, lam0, values, spec_lower, tolerance: float, scale,
-                heuristic: str) -> torch.Tensor:
-    """The input each box is to be halved along (-1: none left to halve). "widest": the widest
-    relative to the root box; "sensitivity": the one whose width the worst open spec's bound
-    leans on most, |a_i| (hi_i - lo_i) for its CROWN coefficients a (the bound's loss from that
-    input's spread), the widest where no coefficient says."""
+def _split_scores(specs: Specs, lo, hi, lam0, values, spec_lower, tolerance: float, scale,
+                  heuristic: str) -> torch.Tensor:
+    """How much halving each input promises (-1 where its midpoint is not strictly inside).
+    "widest": the width relative to the root box; "sensitivity": how much the worst open spec's
+    bound leans on the input's spread, |a_i| (hi_i - lo_i) for its CROWN coefficients a (the
+    widths where no coefficient says)."""
     width = hi - lo
     mid = lo + width / 2
-    splittable = (mid > lo) & (mid < hi)  # a midpoint strictly inside
+    splittable = (mid > lo) & (mid < hi)
     score = width / scale
     if heuristic == "sensitivity" and lo.shape[0]:
         a = lam0[torch.arange(lo.shape[0], device=lo.device), _worst_rows(specs, values, spec_lower, tolerance)]
         lean = a.abs() * width
         score = torch.where(lean.amax(dim=1, keepdim=True) > 0, lean, score)
-    score = torch.where(splittable, score, torch.full_like(score, -1.0))
-    best = score.argmax(dim=1) if lo.shape[0] else torch.empty((0,), dtype=torch.long, device=lo.device)
-    return torch.where(score.gather(1, best[:, None])[:, 0] >= 0, best, torch.full_like(best, -1))
+    return torch.where(splittable, score, torch.full_like(score, -1.0))
+
+
+def _children(graph, specs: Specs, lo, hi, parent, scores, trial: int, deadline: float):
+    """The boxes' halves (first halves, then second ones), their parents' bounds and their own
+    bounds (None past the deadline). Each box is halved along each of its `trial` best-scored
+    inputs, and the pair kept is the one whose halves' worst spec bounds (each at least its
+    parent's, at most 0) add up highest."""
+    b, n0 = lo.shape
+    k = min(trial, n0)
+    top = torch.topk(scores, k, dim=1)
+    box = torch.arange(b, device=lo.device).repeat_interleave(k)
+    dim, valid = top.indices.reshape(-1), top.values.reshape(-1) >= 0
+    box, dim = box[valid], dim[valid]
+    c_lo, c_hi, c_parent = _halves(lo[box], hi[box], parent[box], dim)
+    bounds = box_bounds(graph, c_lo, c_hi, specs.rows, specs.const, deadline)
+    m = box.numel()
+    if bounds is None or k == 1:
+        return c_lo, c_hi, c_parent, bounds
+    worst = torch.fmax(specs.per_spec(bounds.value), c_parent).min(dim=1).values.clamp(max=0)
+    gain = torch.full((b, k), -math.inf, dtype=EXACT, device=lo.device)
+    gain.view(-1)[torch.nonzero(valid).flatten()] = worst[:m] + worst[m:]
+    pick = torch.cumsum(valid.long(), 0).reshape(b, k) - 1  # each (box, candidate)'s index among the valid
+    take = pick[torch.arange(b, device=lo.device), gain.argmax(dim=1)]
+    take = torch.cat([take, take + m])
+    return c_lo[take], c_hi[take], c_parent[take], BoxBounds(bounds.value[take], bounds.lam0[take])
 
 
 def _worst_rows(specs: Specs, values, parent, tolerance: float) -> torch.Tensor:
