@@ -97,6 +97,7 @@ def _channels_first_cnn() -> bytes:
     ([MODEL, "--eps", "abc"], "--eps"),
     ([MODEL, "--bogus-option"], "--bogus-option"),
     ([MODEL, "--limit", "0"], "--limit must be >= 1"),
+    ([MODEL, "--split", "pixels"], "split='pixels'"),
     ([MODEL, "--eps", "0.1", "--result", "{tmp}/r.txt"], "needs --vnnlib"),
     ([MODEL, "--input", "{tmp}/ok.npy", "--save-example", "{tmp}/no/such/dir/a.npy"], "does not exist"),
     (["{tmp}/model.pt"], "PyTorch checkpoint"),
@@ -204,3 +205,14 @@ def test_failed_example_write_keeps_the_printed_verdict(tmp_path):
     assert p.returncode == 2 and json.loads(p.stdout)["status"] == "adversarial"
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "/proc/adv.npy" in lines[0] and "Traceback" not in p.stderr
+
+
+def test_acas_xu_property_by_input_split_and_forced_relu_split():
+    """ACAS Xu network 1_2, property 4: `unsat` by the input split under the default --split auto
+    (the 2021 consensus), and the ReLU search when --split relu forces it (no input split)."""
+    data = Path(__file__).parent / "data"
+    args = [data / "acasxu_run2a_1_2.onnx", "--vnnlib", data / "acasxu_prop_4.vnnlib", "--timeout", "20"]
+    auto = run(*args)
+    assert auto.returncode == 0 and auto.stdout.splitlines()[0] == "unsat" and "(input_split)" in auto.stderr
+    relu = run(*args, "--split", "relu", "--timeout", "3")
+    assert relu.returncode == 0 and "input_split" not in relu.stdout + relu.stderr

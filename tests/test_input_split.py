@@ -185,3 +185,67 @@ def test_input_split_on_cuda_gives_the_cpu_verdicts():
         gpu = verifier.check(net, prop, timeout=60, options=VerifyOptions(device="cuda"))
         assert cpu.status == gpu.status
         assert_verdict_agrees(gpu, exact)
+
+
+def _search_args(seed: int, target: float):
+    """A case's network compiled, its one region's disjuncts as specs, the box, root bounds of
+    -inf, and the exact least slack."""
+    from verifier.bab.graph_problem import spec_rows
+    from verifier.bab.input_split import Specs
+    from verifier.bounds.graph import compiled
+    from verifier.bounds.walker import EXACT
+
+    net, prop, (ws, bs, lo, hi), exact = _case(seed, "a disjunction of comparisons", target)
+    specs = Specs.of([spec_rows(c.C, c.d) for c in prop.regions[0].disjuncts])
+    lower = torch.full((specs.count,), -np.inf, dtype=EXACT)
+    return (compiled(net, "cpu", EXACT), specs, torch.as_tensor(lo), torch.as_tensor(hi), lower), net, prop, exact
+
+
+def test_boxes_shared_over_two_processes_match_enumeration():
+    """Rounds of one box, so the search hands its open boxes to a helper after a few: every
+    verdict agrees with enumeration, every bound lies below the exact least slack, a point
+    found violates the property, and most cases did share their boxes."""
+    from verifier.bab.input_split import InputSplitSettings
+    from verifier.bab.parallel import SpecWorkers
+
+    handed = 0
+    with SpecWorkers(2) as workers:
+        for seed in range(8):
+            args, net, prop, exact = _search_args(seed, 0.02 if seed % 2 == 0 else -0.02)
+
+            def check(x, net=net, prop=prop) -> bool:
+                return prop.min_slack(net.forward(np.asarray(x, dtype=np.float64))) <= 0
+
+            out = workers.input_search(*args, 1e-5, time.perf_counter() + 60, check, InputSplitSettings(batch=1))
+            handed += out.stats.get("input_handed_off", 0) > 0
+            assert float(np.min(out.lower)) <= exact + 1e-9
+            assert out.status == ("proved" if exact > 0 else "counterexample"), (seed, exact, out.status)
+            if out.status == "counterexample":
+                assert check(out.x)
+    assert handed >= 4
+
+
+def test_a_lost_share_proves_nothing_below_its_boxes():
+    """merge_boxes with a share lost (None): not proved, and each spec's bound is at most the
+    bounds the lost share's boxes were dealt with."""
+    from verifier.bab.input_split import InputSplitSettings, input_branch_and_bound
+    from verifier.bab.parallel import merge_boxes
+
+    for seed in range(0, 12, 2):  # robust cases; the first whose search reaches the handoff
+        args, net, prop, exact = _search_args(seed, 0.02)
+        first = input_branch_and_bound(*args, 1e-5, time.perf_counter() + 60, lambda x: False,
+                                       InputSplitSettings(batch=1), handoff=2)
+        if first.status == "handoff":
+            break
+    assert first.status == "handoff"
+    deals = [tuple(t[i::2] for t in first.open) for i in range(2)]
+    own = input_branch_and_bound(*args, 1e-5, time.perf_counter() + 60, lambda x: False,
+                                 InputSplitSettings(batch=1), start=deals[0])
+    assert own.status == "proved"
+    merged = merge_boxes(first, [own, None], deals, lambda x: False)
+    assert merged.status == "unknown"
+    assert np.all(merged.lower <= deals[1][2].min(dim=0).values.numpy())
+    other = input_branch_and_bound(*args, 1e-5, time.perf_counter() + 60, lambda x: False,
+                                   InputSplitSettings(batch=1), start=deals[1])
+    whole = merge_boxes(first, [own, other], deals, lambda x: False)
+    assert whole.status == "proved" and float(np.min(whole.lower)) <= exact + 1e-9

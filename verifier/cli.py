@@ -105,6 +105,7 @@ def run(
     processes: int = typer.Option(1, help="Processes one sample's searches may share (an instance with the machine to itself, as in VNN-COMP); for batch runs use --workers."),
     solver: str = typer.Option("highs", help="MIP solver: highs (native, default), or through PuLP: cbc (bundled), gurobi, cplex, glpk, scip, xpress, copt, mosek, pulp-highs. Bounds always use HiGHS."),
     device: str = typer.Option("cpu", help="Where the bound engine runs: cpu, or cuda (cuda:N) where torch sees a GPU."),
+    split: str = typer.Option("auto", help="What branch and bound splits: input (halve the input box), relu, or auto (the input on properties with at most 8 free inputs, such as ACAS Xu)."),
 ) -> None:
     """Verify MODEL on one sample (--input), a VNN-LIB property (--vnnlib) or the embedded MNIST slice."""
     began = time.perf_counter()
@@ -121,8 +122,8 @@ def run(
             raise InputError("--result writes a VNN-COMP result file: it needs --vnnlib PROPERTY")
         _check_output_path(save_example, "--save-example")
         _check_output_path(result_file, "--result")
-        # First: a bad --solver, --processes or --device fails fast.
-        options = VerifyOptions(timeout=timeout, solver=solver, processes=processes, device=device)
+        # First: a bad --solver, --processes, --device or --split fails fast.
+        options = VerifyOptions(timeout=timeout, solver=solver, processes=processes, device=device, split=split)
         net = verifier.load(model)
         if data is not None and report is None:
             raise InputError("--data needs --report FOLDER (a batch run keeps its results there)")

@@ -103,7 +103,7 @@ class VerifyOptions:
     input_split_rule: str = "sensitivity"
     # Each box is halved along each of its best `input_split_trial` inputs by that rule, and the
     # pair of halves whose bounds come out best is kept (1: the rule's pick alone).
-    input_split_trial: int = 2
+    input_split_trial: int = 3
     input_split_batch: int = 128  # boxes halved per round
 
     def __post_init__(self) -> None:

@@ -39,13 +39,20 @@ class InputSplitSettings:
     max_memory: int = 1_000_000_000  # bytes of open boxes before the search stops
 
 
+#: Open boxes as plain tensors: corners (N, n0), spec bounds (N, S), split scores (N, n0).
+Boxes = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
 @dataclass
 class InputSplitOutcome:
-    #: "proved" (every box closed), "counterexample" (confirm accepted a point), "timeout",
-    #: "memory" (the queue is full) or "stuck" (an open box too small to halve)
+    #: "proved" (every box closed), "counterexample" (confirm accepted `x`), "timeout",
+    #: "memory" (the queue is full), "stuck" (an open box too small to halve), or "handoff"
+    #: (`open` holds the open boxes, lowest bound first; `lower` covers only the closed ones)
     status: str
-    lower: np.ndarray  # per spec: a lower bound on its slack over the whole box
+    lower: np.ndarray  # per spec: a lower bound on its slack over the boxes searched
     stats: dict = field(default_factory=dict)
+    x: torch.Tensor | None = None
+    open: Boxes | None = None
 
 
 @dataclass
@@ -107,45 +114,33 @@ class _Queue:
 
 def input_branch_and_bound(graph: BoundGraph, specs: Specs, x_lo: torch.Tensor, x_hi: torch.Tensor,
                            lower: torch.Tensor, tolerance: float, deadline: float,
-                           confirm: Callable[[torch.Tensor], bool],
-                           settings: InputSplitSettings | None = None) -> InputSplitOutcome:
+                           confirm: Callable[[torch.Tensor], bool], settings: InputSplitSettings | None = None,
+                           start: Boxes | None = None, handoff: int | None = None) -> InputSplitOutcome:
     """Prove every spec over the box [x_lo, x_hi] (n0,) by halving it, or find a point that
     violates one (accepted by `confirm`, which gets a (n0,) float64 tensor). `lower` (S,) are
-    bounds already known over the whole box (the root's)."""
+    bounds already known over the whole box (the root's). With `start`, the search covers only
+    those open boxes of an earlier one (bab/parallel.py); with `handoff`, it stops once that many
+    boxes are open and returns them."""
     settings = settings or InputSplitSettings()
     started = time.perf_counter()
-    n0, device = x_lo.numel(), graph.device
-    specs = specs.to(device)
-    lo, hi = x_lo.reshape(1, -1).to(device, EXACT), x_hi.reshape(1, -1).to(device, EXACT)
-    width = hi[0] - lo[0]
-    scale = torch.where(width > 0, width, torch.ones_like(width))  # widths relative to the root's
-    queue = _Queue(n0, specs.count, device)
-    closed = torch.full((specs.count,), math.inf, dtype=EXACT, device=device)  # least bound over the closed boxes
-    stats = {"input_boxes": 0, "input_rounds": 0}
-    status = "proved"
-    parent = lower.reshape(1, -1).to(device, EXACT)
-    began = started
-    bounds = box_bounds(graph, lo, hi, specs.rows, specs.const, deadline)
-    while True:
-        if bounds is None:  # the deadline passed inside: the boxes keep their parent's bounds
-            queue.push(lo, hi, parent, torch.full_like(lo, -1.0))
+    device = graph.device
+    search = _Search(graph, specs.to(device), x_lo.reshape(1, -1).to(device, EXACT),
+                     x_hi.reshape(1, -1).to(device, EXACT), tolerance, confirm, settings)
+    queue, held = search.queue, []  # held: open boxes too small to halve
+    status, x, round_seconds = "running", None, 0.0
+    if start is None:
+        root = (search.root_lo, search.root_hi, lower.reshape(1, -1).to(device, EXACT))
+        bounds = box_bounds(graph, *root[:2], search.specs.rows, search.specs.const, deadline)
+        if bounds is None:
+            queue.push(*root, torch.full_like(root[0], -1.0))
             status = "timeout"
-            break
-        spec_lower = torch.fmax(specs.per_spec(bounds.value), parent)
-        if _hunt(graph, specs, lo, hi, bounds, spec_lower, tolerance, confirm):
-            status = "counterexample"
-            break
-        done = (spec_lower > tolerance).all(dim=1)
-        if bool(done.any()):
-            closed = torch.minimum(closed, spec_lower[done].min(dim=0).values)
-        keep = ~done
-        scores = _split_scores(specs, lo[keep], hi[keep], bounds.lam0[keep], bounds.value[keep], spec_lower[keep],
-                               tolerance, scale, settings.heuristic)
-        queue.push(lo[keep], hi[keep], spec_lower[keep], scores)
-        stats["input_boxes"] += lo.shape[0]
-        stats["input_rounds"] += 1
-        round_seconds = time.perf_counter() - began
-        if not len(queue):
+        else:
+            x = search.expand(*root, bounds)
+    else:
+        queue.push(*(t.to(device) for t in start))
+    while status == "running" and x is None and len(queue):
+        if handoff is not None and len(queue) >= handoff:
+            status = "handoff"
             break
         if len(queue) * queue.box_bytes > settings.max_memory:
             status = "memory"
@@ -154,21 +149,70 @@ def input_branch_and_bound(graph: BoundGraph, specs: Specs, x_lo: torch.Tensor, 
             status = "timeout"
             break
         began = time.perf_counter()
-        lo, hi, parent, scores = queue.pop(settings.batch)
-        stuck = scores.max(dim=1).values < 0
-        if bool(stuck.any()):  # a box too small to halve stays open for good
-            status = "stuck"
-            queue.push(lo[stuck], hi[stuck], parent[stuck], scores[stuck])
-            lo, hi, parent, scores = lo[~stuck], hi[~stuck], parent[~stuck], scores[~stuck]
-            if not len(lo):
-                break
-        lo, hi, parent, bounds = _children(graph, specs, lo, hi, parent, scores, settings.trial, deadline)
-    stats["input_open"] = len(queue)
-    stats["time_input_split"] = round(time.perf_counter() - started, 4)
+        boxes = queue.pop(settings.batch)
+        stuck = boxes[3].max(dim=1).values < 0
+        if bool(stuck.any()):
+            held.append(tuple(t[stuck] for t in boxes))
+            boxes = tuple(t[~stuck] for t in boxes)
+        if not len(boxes[0]):
+            continue
+        lo, hi, parent, bounds = _children(graph, search.specs, *boxes, settings.trial, deadline)
+        if bounds is None:  # past the deadline: the boxes stay as they were
+            queue.push(*boxes)
+            status = "timeout"
+            break
+        x = search.expand(lo, hi, parent, bounds)
+        round_seconds = time.perf_counter() - began
+    if x is not None:
+        status = "counterexample"
+    elif status == "running":
+        status = "stuck" if held else "proved"
+    for boxes in held:
+        queue.push(*boxes)
+    search.stats["input_open"] = len(queue)
+    search.stats["time_input_split"] = round(time.perf_counter() - started, 4)
+    closed = search.closed
+    if status == "handoff":
+        order = torch.argsort(queue.lower.min(dim=1).values)
+        return InputSplitOutcome(status, closed.cpu().numpy(), search.stats,
+                                 open=tuple(t[order].cpu() for t in queue.parts))
     least = torch.minimum(closed, queue.lower.min(dim=0).values) if len(queue) else closed
-    if status == "proved" and len(queue):
-        status = "stuck"
-    return InputSplitOutcome(status, least.cpu().numpy(), stats)
+    if x is not None:  # a search stopped by a point proves nothing
+        least = torch.full_like(least, -math.inf)
+    return InputSplitOutcome(status, least.cpu().numpy(), search.stats, x=x)
+
+
+class _Search:
+    """One input search's state: the queue, the least bound over closed boxes, statistics."""
+
+    def __init__(self, graph: BoundGraph, specs: Specs, root_lo, root_hi, tolerance: float, confirm,
+                 settings: InputSplitSettings) -> None:
+        self.graph, self.specs, self.root_lo, self.root_hi = graph, specs, root_lo, root_hi
+        self.tolerance, self.confirm, self.settings = tolerance, confirm, settings
+        width = (root_hi - root_lo)[0]
+        self.scale = torch.where(width > 0, width, torch.ones_like(width))  # widths relative to the root's
+        self.queue = _Queue(root_lo.shape[1], specs.count, root_lo.device)
+        self.closed = torch.full((specs.count,), math.inf, dtype=EXACT, device=root_lo.device)
+        self.stats = {"input_boxes": 0, "input_rounds": 0}
+
+    def expand(self, lo, hi, parent, bounds: BoxBounds) -> torch.Tensor | None:
+        """Take newly bounded boxes in: hunt for a violation at their corners and centres
+        (the point `confirm` accepted, if one), close the proven ones, queue the others."""
+        specs, tolerance = self.specs, self.tolerance
+        spec_lower = torch.fmax(specs.per_spec(bounds.value), parent)
+        self.stats["input_boxes"] += lo.shape[0]
+        self.stats["input_rounds"] += 1
+        x = _hunt(self.graph, specs, lo, hi, bounds, spec_lower, tolerance, self.confirm)
+        if x is not None:
+            return x
+        done = (spec_lower > tolerance).all(dim=1)
+        if bool(done.any()):
+            self.closed = torch.minimum(self.closed, spec_lower[done].min(dim=0).values)
+        keep = ~done
+        scores = _split_scores(specs, lo[keep], hi[keep], bounds.lam0[keep], bounds.value[keep], spec_lower[keep],
+                               tolerance, self.scale, self.settings.heuristic)
+        self.queue.push(lo[keep], hi[keep], spec_lower[keep], scores)
+        return None
 
 
 def _split_scores(specs: Specs, lo, hi, lam0, values, spec_lower, tolerance: float, scale,
@@ -230,12 +274,12 @@ def _halves(lo, hi, parent, dims):
     return torch.cat([lo, right_lo]), torch.cat([left_hi, hi]), torch.cat([parent, parent])
 
 
-def _hunt(graph, specs: Specs, lo, hi, bounds, spec_lower, tolerance: float, confirm) -> bool:
+def _hunt(graph, specs: Specs, lo, hi, bounds, spec_lower, tolerance: float, confirm) -> torch.Tensor | None:
     """Run each open box's worst corner (for its worst row) and centre through the network;
-    True once `confirm` accepts a point violating a spec."""
+    the first point violating a spec that `confirm` accepts, or None."""
     open_ = ~(spec_lower > tolerance).all(dim=1)
     if not bool(open_.any()):
-        return False
+        return None
     lo, hi, value, lam0 = lo[open_], hi[open_], bounds.value[open_], bounds.lam0[open_]
     rows = _worst_rows(specs, value, spec_lower[open_], tolerance)
     corners = minimiser(lam0, lo, hi)[torch.arange(lo.shape[0], device=lo.device), rows]
@@ -245,5 +289,5 @@ def _hunt(graph, specs: Specs, lo, hi, bounds, spec_lower, tolerance: float, con
     slack = specs.per_spec(out @ specs.rows.T + specs.const).min(dim=1).values
     for i in torch.nonzero(slack <= 0).flatten()[:8].tolist():
         if confirm(points[i].cpu()):
-            return True
-    return False
+            return points[i].cpu()
+    return None

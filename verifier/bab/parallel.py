@@ -38,6 +38,7 @@ from verifier.threads import worker_threads
 
 if TYPE_CHECKING:
     from verifier.bab.graph_problem import GraphTarget
+    from verifier.bab.input_split import InputSplitOutcome
     from verifier.bab.layered import Layered
 
 #: Seconds a helper may overrun its share's deadline before its share is given up. Helpers
@@ -91,6 +92,44 @@ def _search_packed(net: "Layered | GraphTarget", packed, x_lo, x_hi, lower: list
     deadline = time.perf_counter() + (wall_deadline - time.time())
     return branch_and_bound(net, specs, x_lo, x_hi, lower, upper, tolerance, deadline, _candidate, settings=settings,
                             start=start)
+
+
+def _input_payload(payload: bytes):
+    """One share of an input search in a helper, from `_job`'s bytes: (net, device, rows,
+    consts, owner, count, x_lo, x_hi, lower, tolerance, wall deadline, settings, start boxes)."""
+    from verifier.bab.input_split import Specs, input_branch_and_bound
+    from verifier.bounds.graph import compiled
+    from verifier.bounds.walker import EXACT
+
+    net, device, rows, consts, owner, count, x_lo, x_hi, lower, tolerance, wall_deadline, settings, start = \
+        pickle.loads(payload)
+    deadline = time.perf_counter() + (wall_deadline - time.time())
+    return input_branch_and_bound(compiled(net, device, EXACT), Specs(rows, consts, owner, count), x_lo, x_hi, lower,
+                                  tolerance, deadline, _candidate, settings, start=start)
+
+
+def merge_boxes(first, shares: list, deals: list, check: Callable) -> "InputSplitOutcome":
+    """An input search that handed off its open boxes (`first`: its `lower` covers the boxes
+    it closed) and the searches of their deals as one: a spec's bound is the least over all of
+    them; share 0 ran here with `check` itself, another share's point counts only if `check`
+    confirms it. A share lost (None) or stopped by a point the check rejects contributes the
+    bounds its boxes were dealt with, and proves nothing more."""
+    from verifier.bab.input_split import InputSplitOutcome
+
+    lower, stats, proved = np.array(first.lower, dtype=float), dict(first.stats), True
+    for i, (share, deal) in enumerate(zip(shares, deals)):
+        if share is not None:
+            add_stats(stats, share.stats)
+            if share.status == "counterexample" and (i == 0 or check(share.x)):
+                return InputSplitOutcome("counterexample", np.full(lower.shape, -math.inf), stats, x=share.x)
+        if share is None or share.status == "counterexample":
+            proved = False
+            if len(deal[2]):
+                lower = np.minimum(lower, deal[2].min(dim=0).values.numpy())
+            continue
+        lower = np.minimum(lower, share.lower)
+        proved = proved and share.status == "proved"
+    return InputSplitOutcome("proved" if proved else "unknown", lower, stats)
 
 
 def _share_bounds(bounds: list, i: int, p: int, n_specs: int) -> list:
@@ -231,6 +270,38 @@ class SpecWorkers:
                                start=deals[0])
         results = self._collect(own, futures, deadline)
         return merge_domains(first, results + [None] * (p - len(results)), deals, check)
+
+    def input_search(self, graph, specs, x_lo, x_hi, lower, tolerance: float, deadline: float,
+                     check: Callable, settings) -> "InputSplitOutcome":
+        """input_branch_and_bound shared out by boxes: this process searches until each process
+        has a round's worth of open boxes, deals them out by bound (round-robin over the sorted
+        list), and every process goes on with its deal (see `merge_boxes`)."""
+        from verifier.bab.input_split import input_branch_and_bound
+
+        p = self.processes if self._pool is not None else 1
+        if p <= 1:
+            return input_branch_and_bound(graph, specs, x_lo, x_hi, lower, tolerance, deadline, check, settings)
+        first = input_branch_and_bound(graph, specs, x_lo, x_hi, lower, tolerance, deadline, check, settings,
+                                       handoff=p * settings.batch)
+        if first.status != "handoff":
+            return first
+        shared = type(settings)(**{**settings.__dict__, "max_memory": settings.max_memory // p})
+        first.stats["input_handed_off"] = len(first.open[0])
+        deals = [tuple(t[i::p] for t in first.open) for i in range(p)]
+        wall_deadline = time.time() + (deadline - time.perf_counter())
+        cpu = specs.to(torch.device("cpu"))
+        futures = []
+        for i in range(1, p):
+            try:
+                futures.append(self._pool.submit(_input_payload, _job(
+                    graph.net, str(graph.device), cpu.rows, cpu.const, cpu.owner, cpu.count, x_lo.cpu(), x_hi.cpu(),
+                    lower.cpu(), tolerance, wall_deadline, shared, deals[i])))
+            except RuntimeError:  # the pool is broken or shut down
+                futures.append(None)
+        own = input_branch_and_bound(graph, specs, x_lo, x_hi, lower, tolerance, deadline, check, shared,
+                                     start=deals[0])
+        results = self._collect(own, futures, deadline)
+        return merge_boxes(first, results + [None] * (p - len(results)), deals, check)
 
     def _submit(self, *args):
         """A share's search submitted to a helper (`_search_packed`'s arguments); None if the

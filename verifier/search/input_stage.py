@@ -13,6 +13,7 @@ from verifier.bab.graph_problem import spec_rows
 from verifier.bab.input_split import InputSplitSettings, Specs, input_branch_and_bound
 from verifier.bounds.walker import EXACT
 from verifier.result import Result, Status
+from verifier.search.bab_stages import spec_workers
 from verifier.search.graph_stage import graph_of
 from verifier.search.run_state import RunState
 
@@ -25,7 +26,8 @@ def free_inputs(run: RunState) -> int:
 
 def input_search(run: RunState, settings: InputSplitSettings) -> Result:
     """Decide the region by halving its box until every open disjunct is proven on each piece,
-    or a piece's corner or centre violates one (onnxruntime's say, RunState.confirm)."""
+    or a piece's corner or centre violates one (onnxruntime's say, RunState.confirm); with
+    options.processes > 1 the boxes are shared out over helper processes."""
     graph = graph_of(run)
     disjuncts = run.open()
     specs = Specs.of([spec_rows(run.disjuncts[d].C, run.disjuncts[d].d) for d in disjuncts])
@@ -38,10 +40,14 @@ def input_search(run: RunState, settings: InputSplitSettings) -> Result:
             evidence.append(found)
         return found is not None
 
-    out = input_branch_and_bound(graph, specs, torch.as_tensor(box.lo, dtype=EXACT),
-                                 torch.as_tensor(box.hi, dtype=EXACT),
-                                 torch.as_tensor(run.lower[disjuncts], dtype=EXACT), run.options.tolerance,
-                                 run.deadline, confirm, settings)
+    args = (graph, specs, torch.as_tensor(box.lo, dtype=EXACT), torch.as_tensor(box.hi, dtype=EXACT),
+            torch.as_tensor(run.lower[disjuncts], dtype=EXACT), run.options.tolerance, run.deadline, confirm, settings)
+    workers = spec_workers(run.options)
+    try:
+        out = input_branch_and_bound(*args) if workers is None else workers.input_search(*args)
+    finally:
+        if workers is not None:
+            workers.close()
     for key, value in out.stats.items():
         run.stats[key] = run.stats.get(key, 0) + value
     if out.status == "counterexample" and evidence:
