@@ -30,12 +30,11 @@ from verifier.bounds.walker import EXACT, minimiser
 from verifier.deadline import fits
 
 
-
 @dataclass
 class InputSplitSettings:
-    batch: int = 256  # boxes split per round
+    batch: int = 128  # boxes split per round
     heuristic: str = "sensitivity"  # which input to halve: "sensitivity" or "widest"
-    trial: int = 1  # halve along each of the best `trial` inputs by that score, keep the best halves
+    trial: int = 3  # halve along each of the best `trial` inputs by that score, keep the best halves
     max_memory: int = 1_000_000_000  # bytes of open boxes before the search stops
 
 
