@@ -45,7 +45,7 @@ def test_bab_verdicts_match_enumeration(seed):
     net = verifier.load(mlp_onnx(ws, bs))
     prop = Property([InputRegion(box, [conj])], SIZES[0], SIZES[-1])
     # No attack and no LP: every verdict comes from bounds or branch and bound.
-    options = VerifyOptions(bab="on", attack_steps=0, attack_restarts=0, lp_tightening=False)
+    options = VerifyOptions(bab="on", split="relu", attack_steps=0, attack_restarts=0, lp_tightening=False)
     r = verifier.check(net, prop, timeout=60, options=options)
     if expected > 1e-4:
         assert r.status == Status.ROBUST
@@ -470,7 +470,7 @@ def test_deep_chains_skip_the_whole_network_lp_only_when_searched_by_bab():
         net = verifier.load(mlp_onnx(ws, bs))
         prop = Property([InputRegion(box, [conj])], SIZES[0], SIZES[-1])
         for bab in ("on", "off"):
-            options = VerifyOptions(bab=bab, attack_steps=0, attack_restarts=0, lp_tightening=False)
+            options = VerifyOptions(bab=bab, split="relu", attack_steps=0, attack_restarts=0, lp_tightening=False)
             r = verifier.check(net, prop, timeout=60, options=options)
             if r.status == Status.ROBUST:
                 assert expected > 0
@@ -505,7 +505,7 @@ def test_disjuncts_shared_over_two_processes_match_enumeration(seed):
     processes (option `processes`, bab/parallel.py), no attack: verdicts and bounds agree with
     enumeration, and a counterexample holds on the real network."""
     net, x, eps, label, others, expected = robustness_case(seed)
-    options = VerifyOptions(bab="on", attack_steps=0, attack_restarts=0, processes=2)
+    options = VerifyOptions(bab="on", split="relu", attack_steps=0, attack_restarts=0, processes=2)
     r = verifier.verify(net, x, eps, label=label, timeout=60, options=options)
     assert_verdict_agrees(r, expected)
     if r.status == Status.ADVERSARIAL:

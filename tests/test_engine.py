@@ -311,7 +311,7 @@ def test_whole_pipeline_on_either_engine_matches_enumeration(seed):
     net = verifier.load(mlp_onnx(ws, bs))
     prop = Property([InputRegion(box, [conj])], SIZES[0], SIZES[-1])
     for engine, name in (("auto", "chain"), ("graph", "graph")):
-        options = VerifyOptions(engine=engine, attack_steps=0, attack_restarts=0, lp_tightening=False)
+        options = VerifyOptions(engine=engine, split="relu", attack_steps=0, attack_restarts=0, lp_tightening=False)
         r = verifier.check(net, prop, timeout=60, options=options)
         assert r.stats.get("engine", name) == name
         if expected > 1e-4:
@@ -344,7 +344,7 @@ def test_graph_search_shared_over_two_processes_matches_enumeration(seed):
     from verifier import VerifyOptions
 
     net, x, eps, label, _, expected = robustness_case(seed)
-    options = VerifyOptions(engine="graph", attack_steps=0, attack_restarts=0, processes=2)
+    options = VerifyOptions(engine="graph", split="relu", attack_steps=0, attack_restarts=0, processes=2)
     r = verifier.verify(net, x, eps, label=label, timeout=60, options=options)
     assert_verdict_agrees(r, expected)
 
@@ -403,7 +403,8 @@ def test_walk_times_once_measured_price_the_next_walk():
 
 def test_a_second_model_output_is_ignored_by_every_engine():
     """An ONNX model with a second output (an auxiliary head) imports its nodes too; the output
-    the property is about is the first. Every engine answers it like enumeration, at the exact
+    the property is about is the first. Every engine (the input split its 4 inputs take by
+    default, both ReLU-split engines, the MIP) answers it like enumeration, at the exact
     minimum shifted by -0.05 (robust) and +0.05 (adversarial)."""
     import io
 
@@ -438,6 +439,6 @@ def test_a_second_model_output_is_ignored_by_every_engine():
     no_attack = dict(attack_steps=0, attack_restarts=0)
     for shift, expected in ((-0.05, Status.ROBUST), (0.05, Status.ADVERSARIAL)):
         prop = Property([InputRegion(InputBox(lo, hi), [Conjunction(row, np.array([exact + shift]))])], 4, 3)
-        for options in (VerifyOptions(**no_attack), VerifyOptions(engine="graph", **no_attack),
-                        VerifyOptions(bab="off")):
+        for options in (VerifyOptions(**no_attack), VerifyOptions(split="relu", **no_attack),
+                        VerifyOptions(engine="graph", split="relu", **no_attack), VerifyOptions(bab="off")):
             assert verifier.check(net, prop, timeout=30, options=options).status == expected, (shift, options)

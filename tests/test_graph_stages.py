@@ -192,7 +192,7 @@ def test_graph_constrained_bounds_bracket_the_tolerance(seed):
         assert proved == provable
 
 
-FORCED = dict(engine="graph", attack_steps=0, attack_restarts=0, lp_tightening=False, symbolic=False, alpha_steps=0,
+FORCED = dict(engine="graph", split="relu", attack_steps=0, attack_restarts=0, lp_tightening=False, symbolic=False, alpha_steps=0,
               alpha_budget=0.0, bab_probe=0.0,
               refine_budget=0.5, refine_first_pass=0.2, output_bounds="on", output_bound_layers=2)
 

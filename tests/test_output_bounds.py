@@ -197,7 +197,7 @@ def test_search_with_constrained_bounds_matches_enumeration():
         expected = enumerate_min_slack(ws, bs, box.lo, box.hi, [(c.C, c.d) for c in conjs])
         net = verifier.load(mlp_onnx(ws, bs))
         prop = Property([InputRegion(box, conjs)], 3, 3)
-        options = VerifyOptions(bab="on", attack_steps=0, attack_restarts=0, lp_tightening=False, bab_probe=0.0,
+        options = VerifyOptions(bab="on", split="relu", attack_steps=0, attack_restarts=0, lp_tightening=False, bab_probe=0.0,
                                 refine_budget=0.0, output_bounds="on", output_bound_layers=3, alpha_steps=0, bab_steps=0)
         r = verifier.check(net, prop, timeout=60, options=options)
         assert_verdict_agrees(r, expected)

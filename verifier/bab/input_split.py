@@ -228,7 +228,19 @@ def _split_scores(specs: Specs, lo, hi, lam0, values, spec_lower, tolerance: flo
         a = lam0[torch.arange(lo.shape[0], device=lo.device), _worst_rows(specs, values, spec_lower, tolerance)]
         lean = a.abs() * width
         score = torch.where(lean.amax(dim=1, keepdim=True) > 0, lean, score)
-    return torch.where(splittable, score, torch.full_like(score, -1.0))
+    score = torch.where(splittable, score, torch.full_like(score, -1.0))
+    if not lo.shape[0]:
+        return score
+    # A box never gets thinner than 1/ASPECT of its widest input (relative to the root's): inputs
+    # that thin are not offered, so every input shrinks (the widest always stays offered).
+    relative = torch.where(splittable, width / scale, torch.full_like(width, -1.0))
+    thin = relative * ASPECT < relative.amax(dim=1, keepdim=True)
+    return torch.where(thin, torch.full_like(score, -1.0), score)
+
+
+#: The most a box's relative widths may differ (`_split_scores`): without a cap, trials that peel
+#: thin proven slices off one side can halve one input for ever while another stays wide.
+ASPECT = 64.0
 
 
 def _children(graph, specs: Specs, lo, hi, parent, scores, trial: int, deadline: float):
