@@ -223,7 +223,8 @@ def _split_scores(specs: Specs, lo, hi, lam0, values, spec_lower, tolerance: flo
     width = hi - lo
     mid = lo + width / 2
     splittable = (mid > lo) & (mid < hi)
-    score = width / scale
+    relative = width / scale
+    score = relative
     if heuristic == "sensitivity" and lo.shape[0]:
         a = lam0[torch.arange(lo.shape[0], device=lo.device), _worst_rows(specs, values, spec_lower, tolerance)]
         lean = a.abs() * width
@@ -233,7 +234,7 @@ def _split_scores(specs: Specs, lo, hi, lam0, values, spec_lower, tolerance: flo
         return score
     # A box never gets thinner than 1/ASPECT of its widest input (relative to the root's): inputs
     # that thin are not offered, so every input shrinks (the widest always stays offered).
-    relative = torch.where(splittable, width / scale, torch.full_like(width, -1.0))
+    relative = torch.where(splittable, relative, torch.full_like(relative, -1.0))
     thin = relative * ASPECT < relative.amax(dim=1, keepdim=True)
     return torch.where(thin, torch.full_like(score, -1.0), score)
 

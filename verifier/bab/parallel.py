@@ -137,9 +137,10 @@ def _share_bounds(bounds: list, i: int, p: int, n_specs: int) -> list:
     return [t[i::p].contiguous() if t.shape[0] == n_specs and n_specs > 1 else t for t in bounds]
 
 
-def _per_process(settings: BabSettings, p: int) -> BabSettings:
-    """The settings of one of `p` processes sharing a search: its share of the queue memory."""
-    return BabSettings(**{**settings.__dict__, "max_memory": settings.max_memory // p})
+def _per_process(settings, p: int):
+    """The settings (BabSettings, InputSplitSettings) of one of `p` processes sharing a search:
+    its share of the queue memory."""
+    return type(settings)(**{**settings.__dict__, "max_memory": settings.max_memory // p})
 
 
 def merge(shares: list[BabOutcome | None], sizes: list[int], check: Callable[[np.ndarray], bool]) -> BabOutcome:
@@ -285,7 +286,7 @@ class SpecWorkers:
                                        handoff=p * settings.batch)
         if first.status != "handoff":
             return first
-        shared = type(settings)(**{**settings.__dict__, "max_memory": settings.max_memory // p})
+        shared = _per_process(settings, p)
         first.stats["input_handed_off"] = len(first.open[0])
         deals = [tuple(t[i::p] for t in first.open) for i in range(p)]
         wall_deadline = time.time() + (deadline - time.perf_counter())

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from verifier.bounds.alpha import selection
 from verifier.bounds.graph import BoundGraph, Box
 from verifier.bounds.walker import EXACT, Relaxation, backward_bound, extents_of
 
@@ -61,13 +62,11 @@ def _tightened(graph: BoundGraph, node: int, x_lo, x_hi, boxes: list, lo, hi, un
     idx = torch.nonzero(uncertain).flatten()
     if idx.numel() == 0:
         return lo, hi
-    b, k, n = lo.shape[0], idx.numel(), graph.nodes[node].size
-    rows = torch.zeros((1, 2 * k, n), dtype=EXACT, device=lo.device)
-    rows[0, torch.arange(k, device=lo.device), idx] = 1.0
-    rows[0, k + torch.arange(k, device=lo.device), idx] = -1.0
+    b, k = lo.shape[0], idx.numel()
+    rows, const = selection(idx, graph.nodes[node].size, EXACT, lo.device)
     present = {i: box for i, box in enumerate(boxes) if box is not None}
-    value = backward_bound(graph, node, rows.expand(b, -1, -1), torch.zeros((b, 2 * k), dtype=EXACT, device=lo.device),
-                           x_lo, x_hi, Relaxation.of(graph, present, extents_of(present))).value
+    value = backward_bound(graph, node, rows.expand(b, -1, -1), const.expand(b, -1), x_lo, x_hi,
+                           Relaxation.of(graph, present, extents_of(present))).value
     lo, hi = lo.clone(), hi.clone()
     lo[:, idx] = torch.fmax(lo[:, idx], value[:, :k])
     hi[:, idx] = torch.fmin(hi[:, idx], -value[:, k:])

@@ -11,6 +11,7 @@ import torch
 
 from verifier.bab.graph_problem import spec_rows
 from verifier.bab.input_split import InputSplitSettings, Specs, input_branch_and_bound
+from verifier.bab.search import add_stats
 from verifier.bounds.walker import EXACT
 from verifier.result import Result, Status
 from verifier.search.bab_stages import spec_workers
@@ -48,8 +49,7 @@ def input_search(run: RunState, settings: InputSplitSettings) -> Result:
     finally:
         if workers is not None:
             workers.close()
-    for key, value in out.stats.items():
-        run.stats[key] = run.stats.get(key, 0) + value
+    add_stats(run.stats, out.stats)
     if out.status == "counterexample" and evidence:
         return run.result(Status.ADVERSARIAL, "input_split", evidence[0])
     if out.status != "counterexample":  # a search stopped by a point proves nothing
