@@ -211,7 +211,7 @@ def test_boxes_shared_over_two_processes_match_enumeration():
     handed = 0
     with SpecWorkers(2) as workers:
         for seed in range(8):
-            args, net, prop, exact = _search_args(seed, 0.02 if seed % 2 == 0 else -0.02)
+            args, net, prop, exact = _search_args(seed, 0.005 if seed % 2 == 0 else -0.005)
 
             def check(x, net=net, prop=prop) -> bool:
                 return prop.min_slack(net.forward(np.asarray(x, dtype=np.float64))) <= 0

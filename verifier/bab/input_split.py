@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from verifier.bounds.boxes import BoxBounds, box_bounds
+from verifier.bounds.boxes import BoxBounds, LayerPacking, box_bounds, optimised_box_bounds
 from verifier.bounds.graph import BoundGraph
 from verifier.bounds.walker import EXACT, minimiser
 from verifier.deadline import fits
@@ -35,11 +35,13 @@ class InputSplitSettings:
     batch: int = 128  # boxes split per round
     heuristic: str = "sensitivity"  # which input to halve: "sensitivity" or "widest"
     trial: int = 3  # halve along each of the best `trial` inputs by that score, keep the best halves
+    alpha_steps: int = 10  # Adam steps on the output walk's slopes of each half CROWN leaves open
     max_memory: int = 1_000_000_000  # bytes of open boxes before the search stops
 
 
-#: Open boxes as plain tensors: corners (N, n0), spec bounds (N, S), split scores (N, n0).
-Boxes = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+#: Open boxes as plain tensors: corners (N, n0), spec bounds (N, S), split scores (N, n0), and
+#: every relaxed node's input bounds (N, 2T) packed (bounds/boxes.py, `LayerPacking`).
+Boxes = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -81,15 +83,17 @@ class Specs:
 
 
 class _Queue:
-    """The open boxes, in tensors: corners (N, n0), spec bounds (N, S) and each input's split
-    score (N, n0), from the box's own bounds (-1: too narrow to halve)."""
+    """The open boxes, in tensors: corners (N, n0), spec bounds (N, S), each input's split
+    score (N, n0), from the box's own bounds (-1: too narrow to halve), and the box's layer
+    bounds (N, 2T), float32."""
 
-    def __init__(self, n0: int, specs: int, device: torch.device) -> None:
+    def __init__(self, n0: int, specs: int, layers: int, device: torch.device) -> None:
         self.parts = (torch.empty((0, n0), dtype=EXACT, device=device), torch.empty((0, n0), dtype=EXACT, device=device),
                       torch.empty((0, specs), dtype=EXACT, device=device),
-                      torch.empty((0, n0), dtype=EXACT, device=device))
+                      torch.empty((0, n0), dtype=EXACT, device=device),
+                      torch.empty((0, layers), dtype=torch.float32, device=device))
         #: bytes per box: the tensors' entries (the queue lives in a few big tensors)
-        self.box_bytes = 8 * (3 * n0 + specs)
+        self.box_bytes = 8 * (3 * n0 + specs) + 4 * layers
 
     def __len__(self) -> int:
         return self.parts[0].shape[0]
@@ -102,7 +106,7 @@ class _Queue:
         self.parts = tuple(torch.cat([old, new]) for old, new in zip(self.parts, parts))
 
     def pop(self, k: int) -> tuple:
-        """The k boxes whose least spec bound is lowest, as (lo, hi, lower, scores)."""
+        """The k boxes whose least spec bound is lowest, as (lo, hi, lower, scores, layers)."""
         take = torch.topk(self.lower.min(dim=1).values, min(k, len(self)), largest=False).indices
         keep = torch.ones(len(self), dtype=torch.bool, device=take.device)
         keep[take] = False
@@ -129,9 +133,10 @@ def input_branch_and_bound(graph: BoundGraph, specs: Specs, x_lo: torch.Tensor, 
     status, x, round_seconds = "running", None, 0.0
     if start is None:
         root = (search.root_lo, search.root_hi, lower.reshape(1, -1).to(device, EXACT))
-        bounds = box_bounds(graph, *root[:2], search.specs.rows, search.specs.const, deadline)
+        bounds = box_bounds(graph, *root[:2], search.specs.rows, search.specs.const, deadline,
+                            packing=search.packing)
         if bounds is None:
-            queue.push(*root, torch.full_like(root[0], -1.0))
+            queue.push(*root, torch.full_like(root[0], -1.0), search.packing.unbounded(1, device))
             status = "timeout"
         else:
             x = search.expand(*root, bounds)
@@ -155,11 +160,12 @@ def input_branch_and_bound(graph: BoundGraph, specs: Specs, x_lo: torch.Tensor, 
             boxes = tuple(t[~stuck] for t in boxes)
         if not len(boxes[0]):
             continue
-        lo, hi, parent, bounds = _children(graph, search.specs, *boxes, settings.trial, deadline)
+        lo, hi, parent, bounds = _children(graph, search.packing, search.specs, *boxes, settings.trial, deadline)
         if bounds is None:  # past the deadline: the boxes stay as they were
             queue.push(*boxes)
             status = "timeout"
             break
+        bounds = search.sharpened(lo, hi, parent, bounds, deadline)
         x = search.expand(lo, hi, parent, bounds)
         round_seconds = time.perf_counter() - began
     if x is not None:
@@ -190,9 +196,23 @@ class _Search:
         self.tolerance, self.confirm, self.settings = tolerance, confirm, settings
         width = (root_hi - root_lo)[0]
         self.scale = torch.where(width > 0, width, torch.ones_like(width))  # widths relative to the root's
-        self.queue = _Queue(root_lo.shape[1], specs.count, root_lo.device)
+        self.packing = LayerPacking(graph)
+        self.queue = _Queue(root_lo.shape[1], specs.count, self.packing.width, root_lo.device)
         self.closed = torch.full((specs.count,), math.inf, dtype=EXACT, device=root_lo.device)
         self.stats = {"input_boxes": 0, "input_rounds": 0}
+
+    def sharpened(self, lo, hi, parent, bounds: BoxBounds, deadline: float) -> BoxBounds:
+        """The boxes' bounds, with the slopes optimised (alpha-CROWN) where CROWN's leave a spec
+        open (a bound is the better of the two; CROWN's coefficients still steer the splits)."""
+        steps = self.settings.alpha_steps
+        open_ = ~(torch.fmax(self.specs.per_spec(bounds.value), parent) > self.tolerance).all(dim=1)
+        if steps <= 0 or not bool(open_.any()):
+            return bounds
+        value = bounds.value.clone()
+        value[open_] = torch.fmax(value[open_], optimised_box_bounds(
+            self.graph, lo[open_], hi[open_], self.specs.rows, self.specs.const, bounds.layers[open_], self.packing,
+            steps, deadline))
+        return BoxBounds(value, bounds.lam0, bounds.layers)
 
     def expand(self, lo, hi, parent, bounds: BoxBounds) -> torch.Tensor | None:
         """Take newly bounded boxes in: hunt for a violation at their corners and centres
@@ -210,7 +230,7 @@ class _Search:
         keep = ~done
         scores = _split_scores(specs, lo[keep], hi[keep], bounds.lam0[keep], bounds.value[keep], spec_lower[keep],
                                tolerance, self.scale, self.settings.heuristic)
-        self.queue.push(lo[keep], hi[keep], spec_lower[keep], scores)
+        self.queue.push(lo[keep], hi[keep], spec_lower[keep], scores, bounds.layers[keep])
         return None
 
 
@@ -244,11 +264,12 @@ def _split_scores(specs: Specs, lo, hi, lam0, values, spec_lower, tolerance: flo
 ASPECT = 64.0
 
 
-def _children(graph, specs: Specs, lo, hi, parent, scores, trial: int, deadline: float):
+def _children(graph, packing: LayerPacking, specs: Specs, lo, hi, parent, scores, layers, trial: int,
+              deadline: float):
     """The boxes' halves (first halves, then second ones), their parents' bounds and their own
-    bounds (None past the deadline). Each box is halved along each of its `trial` best-scored
-    inputs, and the pair kept is the one whose halves' worst spec bounds (each at least its
-    parent's, at most 0) add up highest."""
+    bounds (None past the deadline), each half's starting from its parent's layer bounds. Each
+    box is halved along each of its `trial` best-scored inputs, and the pair kept is the one
+    whose halves' worst spec bounds (each at least its parent's, at most 0) add up highest."""
     b, n0 = lo.shape
     k = min(trial, n0)
     top = torch.topk(scores, k, dim=1)
@@ -256,7 +277,8 @@ def _children(graph, specs: Specs, lo, hi, parent, scores, trial: int, deadline:
     dim, valid = top.indices.reshape(-1), top.values.reshape(-1) >= 0
     box, dim = box[valid], dim[valid]
     c_lo, c_hi, c_parent = _halves(lo[box], hi[box], parent[box], dim)
-    bounds = box_bounds(graph, c_lo, c_hi, specs.rows, specs.const, deadline)
+    prior = layers[box].repeat(2, 1)
+    bounds = box_bounds(graph, c_lo, c_hi, specs.rows, specs.const, deadline, prior, packing)
     m = box.numel()
     if bounds is None or k == 1:
         return c_lo, c_hi, c_parent, bounds
@@ -266,7 +288,8 @@ def _children(graph, specs: Specs, lo, hi, parent, scores, trial: int, deadline:
     pick = torch.cumsum(valid.long(), 0).reshape(b, k) - 1  # each (box, candidate)'s index among the valid
     take = pick[torch.arange(b, device=lo.device), gain.argmax(dim=1)]
     take = torch.cat([take, take + m])
-    return c_lo[take], c_hi[take], c_parent[take], BoxBounds(bounds.value[take], bounds.lam0[take])
+    return c_lo[take], c_hi[take], c_parent[take], BoxBounds(bounds.value[take], bounds.lam0[take],
+                                                              bounds.layers[take])
 
 
 def _worst_rows(specs: Specs, values, parent, tolerance: float) -> torch.Tensor:

@@ -51,9 +51,9 @@ class BoundOp(Protocol):
     - interval: bounds of the output from bounds of the inputs; outward-rounded in float64.
     - relax(bounds): the parts of its linear relaxation fixed by its inputs' bounds (None for
       linear ops); computed once per batch of domains and reused by every step.
-    - uncertain(lo, hi): for relaxed ops (`RelaxedBoundOp`), the mask of input entries (n,)
-      whose tighter bounds could tighten the relaxation (what layer-bound tightening spends its
-      rows on).
+    - uncertain(lo, hi): for relaxed ops (`RelaxedBoundOp`), the mask of input entries (n,), or
+      per domain (B, n) from bounds (B, n), whose tighter bounds could tighten the relaxation
+      (what layer-bound tightening spends its rows on).
     - backward(lam, ctx): the relaxation applied to coefficients on its output. For every
       parameter in its set (slopes in [0, 1], multipliers >= 0) the result is a valid bound.
     - linear: whether the op is affine (exact both ways; no relaxation, no bounds needed).

@@ -194,12 +194,13 @@ class MaximumBound:
 
     def uncertain(self, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
         """Inputs whose tighter bounds could change the relaxation: the candidates of every group
-        with more than one live candidate."""
-        r = self.relax([(lower[None], upper[None])])
-        open_groups = ~r.exact[0]
-        mask = torch.zeros(self.n_in, dtype=torch.bool, device=lower.device)
-        mask[self.groups[open_groups][self.valid[open_groups]]] = True
-        return mask
+        with more than one live candidate. Bounds (n,) or per domain (..., n), and so the mask."""
+        open_groups = ~self.relax([(lower, upper)]).exact  # (..., outputs)
+        member = open_groups.unsqueeze(-1) & self.valid  # (..., outputs, width)
+        lead = lower.shape[:-1]
+        slots = self.groups.expand(member.shape).reshape(*lead, -1)
+        mask = torch.zeros(lower.shape, dtype=torch.uint8, device=lower.device)
+        return mask.scatter_reduce(-1, slots, member.reshape(*lead, -1).to(torch.uint8), "amax") > 0
 
     def backward(self, lam: torch.Tensor, ctx: StepContext) -> Backward:
         r = ctx.relaxation
