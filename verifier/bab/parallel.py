@@ -113,10 +113,12 @@ def merge_boxes(first, shares: list, deals: list, check: Callable) -> "InputSpli
     it closed) and the searches of their deals as one: a spec's bound is the least over all of
     them; share 0 ran here with `check` itself, another share's point counts only if `check`
     confirms it. A share lost (None) or stopped by a point the check rejects contributes the
-    bounds its boxes were dealt with, and proves nothing more."""
+    bounds its boxes were dealt with, and proves nothing more. Not proved with a share out of
+    time: "timeout"."""
     from verifier.bab.input_split import InputSplitOutcome
 
     lower, stats, proved = np.array(first.lower, dtype=float), dict(first.stats), True
+    ran_out = False
     for i, (share, deal) in enumerate(zip(shares, deals)):
         if share is not None:
             add_stats(stats, share.stats)
@@ -129,7 +131,8 @@ def merge_boxes(first, shares: list, deals: list, check: Callable) -> "InputSpli
             continue
         lower = np.minimum(lower, share.lower)
         proved = proved and share.status == "proved"
-    return InputSplitOutcome("proved" if proved else "unknown", lower, stats)
+        ran_out = ran_out or share.status == "timeout"
+    return InputSplitOutcome("proved" if proved else "timeout" if ran_out else "unknown", lower, stats)
 
 
 def _share_bounds(bounds: list, i: int, p: int, n_specs: int) -> list:

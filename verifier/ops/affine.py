@@ -142,7 +142,8 @@ class AffineBound:
         magnitude = 0.0
         if ctx.rigorous:
             with torch.no_grad():  # lam @ W_k errs by <= gamma |lam| |W_k| entrywise, met by |x_k|
-                magnitude = lam.abs() @ self.abs_bias
+                size = lam.abs()
+                magnitude = size @ self.abs_bias
                 for w_abs, extent in zip(self.abs_maps, ctx.extents):
-                    magnitude = magnitude + (lam.abs() * w_abs.forward(extent).unsqueeze(-2)).sum(-1)
+                    magnitude = magnitude + (size @ w_abs.forward(extent).unsqueeze(-1)).squeeze(-1)
         return Backward(parts, const, magnitude)

@@ -152,14 +152,15 @@ class ReluBound:
         alpha = r.default_slope if ctx.alpha is None else ctx.alpha
         lo_slope = torch.where(r.unstable, alpha, r.active.to(lam.dtype))
         neg = lam.clamp(max=0)
-        intercept = (neg * r.up_offset).sum(-1)
-        a = (lam - neg) * lo_slope + neg * r.up_slope
+        # sums over the neurons as products (B, m, n) @ (B or 1, n, 1): one pass, not two
+        intercept = (neg @ r.up_offset.transpose(-1, -2)).squeeze(-1)
+        a = lam * lo_slope + neg * (r.up_slope - lo_slope)
         if ctx.beta is not None:
             a = a + ctx.beta * ctx.sign
         magnitude = 0.0
         if ctx.rigorous:
             with torch.no_grad():  # the relaxation's products, over |z| <= extent (of the root box)
-                magnitude = (lam.abs() * ctx.extents[0].unsqueeze(-2)).sum(-1) + intercept.abs()
+                magnitude = (lam.abs() @ ctx.extents[0].unsqueeze(-1)).squeeze(-1) + intercept.abs()
         return Backward([a], intercept, magnitude)
 
     @staticmethod

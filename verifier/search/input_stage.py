@@ -58,5 +58,5 @@ def input_search(run: RunState, settings: InputSplitSettings) -> Result:
     if not run.open():
         return run.result(Status.ROBUST, "input_split")
     run.stats["input_split_end"] = out.status
-    ran_out = out.status == "timeout" or run.remaining() <= 0  # a shared search's merge says "unknown"
+    ran_out = out.status == "timeout" or run.remaining() <= 0
     return run.result(Status.UNKNOWN, "timeout" if ran_out else "input_split")
