@@ -105,6 +105,9 @@ class VerifyOptions:
     # pair of halves whose bounds come out best is kept (1: the rule's pick alone).
     input_split_trial: int = 3
     input_split_batch: int = 128  # boxes halved per round
+    # Adam steps on the output bound's ReLU slopes (alpha-CROWN) of each box CROWN leaves open
+    # (0: CROWN alone).
+    input_split_alpha: int = 10
 
     def __post_init__(self) -> None:
         for name, allowed in _CHOICES.items():
@@ -112,7 +115,7 @@ class VerifyOptions:
                 raise InputError(f"option {name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
         for name, least in (("output_bound_layers", 0), ("output_bound_rounds", 0), ("refine_layers", 0),
                             ("processes", 1), ("input_split_max", 0), ("input_split_batch", 1),
-                            ("input_split_trial", 1)):
+                            ("input_split_trial", 1), ("input_split_alpha", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise InputError(f"option {name}={value!r}: expected a whole number >= {least}")

@@ -36,6 +36,7 @@ class InputSplitSettings:
     heuristic: str = "sensitivity"  # which input to halve: "sensitivity" or "widest"
     trial: int = 3  # halve along each of the best `trial` inputs by that score, keep the best halves
     alpha_steps: int = 10  # Adam steps on the output walk's slopes of each half CROWN leaves open
+    alpha_lr: float = 0.3  # their step size
     max_memory: int = 1_000_000_000  # bytes of open boxes before the search stops
 
 
@@ -211,7 +212,7 @@ class _Search:
         value = bounds.value.clone()
         value[open_] = torch.fmax(value[open_], optimised_box_bounds(
             self.graph, lo[open_], hi[open_], self.specs.rows, self.specs.const, bounds.layers[open_], self.packing,
-            steps, deadline))
+            steps, self.settings.alpha_lr, deadline))
         return BoxBounds(value, bounds.lam0, bounds.layers)
 
     def expand(self, lo, hi, parent, bounds: BoxBounds) -> torch.Tensor | None:

@@ -98,7 +98,7 @@ def box_bounds(graph: BoundGraph, x_lo: torch.Tensor, x_hi: torch.Tensor, rows: 
 
 def optimised_box_bounds(graph: BoundGraph, x_lo: torch.Tensor, x_hi: torch.Tensor, rows: torch.Tensor,
                          const: torch.Tensor, layers: torch.Tensor, packing: LayerPacking, steps: int,
-                         deadline: float = math.inf) -> torch.Tensor:
+                         lr: float = 0.3, deadline: float = math.inf) -> torch.Tensor:
     """(B, R) lower bounds as `box_bounds`' on boxes whose layer bounds (B, 2T) it gave, with the
     output walk's slopes optimised per box and row (alpha-CROWN, `steps` Adam steps): on a small
     box with a few unstable ReLUs left, the slopes CROWN picks by the bounds' shape leave most
@@ -108,7 +108,7 @@ def optimised_box_bounds(graph: BoundGraph, x_lo: torch.Tensor, x_hi: torch.Tens
     present = {i: b for i, b in enumerate(boxes) if b is not None}
     b = x_lo.shape[0]
     return optimise_alpha(graph, graph.output, rows.to(EXACT).expand(b, -1, -1), const.to(EXACT).expand(b, -1),
-                          x_lo, x_hi, present, steps, deadline=deadline, light=True)
+                          x_lo, x_hi, present, steps, lr, deadline, light=True)
 
 
 #: Groups of boxes a layer's rows are walked in, by how many uncertain entries each box has (a

@@ -78,7 +78,8 @@ def make_plan(options: VerifyOptions, engine: str, depth: int, free_inputs: int 
                 settings=bab_settings(options, depth),
                 input_split=_input_split(options, engine, free_inputs),
                 input_settings=InputSplitSettings(batch=options.input_split_batch, heuristic=options.input_split_rule,
-                                                  trial=options.input_split_trial, max_memory=memory_budget(options)))
+                                                  trial=options.input_split_trial, alpha_steps=options.input_split_alpha,
+                                                  max_memory=memory_budget(options)))
 
 
 def _input_split(options: VerifyOptions, engine: str, free_inputs: int | None) -> bool:
