@@ -216,7 +216,9 @@ def test_boxes_shared_over_two_processes_match_enumeration():
             def check(x, net=net, prop=prop) -> bool:
                 return prop.min_slack(net.forward(np.asarray(x, dtype=np.float64))) <= 0
 
-            out = workers.input_search(*args, 1e-5, time.perf_counter() + 60, check, InputSplitSettings(batch=1))
+            # no descent: the violations are then found by the shares' searches, not before handing off
+            out = workers.input_search(*args, 1e-5, time.perf_counter() + 60, check,
+                                       InputSplitSettings(batch=1, descent=0))
             handed += out.stats.get("input_handed_off", 0) > 0
             assert float(np.min(out.lower)) <= exact + 1e-9
             assert out.status == ("proved" if exact > 0 else "counterexample"), (seed, exact, out.status)
@@ -249,3 +251,30 @@ def test_a_lost_share_proves_nothing_below_its_boxes():
                                    InputSplitSettings(batch=1), start=deals[1])
     whole = merge_boxes(first, [own, other], deals, lambda x: False)
     assert whole.status == "proved" and float(np.min(whole.lower)) <= exact + 1e-9
+
+
+def test_descent_inside_a_box_finds_a_violation_its_corners_and_centre_miss():
+    """y = |x_0 - 0.3| - 0.01 over [0, 1]^2 is negative only within 0.01 of x_0 = 0.3: no corner
+    and not the centre, but the sign-gradient steps from them reach it; the point found
+    violates the property by a plain forward pass."""
+    from verifier.bab.input_split import Specs, _hunt
+    from verifier.bounds.boxes import box_bounds
+    from verifier.bounds.graph import compiled
+    from verifier.bounds.walker import EXACT
+
+    ws = [np.array([[1.0, 0.0], [-1.0, 0.0]]), np.array([[1.0, 1.0]])]
+    bs = [np.array([-0.3, 0.3]), np.array([-0.01])]
+    graph = compiled(verifier.load(mlp_onnx(ws, bs)), "cpu", EXACT)
+    specs = Specs.of([(torch.ones((1, 1), dtype=EXACT), torch.zeros(1, dtype=EXACT))])
+    lo, hi = torch.zeros((1, 2), dtype=EXACT), torch.ones((1, 2), dtype=EXACT)
+    bounds = box_bounds(graph, lo, hi, specs.rows, specs.const)
+    spec_lower = specs.per_spec(bounds.value)
+    assert float(spec_lower[0, 0]) < 0
+
+    def violates(x: torch.Tensor) -> bool:
+        return float(np.abs(x[0].item() - 0.3) - 0.01) <= 0
+
+    assert _hunt(graph, specs, lo, hi, bounds, spec_lower, 1e-5, violates, descent=0) is None
+    found = _hunt(graph, specs, lo, hi, bounds, spec_lower, 1e-5, violates, descent=6)
+    assert found is not None and violates(found)
+    assert bool(((found >= lo[0]) & (found <= hi[0])).all())

@@ -37,6 +37,7 @@ class InputSplitSettings:
     trial: int = 3  # halve along each of the best `trial` inputs by that score, keep the best halves
     alpha_steps: int = 10  # Adam steps on the output walk's slopes of each half CROWN leaves open
     alpha_lr: float = 0.3  # their step size
+    descent: int = 6  # sign-gradient steps from each open box's hunting points, inside the box
     max_memory: int = 1_000_000_000  # bytes of open boxes before the search stops
 
 
@@ -222,7 +223,7 @@ class _Search:
         spec_lower = torch.fmax(specs.per_spec(bounds.value), parent)
         self.stats["input_boxes"] += lo.shape[0]
         self.stats["input_rounds"] += 1
-        x = _hunt(self.graph, specs, lo, hi, bounds, spec_lower, tolerance, self.confirm)
+        x = _hunt(self.graph, specs, lo, hi, bounds, spec_lower, tolerance, self.confirm, self.settings.descent)
         if x is not None:
             return x
         done = (spec_lower > tolerance).all(dim=1)
@@ -310,9 +311,11 @@ def _halves(lo, hi, parent, dims):
     return torch.cat([lo, right_lo]), torch.cat([left_hi, hi]), torch.cat([parent, parent])
 
 
-def _hunt(graph, specs: Specs, lo, hi, bounds, spec_lower, tolerance: float, confirm) -> torch.Tensor | None:
-    """Run each open box's worst corner (for its worst row) and centre through the network;
-    the first point violating a spec that `confirm` accepts, or None."""
+def _hunt(graph, specs: Specs, lo, hi, bounds, spec_lower, tolerance: float, confirm,
+          descent: int = 0) -> torch.Tensor | None:
+    """Run each open box's worst corner (for its worst row) and centre through the network,
+    then `descent` steps of projected sign-gradient descent on the least spec slack from both,
+    inside the box; the first point violating a spec that `confirm` accepts, or None."""
     open_ = ~(spec_lower > tolerance).all(dim=1)
     if not bool(open_.any()):
         return None
@@ -320,10 +323,17 @@ def _hunt(graph, specs: Specs, lo, hi, bounds, spec_lower, tolerance: float, con
     rows = _worst_rows(specs, value, spec_lower[open_], tolerance)
     corners = minimiser(lam0, lo, hi)[torch.arange(lo.shape[0], device=lo.device), rows]
     points = torch.cat([corners, (lo + hi) / 2])
-    with torch.no_grad():
-        out = graph.forward(points)
-    slack = specs.per_spec(out @ specs.rows.T + specs.const).min(dim=1).values
-    for i in torch.nonzero(slack <= 0).flatten()[:8].tolist():
-        if confirm(points[i].cpu()):
-            return points[i].cpu()
+    box_lo, box_hi = lo.repeat(2, 1), hi.repeat(2, 1)
+    step = (box_hi - box_lo) / 8
+    for k in range(descent + 1):
+        points = points.detach().requires_grad_(k < descent)
+        with torch.set_grad_enabled(k < descent):
+            slack = specs.per_spec(graph.forward(points) @ specs.rows.T + specs.const).min(dim=1).values
+        for i in torch.nonzero(slack <= 0).flatten()[:8].tolist():
+            if confirm(points[i].detach().cpu()):
+                return points[i].detach().cpu()
+        if k < descent:
+            (grad,) = torch.autograd.grad(slack.sum(), points)
+            points = torch.fmin(torch.fmax(points - step * grad.sign(), box_lo), box_hi)
+            step = step * 0.7
     return None
