@@ -205,16 +205,21 @@ class _Search:
 
     def sharpened(self, lo, hi, parent, bounds: BoxBounds, deadline: float) -> BoxBounds:
         """The boxes' bounds, with the slopes optimised (alpha-CROWN) where CROWN's leave a spec
-        open (a bound is the better of the two; CROWN's coefficients still steer the splits)."""
-        steps = self.settings.alpha_steps
-        open_ = ~(torch.fmax(self.specs.per_spec(bounds.value), parent) > self.tolerance).all(dim=1)
+        open: for each spec its best-bounded row only (a spec holds where any of its rows is
+        positive, so that row is the one likeliest to prove it; ACAS Xu's property 2 has four).
+        A bound is the better of the two; CROWN's coefficients still steer the splits."""
+        steps, specs = self.settings.alpha_steps, self.specs
+        open_ = ~(torch.fmax(specs.per_spec(bounds.value), parent) > self.tolerance).all(dim=1)
         if steps <= 0 or not bool(open_.any()):
             return bounds
-        value = bounds.value.clone()
-        value[open_] = torch.fmax(value[open_], optimised_box_bounds(
-            self.graph, lo[open_], hi[open_], self.specs.rows, self.specs.const, bounds.layers[open_], self.packing,
-            steps, self.settings.alpha_lr, deadline))
-        return BoxBounds(value, bounds.lam0, bounds.layers)
+        value = bounds.value[open_]
+        mine = specs.owner[None, None, :] == torch.arange(specs.count, device=value.device)[None, :, None]
+        best = torch.where(mine, value[:, None, :], torch.full_like(value[:, None, :], -math.inf)).argmax(dim=2)
+        sharp = optimised_box_bounds(self.graph, lo[open_], hi[open_], specs.rows[best], specs.const[best],
+                                     bounds.layers[open_], self.packing, steps, self.settings.alpha_lr, deadline)
+        out = bounds.value.clone()
+        out[open_] = value.scatter_reduce(1, best, sharp, "amax")
+        return BoxBounds(out, bounds.lam0, bounds.layers)
 
     def expand(self, lo, hi, parent, bounds: BoxBounds) -> torch.Tensor | None:
         """Take newly bounded boxes in: hunt for a violation at their corners and centres

@@ -99,7 +99,8 @@ def box_bounds(graph: BoundGraph, x_lo: torch.Tensor, x_hi: torch.Tensor, rows: 
 def optimised_box_bounds(graph: BoundGraph, x_lo: torch.Tensor, x_hi: torch.Tensor, rows: torch.Tensor,
                          const: torch.Tensor, layers: torch.Tensor, packing: LayerPacking, steps: int,
                          lr: float = 0.3, deadline: float = math.inf) -> torch.Tensor:
-    """(B, R) lower bounds as `box_bounds`' on boxes whose layer bounds (B, 2T) it gave, with the
+    """(B, R) lower bounds as `box_bounds`' on boxes whose layer bounds (B, 2T) it gave (rows
+    (R, n_out) and const (R,) for every box, or (B, R, n_out) and (B, R) one set per box), with the
     output walk's slopes optimised per box and row (alpha-CROWN, `steps` Adam steps): on a small
     box with a few unstable ReLUs left, the slopes CROWN picks by the bounds' shape leave most
     of the gap (ACAS Xu: 10 steps prove three quarters of the boxes CROWN leaves open)."""
@@ -107,7 +108,8 @@ def optimised_box_bounds(graph: BoundGraph, x_lo: torch.Tensor, x_hi: torch.Tens
     boxes = graph.interval(x_lo, x_hi, known)
     present = {i: b for i, b in enumerate(boxes) if b is not None}
     b = x_lo.shape[0]
-    return optimise_alpha(graph, graph.output, rows.to(EXACT).expand(b, -1, -1), const.to(EXACT).expand(b, -1),
+    rows, const = rows.to(EXACT).expand(b, -1, -1), const.to(EXACT).expand(b, -1)
+    return optimise_alpha(graph, graph.output, rows, const,
                           x_lo, x_hi, present, steps, lr, deadline, light=True)
 
 
