@@ -101,7 +101,7 @@ def test_layer_packing_rounds_outward():
         hi = lo + torch.as_tensor(rng.random((4, n)))
         lo[0, 0] = -np.inf
         known[p] = (lo, hi)
-    back = packing.unpack(packing.pack(known))
+    back = packing.unpack(packing.pack(known, 4, torch.device("cpu")))
     for p in packing.nodes:
         (lo, hi), (blo, bhi) = known[p], back[p]
         assert (blo <= lo).all() and (bhi >= hi).all()

@@ -45,12 +45,17 @@ class LayerPacking:
         return torch.cat([torch.full((b, half), -math.inf, device=device),
                           torch.full((b, half), math.inf, device=device)], dim=1)
 
-    def pack(self, known: dict[int, Box]) -> torch.Tensor:
+    def pack(self, known: dict[int, Box], b: int, device: torch.device) -> torch.Tensor:
+        """(b, 2T) from each node's (b, n) bounds; (b, 0) for a network without relaxed nodes."""
+        if not self.nodes:
+            return torch.empty((b, 0), dtype=torch.float32, device=device)
         lo = torch.cat([known[p][0] for p in self.nodes], dim=1)
         hi = torch.cat([known[p][1] for p in self.nodes], dim=1)
         return torch.cat([_rounded(lo, -math.inf), _rounded(hi, math.inf)], dim=1)
 
     def unpack(self, packed: torch.Tensor) -> dict[int, Box]:
+        if not self.nodes:
+            return {}
         half = self.width // 2
         lo = packed[:, :half].to(EXACT).split(self.sizes, dim=1)
         hi = packed[:, half:].to(EXACT).split(self.sizes, dim=1)
@@ -93,7 +98,7 @@ def box_bounds(graph: BoundGraph, x_lo: torch.Tensor, x_hi: torch.Tensor, rows: 
     b = x_lo.shape[0]
     out = backward_bound(graph, graph.output, rows.to(EXACT).expand(b, -1, -1), const.to(EXACT).expand(b, -1),
                          x_lo, x_hi, Relaxation.of(graph, present, extents_of(present)))
-    return BoxBounds(out.value, out.lam0, packing.pack(known))
+    return BoxBounds(out.value, out.lam0, packing.pack(known, b, x_lo.device))
 
 
 def optimised_box_bounds(graph: BoundGraph, x_lo: torch.Tensor, x_hi: torch.Tensor, rows: torch.Tensor,
