@@ -213,8 +213,7 @@ class _Search:
         if steps <= 0 or not bool(open_.any()):
             return bounds
         value = bounds.value[open_]
-        mine = specs.owner[None, None, :] == torch.arange(specs.count, device=value.device)[None, :, None]
-        best = torch.where(mine, value[:, None, :], torch.full_like(value[:, None, :], -math.inf)).argmax(dim=2)
+        best = _best_rows(specs, value)
         sharp = optimised_box_bounds(self.graph, lo[open_], hi[open_], specs.rows[best], specs.const[best],
                                      bounds.layers[open_], self.packing, steps, self.settings.alpha_lr, deadline)
         out = bounds.value.clone()
@@ -299,11 +298,16 @@ def _children(graph, packing: LayerPacking, specs: Specs, lo, hi, parent, scores
                                                               bounds.layers[take])
 
 
+def _best_rows(specs: Specs, values) -> torch.Tensor:
+    """(B, S): per box and spec, its best-bounded row (the row that decides the spec's bound)."""
+    mine = specs.owner[None, None, :] == torch.arange(specs.count, device=values.device)[None, :, None]
+    return torch.where(mine, values[:, None, :], torch.full_like(values[:, None, :], -math.inf)).argmax(dim=2)
+
+
 def _worst_rows(specs: Specs, values, parent, tolerance: float) -> torch.Tensor:
-    """Per box, the best-bounded row of its lowest open spec (the row that decides that spec)."""
+    """Per box, the best-bounded row of its lowest open spec."""
     spec = torch.where(parent > tolerance, torch.full_like(parent, math.inf), parent).argmin(dim=1)
-    mine = specs.owner[None, :] == spec[:, None]
-    return torch.where(mine, values, torch.full_like(values, -math.inf)).argmax(dim=1)
+    return _best_rows(specs, values)[torch.arange(values.shape[0], device=values.device), spec]
 
 
 def _halves(lo, hi, parent, dims):

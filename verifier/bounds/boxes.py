@@ -42,8 +42,8 @@ class LayerPacking:
     def unbounded(self, b: int, device: torch.device) -> torch.Tensor:
         """(b, 2T): no bounds known."""
         half = self.width // 2
-        return torch.cat([torch.full((b, half), -math.inf, device=device),
-                          torch.full((b, half), math.inf, device=device)], dim=1)
+        return torch.cat([torch.full((b, half), -math.inf, dtype=torch.float32, device=device),
+                          torch.full((b, half), math.inf, dtype=torch.float32, device=device)], dim=1)
 
     def pack(self, known: dict[int, Box], b: int, device: torch.device) -> torch.Tensor:
         """(b, 2T) from each node's (b, n) bounds; (b, 0) for a network without relaxed nodes."""
