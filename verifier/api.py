@@ -19,10 +19,16 @@ from verifier.spec.ball import linf_ball
 from verifier.spec.property import Property
 
 
-def load(model, input_shape: tuple[int, ...] | None = None) -> Network:
+def load(model, input_shape: tuple[int, ...] | None = None, *, mean=None, std=None) -> Network:
     """An ONNX file (path or bytes) or a torch.nn.Module as a Network; a Network is returned as
     is. A module needs `input_shape` (without the batch dimension, e.g. (1, 28, 28)): it is
-    exported to ONNX in memory and read by the same importer."""
+    exported to ONNX in memory and read by the same importer. `mean`/`std` (one value or one per
+    channel, axis 1): the model expects `(x - mean) / std`; the network returned takes pixels,
+    so eps, the domain and counterexamples are in pixel units (importers/normalisation.py)."""
+    if mean is not None or std is not None:
+        from verifier.importers.normalisation import load_normalised
+
+        return load_normalised(model, input_shape, mean, std)
     if isinstance(model, Network):
         return model
     if is_torch_module(model):
