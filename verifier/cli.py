@@ -80,8 +80,33 @@ def _load_input(path: Path) -> np.ndarray:
         raise InputError(f"{path}: cannot read as a .npy array ({type(e).__name__}: {e})") from None
 
 
+def _version_callback(value: bool) -> None:
+    if value:
+        from verifier.batch.run import _version
+
+        typer.echo(_version())
+        raise typer.Exit(0)
+
+
+def _config_callback(ctx: typer.Context, value: Optional[Path]) -> Optional[Path]:
+    """--config FILE (eager): the file's options become the defaults of this run's parsing, so
+    that the command line still wins (verifier/cli_config.py)."""
+    if value is not None:
+        import typing
+
+        from verifier.cli_config import read_config
+
+        try:
+            ctx.default_map = {**(ctx.default_map or {}),
+                               **read_config(value, ctx.command.params, typing.get_type_hints(run))}
+        except VerifierError as e:
+            _fail(str(e))
+    return value
+
+
 @app.command()
 def run(
+    ctx: typer.Context,
     model: Path = typer.Argument(..., help="ONNX model file."),
     eps: float = typer.Option(0.1, help="L-infinity radius of the input ball."),
     input: Optional[Path] = typer.Option(None, "--input", help="One sample as .npy; default: the embedded MNIST slice."),
@@ -106,6 +131,12 @@ def run(
     solver: str = typer.Option("highs", help="MIP solver: highs (native, default), or through PuLP: cbc (bundled), gurobi, cplex, glpk, scip, xpress, copt, mosek, pulp-highs. Bounds always use HiGHS."),
     device: str = typer.Option("cpu", help="Where the bound engine runs: cpu, or cuda (cuda:N) where torch sees a GPU."),
     split: str = typer.Option("auto", help="What branch and bound splits: input (halve the input box), relu, or auto (the input on properties with at most 8 free inputs, such as ACAS Xu)."),
+    save_examples: Optional[Path] = typer.Option(None, "--save-examples", help="Table and --report runs: write one .npz per sample with a counterexample into this folder (with --report on a finished folder, only that is done)."),
+    rerun_unknown: bool = typer.Option(False, "--rerun-unknown", help="With --report: rerun only the folder's unknown samples (e.g. with a longer --timeout); every other row is kept."),
+    mean: Optional[str] = typer.Option(None, help="The model expects normalised inputs (x - mean) / std: the mean, one value or one per channel (axis 1), e.g. 0.4914,0.4822,0.4465. eps, the [0, 1] domain and counterexamples stay in pixel units."),
+    std: Optional[str] = typer.Option(None, help="With --mean: the standard deviation, one value or one per channel, e.g. 0.2470,0.2435,0.2616."),
+    config: Optional[Path] = typer.Option(None, callback=_config_callback, is_eager=True, help="A TOML file of options (keys: the option names, e.g. eps = 0.1, eps-max = 0.3, json = true); the command line wins. A --report run writes its options to FOLDER/run.toml, which repeats it."),
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """Verify MODEL on one sample (--input), a VNN-LIB property (--vnnlib) or the embedded MNIST slice."""
     began = time.perf_counter()
@@ -121,10 +152,16 @@ def run(
         if result_file is not None and vnnlib is None:
             raise InputError("--result writes a VNN-COMP result file: it needs --vnnlib PROPERTY")
         _check_output_path(save_example, "--save-example")
+        _check_batch_outputs(save_example, save_examples, rerun_unknown, report, input, vnnlib, distortion)
         _check_output_path(result_file, "--result")
         # First: a bad --solver, --processes, --device or --split fails fast.
         options = VerifyOptions(timeout=timeout, solver=solver, processes=processes, device=device, split=split)
-        net = verifier.load(model)
+        if mean is None and std is None:
+            net = verifier.load(model)
+        else:
+            from verifier.importers.normalisation import load_normalised
+
+            net = load_normalised(model, None, mean, std, names=("--mean", "--std"))
         if data is not None and report is None:
             raise InputError("--data needs --report FOLDER (a batch run keeps its results there)")
         if report is not None and processes != 1:
@@ -134,7 +171,12 @@ def run(
             from verifier.cli_batch import batch_command
 
             code = batch_command(net, eps, data, report, start, limit, timeout, workers, executor, address,
-                                 distortion, eps_max, as_json, options)
+                                 distortion, eps_max, as_json, options, save_examples, rerun_unknown)
+            if not rerun_unknown:  # a rerun's new timeout is not the folder's setting: run.toml stays
+                from verifier.batch.run import _version
+                from verifier.cli_config import write_run_config
+
+                write_run_config(report / "run.toml", ctx.command.params, ctx.params, _version())
             raise typer.Exit(code)
         if distortion is not None:
             from verifier.cli_distortion import distortion_command
@@ -146,13 +188,29 @@ def run(
         elif input is not None:
             _single(net, _load_input(input), eps, label, _spent(options, began), as_json, save_example)
         else:
-            _table(net, eps, label, options, as_json, limit or 10, start)
+            _table(net, eps, label, options, as_json, limit or 10, start, save_examples)
     except VerifierError as e:
         _fail(str(e))
     except (typer.Exit, KeyboardInterrupt):
         raise
     except Exception as e:  # a bug: one line, never a traceback on the user's terminal
         _internal_error(e, [model, vnnlib or input or data])
+
+
+def _check_batch_outputs(save_example, save_examples, rerun_unknown, report, input, vnnlib, distortion) -> None:
+    """The options of many samples with the runs they belong to (none is silently ignored);
+    the examples' folder is created now, before any work."""
+    if report is not None and save_example is not None:
+        raise InputError("--save-example FILE is for one sample (--input); with --report use --save-examples FOLDER")
+    if rerun_unknown and report is None:
+        raise InputError("--rerun-unknown needs --report FOLDER (the folder of the run whose unknown samples to rerun)")
+    if save_examples is not None and report is None and (input or vnnlib or distortion) is not None:
+        raise InputError("--save-examples FOLDER is for the table and --report runs; for one sample use "
+                         "--save-example FILE, for a distortion table add --report FOLDER")
+    if save_examples is not None:
+        from verifier.batch.export import prepare_folder
+
+        prepare_folder(save_examples)
 
 
 def save_example_file(path: Optional[Path], example) -> None:
@@ -197,11 +255,11 @@ def _property(net, path, options, result_file, as_json, began: float) -> None:
                    f"least slack in [{r.margin_lower:.4g}, {r.margin_upper:.4g}]", err=True)
 
 
-def _table(net, eps, label, options, as_json, limit, start) -> None:
+def _table(net, eps, label, options, as_json, limit, start, save_examples=None) -> None:
     indices, images, labels = embedded_slice(net.input_shape, start, limit)
     from rich.progress import Progress
 
-    rows = []
+    rows, saved = [], []
     counts = {"robust": 0, "adversarial": 0, "unknown": 0}
     header = f"{'index':>5} {'label':>5} {'pred':>4}  {'status':<11} {'margin_lower':>12} {'margin_upper':>12} {'time_s':>7}  decided_by"
     if not as_json:
@@ -215,6 +273,11 @@ def _table(net, eps, label, options, as_json, limit, start) -> None:
                                     timeout=options.timeout, options=options)
                 counts[r.status.value] += 1
                 rows.append((i, r))
+                if save_examples is not None and r.counterexample is not None:  # at once: kept if interrupted
+                    from verifier.batch.export import write_example
+
+                    saved.append(write_example(save_examples, i, r.label, images[i], net.input_shape, eps=eps,
+                                               perturbed=r.counterexample, adversarial_label=r.adversarial_label))
                 if not as_json:
                     progress.console.print(
                         f"{i:>5} {r.label:>5} {r.prediction:>4}  {r.status.value:<11} {r.margin_lower:>12.4g} "
@@ -231,6 +294,8 @@ def _table(net, eps, label, options, as_json, limit, start) -> None:
         typer.echo(f"summary: {summary['samples']} samples, eps={eps}: {counts['robust']} robust, "
                    f"{counts['adversarial']} adversarial, {counts['unknown']} unknown; "
                    f"total {summary['total_time']:.2f}s, median {summary['median_time']}s")
+        if save_examples is not None:
+            typer.echo(f"examples: {len(saved)} file(s) in {save_examples}")
 
 
 def main() -> None:

@@ -5,12 +5,15 @@ in it -> an executor (serial, process pool, Ray) -> each result committed as it 
 a live progress line -> the report (summary.json, results.csv, report.html). Rerunning the same
 call skips what is stored; an interrupt (Ctrl-C, or a kill between commits) loses at most the
 samples in flight, and Ctrl-C still writes the report of what finished.
+
+`rerun_unknown` takes only the stored `unknown` rows again (with a new timeout: rerun.py);
+`save_examples` writes each sample's counterexamples as `.npz` files after the report
+(export.py), which on a finished folder is all such a call does.
 """
 
 from __future__ import annotations
 
 import hashlib
-import sys
 from concurrent.futures.process import BrokenProcessPool
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -21,7 +24,10 @@ import numpy as np
 from verifier.api import _options, load
 from verifier.batch.dataset import Dataset, as_dataset, load_dataset
 from verifier.batch.executors import check_executor, default_workers, run_tasks
+from verifier.batch.export import export_rows, prepare_folder
+from verifier.batch.progress import BatchProgress, progress_interval as check_interval
 from verifier.batch.report import summarise, write_report
+from verifier.batch.rerun import RERUN_MAY_DIFFER, check_rerun_folder, merged, unknown_rows
 from verifier.batch.store import ResultStore
 from verifier.batch.tasks import Job
 from verifier.distortion.norms import check_norm
@@ -38,6 +44,7 @@ class BatchResult:
     rows: list[dict] = field(repr=False)
     report: Path | None
     interrupted: bool = False
+    examples: list[Path] = field(default_factory=list, repr=False)  # the files of save_examples
 
 
 def certify_dataset(net: Network | str | Path | bytes, images=None, labels=None, eps: float = 0.1,
@@ -45,7 +52,9 @@ def certify_dataset(net: Network | str | Path | bytes, images=None, labels=None,
                     limit: int | None = None, timeout: float | None = None, workers: int | None = None,
                     executor: str = "process", address: str | None = None, distortion: str | None = None,
                     eps_max: float | None = None, options: VerifyOptions | None = None,
-                    progress: bool | None = None, solver: str | None = None) -> BatchResult:
+                    progress: bool | None = None, solver: str | None = None,
+                    save_examples: str | Path | None = None, rerun_unknown: bool = False,
+                    progress_interval: float | None = None) -> BatchResult:
     """Verify samples start .. start+limit of a test set at L-infinity radius eps.
 
     The set is `images`/`labels` (arrays; uint8 is scaled to [0, 1]), else `data` (an .npz with
@@ -56,7 +65,16 @@ def certify_dataset(net: Network | str | Path | bytes, images=None, labels=None,
     processes, default one per core), "ray" (a Ray cluster at `address`, or a local one),
     "serial" (this process). A torch module is read for inputs shaped like one of `images`.
     `solver` (the MIP solver, e.g. "cbc") overrides options.solver and, like every option, is
-    part of the settings a results folder is kept for."""
+    part of the settings a results folder is kept for.
+
+    `rerun_unknown`: run again only the samples of the selection stored as unknown in the
+    existing folder `report`, usually with a longer `timeout` (the one setting allowed to differ
+    from the folder's); each replaces its row, the rerun is recorded in the folder. Samples not
+    yet stored are not run by a rerun. `save_examples`: a folder to write one .npz per sample
+    with a counterexample or distortion example (export.py), for the whole selection, also
+    what earlier runs stored. `progress`: True a live bar, False nothing, None a bar on a
+    terminal and else a log line every `progress_interval` seconds (default
+    $VERIFY_PROGRESS_INTERVAL or 30) on stderr."""
     net = load(net, None if images is None else np.shape(images)[1:])
     if net.onnx_bytes is None:
         raise InputError("batch runs need the network's ONNX bytes (load it from an ONNX file)")
@@ -68,6 +86,11 @@ def certify_dataset(net: Network | str | Path | bytes, images=None, labels=None,
     if eps_max is not None:
         eps_max = _number("eps_max", eps_max, minimum=0.0)
     check_executor(executor)  # before the store is created
+    if rerun_unknown:
+        check_rerun_folder(report)
+    if progress is None:
+        check_interval(progress_interval)  # a bad interval fails before any work
+    export_to = None if save_examples is None else prepare_folder(save_examples)
     opts = replace(_options(options, timeout, solver), threads=1)
     workers = default_workers(opts.device) if workers is None else int(workers)
     if workers < 1:
@@ -76,32 +99,51 @@ def certify_dataset(net: Network | str | Path | bytes, images=None, labels=None,
     job = Job(eps, opts, distortion, eps_max)
     settings = _settings(net, dataset, job)
 
-    store = ResultStore(report if report is not None else _scratch(), settings)
-    stopped_by = None
+    store = ResultStore(report if report is not None else _scratch(), settings, net.input_shape,
+                        RERUN_MAY_DIFFER if rerun_unknown else frozenset())
+    stopped_by, rerun, finished = None, None, 0
     wall = time.perf_counter()
     try:
-        todo = sorted(set(indices) - store.done())
+        stored = store.rows(indices)
+        if rerun_unknown:
+            previous = unknown_rows(stored)
+            todo, total = sorted(previous), len(stored)
+            rerun = store.begin_rerun(opts.timeout, todo)
+        else:
+            todo, total = sorted(set(indices) - store.done()), len(indices)
+        rerunning = set(todo)
+        already = [r["verdict"] for r in stored if r["index"] not in rerunning]
         tasks = [(i, dataset.images[i], int(dataset.labels[i])) for i in todo]
-        results = run_tasks(executor, net.onnx_bytes, job, tasks, workers, address)
-        with _Progress(len(indices), len(indices) - len(todo), store.rows(indices), progress) as bar:
+        results = run_tasks(executor, net.onnx_bytes, job, tasks, workers, address) if tasks else []
+        with BatchProgress(total, already, progress, progress_interval) as bar:
             for row, arrays in results:
+                if rerun is not None:
+                    row, arrays = merged(previous[row["index"]], row, arrays)
                 store.add(row, arrays)
+                finished += 1
                 bar.advance(row)
     except KeyboardInterrupt:
         stopped_by = "interrupted by the user"
     except BrokenProcessPool as e:  # a worker killed (e.g. out of memory) or unable to start
         stopped_by = f"a worker process died: {e}"
     interrupted = stopped_by is not None
+    if rerun is not None:
+        store.end_rerun(rerun, finished, interrupted)
     wall = time.perf_counter() - wall
     rows = store.rows(indices)
     run_info = {"workers": workers, "executor": executor, "wall_time": round(wall, 3),
-                "requested": len(indices), "interrupted": interrupted, "stopped_by": stopped_by}
+                "requested": len(indices), "interrupted": interrupted, "stopped_by": stopped_by,
+                "reruns": [{k: v for k, v in r.items() if k != "indices"} | {"samples": len(r["indices"])}
+                           for r in store.reruns]}
+    if rerun_unknown:  # the folder's timeout; the reruns' own are in run_info
+        settings = {**settings, "options": {**settings["options"], "timeout": store.settings["options"]["timeout"]}}
     summary = summarise(rows, settings, dataset, run_info)
     folder = None
     if report is not None:
         folder = write_report(Path(report), summary, rows, dataset, net.input_shape)
     store.close()
-    return BatchResult(summary, rows, folder, interrupted)
+    examples = [] if export_to is None else export_rows(export_to, rows, dataset.images, net.input_shape, eps)
+    return BatchResult(summary, rows, folder, interrupted, examples)
 
 
 def _number(name: str, value, minimum: float) -> float:
@@ -145,38 +187,3 @@ def _scratch() -> str:
     import tempfile
 
     return tempfile.mkdtemp(prefix="verify-batch-")
-
-
-class _Progress:
-    """A live line on stderr: done / total, robust / adversarial / unknown so far, ETA."""
-
-    def __init__(self, total: int, already: int, rows: list[dict], enabled: bool | None) -> None:
-        self.counts = {"robust": 0, "adversarial": 0, "unknown": 0}
-        for r in rows:
-            self.counts[r["verdict"]] += 1
-        self.total, self.already = total, already
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.progress = None
-
-    def __enter__(self) -> "_Progress":
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True))
-            self.progress.start()
-            self.task = self.progress.add_task(self._text(), total=self.total, completed=self.already)
-        return self
-
-    def _text(self) -> str:
-        return f"robust {self.counts['robust']}  adversarial {self.counts['adversarial']}  unknown {self.counts['unknown']}"
-
-    def advance(self, row: dict) -> None:
-        self.counts[row["verdict"]] += 1
-        if self.progress is not None:
-            self.progress.update(self.task, advance=1, description=self._text())
-
-    def __exit__(self, *exc) -> None:
-        if self.progress is not None:
-            self.progress.stop()

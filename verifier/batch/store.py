@@ -6,6 +6,10 @@ primary key, so a rerun cannot duplicate a row; the settings live in the same fi
 from another model, data set or setting is refused instead of mixed); and the report reads it
 with plain queries. WAL with synchronous=FULL makes every commit durable (fsync) at a cost of
 milliseconds per sample, against seconds of verification.
+
+Table `meta` holds the settings (JSON), the model's input shape (the blobs are flat float32;
+stores made before the shape was kept get it on their next run, and read as flat until then)
+and the reruns of unknown samples (`reruns`: each one's timeout, start, samples, finished).
 """
 
 from __future__ import annotations
@@ -47,7 +51,11 @@ def _flat(settings: dict, prefix: str = "") -> dict:
 class ResultStore:
     """Open (or create) `folder/results.sqlite` for runs with these `settings`."""
 
-    def __init__(self, folder: str | Path, settings: dict) -> None:
+    def __init__(self, folder: str | Path, settings: dict, input_shape=None, may_differ: frozenset = frozenset()) -> None:
+        """`input_shape`: the model's, kept so that the flat blobs can be read back as arrays of
+        that shape (stores made before it was kept get it on their next run). `may_differ`:
+        dotted settings keys allowed to differ from the store's (a rerun's "options.timeout");
+        the store keeps its own settings, the caller records what it changed."""
         self.folder = Path(folder)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -63,11 +71,13 @@ class ResultStore:
             with self.db:
                 self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
                 self.db.execute(f"CREATE TABLE IF NOT EXISTS results ({cols}, {blobs})")
-            self._claim(settings)
+            self._claim(settings, may_differ)
+            if input_shape is not None and self.input_shape is None:
+                self._set("input_shape", [int(d) for d in input_shape])
         except sqlite3.Error as e:
             raise InputError(f"{self.path}: cannot use it as a results store ({e})") from None
 
-    def _claim(self, settings: dict) -> None:
+    def _claim(self, settings: dict, may_differ: frozenset) -> None:
         mine = json.dumps(settings, sort_keys=True)
         row = self.db.execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()
         if row is None:
@@ -76,7 +86,7 @@ class ResultStore:
             return
         theirs, ours = _flat(json.loads(row[0])), _flat(json.loads(mine))
         differ = sorted(k for k in set(theirs) | set(ours)
-                        if k not in DESCRIPTIVE and theirs.get(k) != ours.get(k))
+                        if k not in DESCRIPTIVE and k not in may_differ and theirs.get(k) != ours.get(k))
         if differ:
             detail = "; ".join(f"{k}: store has {theirs.get(k)!r}, this run {ours.get(k)!r}" for k in differ[:3])
             if len(differ) > 3:
@@ -86,7 +96,43 @@ class ResultStore:
 
     @property
     def settings(self) -> dict:
-        return json.loads(self.db.execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()[0])
+        return self._get("settings")
+
+    def _get(self, key: str):
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def _set(self, key: str, value) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        """The model's input shape (without the batch dimension), None in a store made before
+        it was kept: the shape to read a flat array back as (`store.array(row, name)`)."""
+        shape = self._get("input_shape")
+        return None if shape is None else tuple(shape)
+
+    @property
+    def reruns(self) -> list[dict]:
+        """What `--rerun-unknown` did to this store, oldest first: timeout, when, the samples it
+        set out to rerun and how many of them it finished."""
+        return self._get("reruns") or []
+
+    def begin_rerun(self, timeout: float, indices: list[int]) -> int:
+        """Record a rerun before any row changes (a kill midway still leaves its trace)."""
+        import datetime
+
+        reruns = self.reruns
+        reruns.append({"timeout": timeout, "started": datetime.datetime.now().isoformat(timespec="seconds"),
+                       "indices": [int(i) for i in indices], "finished": 0, "interrupted": None})
+        self._set("reruns", reruns)
+        return len(reruns) - 1
+
+    def end_rerun(self, number: int, finished: int, interrupted: bool) -> None:
+        reruns = self.reruns
+        reruns[number].update(finished=int(finished), interrupted=bool(interrupted))
+        self._set("reruns", reruns)
 
     def done(self) -> set[int]:
         """Samples with a result (a sample whose run raised an error is tried again)."""
@@ -117,6 +163,12 @@ class ResultStore:
                 row[a] = None if row[a] is None else np.frombuffer(row[a], dtype=np.float32)
             out.append(row)
         return out
+
+    def array(self, row: dict, name: str) -> np.ndarray | None:
+        """A row's array in the model's input shape (flat when the store does not know it)."""
+        flat = row.get(name)
+        shape = self.input_shape
+        return flat if flat is None or shape is None else flat.reshape(shape)
 
     def close(self) -> None:
         self.db.close()
