@@ -135,7 +135,8 @@ def test_report_opens_in_headless_chromium_with_the_summary_numbers(tmp_path):
     for key in ("samples", "robust", "adversarial", "unknown"):
         assert f'id="{key}">{s[key]}<' in dom
     assert f'id="certified_robust_accuracy">{s["certified_robust_accuracy"]:.2%}<' in dom
-    assert dom.count("data:image/png;base64,") == 4  # examples, minimal examples, distribution, times
+    # examples, minimal examples, margins, times, the eps curve; and one thumbnail per sample row
+    assert dom.count('id="fig-') == 5 and dom.count('class="thumb"') == s["samples"]
     # The minimum distortion is at most eps exactly for the samples found adversarial at eps.
     for row in result.rows:
         assert row["distortion_status"] == "optimal"
