@@ -154,7 +154,6 @@ def test_distortion_table_on_the_embedded_slice():
 
 @pytest.mark.parametrize("args,needle", [
     (["--distortion", "l5"], "norm 'l5'"),
-    (["--distortion", "linf", "--input", "{tmp}/ok.npy", "--label", "3", "--target", "3"], "label itself"),
     (["--distortion", "l1", "--input", "{tmp}/ok.npy", "--target", "12"], "target 12 is out of range"),
     (["--distortion", "l1", "--strategy", "bisection", "--input", "{tmp}/ok.npy"], "bisection"),
 ])

@@ -157,8 +157,6 @@ def test_bad_arguments_are_clear_errors():
     net = verifier.load(mlp_onnx(ws, bs))
     with pytest.raises(InputError, match="norm"):
         verifier.min_distortion(net, x, norm="l3")
-    with pytest.raises(InputError, match="label itself"):
-        verifier.min_distortion(net, x, label=label, targets=[label])
     with pytest.raises(InputError, match="out of range"):
         verifier.min_distortion(net, x, label=label, targets=[7])
     with pytest.raises(InputError, match="bisection"):
@@ -312,3 +310,64 @@ def test_hybrid_without_an_example_gives_the_milp_the_time_left(monkeypatch, see
     r = verifier.min_distortion(mlp_onnx(ws, bs), x, "linf", label=label, strategy="hybrid", timeout=20)
     assert r.status == "optimal" and r.stats["mip_solves"] >= 1
     assert r.lower <= expected + 1e-7 and r.upper == pytest.approx(expected, rel=2e-5, abs=1e-6)
+
+
+def test_target_the_input_already_has_is_distance_zero():
+    """MIPVerify's convention: asking for the class the network already predicts is answered by
+    the input itself, at distance 0, in every norm."""
+    ws, bs, x, label = _tiny(9)
+    net = verifier.load(mlp_onnx(ws, bs))
+    for norm in ("linf", "l1", "l2", "l0"):
+        r = verifier.min_distortion(net, x, norm=norm, targets=[label], timeout=10)
+        assert r.status == "optimal" and r.lower == 0 and r.upper < 1e-6
+        assert r.adversarial_label == label
+        assert int(np.argmax(reference_logits(net, r.example.astype(np.float32)))) == label
+
+
+@pytest.mark.parametrize("norm", ["linf", "l1", "l2"])
+@pytest.mark.parametrize("seed", [2, 9])
+def test_a_verdict_seeds_the_search_and_the_minimum_is_unchanged(norm, seed):
+    """A radius proven robust by an eps-ball verification is a lower bound in every norm but
+    l0, and a counterexample found there an upper bound: the search starts from both and still
+    ends at enumeration's minimum."""
+    ws, bs, x, label = _tiny(seed)
+    net = verifier.load(mlp_onnx(ws, bs))
+    lo, hi = np.zeros(3), np.ones(3)
+    linf = enumerate_min_distortion(ws, bs, x, lo, hi, _conjunctions(3, label), "linf")
+    expected = enumerate_min_distortion(ws, bs, x, lo, hi, _conjunctions(3, label), norm)
+    below, above = 0.9 * linf, 1.2 * linf
+    assert verifier.verify(net, x, below, label=label).status.value == "robust"
+    found = verifier.verify(net, x, above, label=label)
+    assert found.status.value == "adversarial"
+    r = verifier.min_distortion(net, x, norm=norm, label=label, timeout=60, robust_radius=below,
+                                counterexample=found.counterexample)
+    assert r.status == "optimal" and r.lower >= below - 1e-12
+    assert r.upper == pytest.approx(expected, rel=2e-5, abs=1e-6)
+    assert r.stats["known_lower"] == below
+    _assert_example(net, r, x, r.targets)
+    # a proven ball that holds the whole input set answers at once: nothing to search
+    whole = verifier.min_distortion(net, x, norm=norm, label=label, eps_max=0.5 * linf, robust_radius=0.6 * linf)
+    assert whole.status == "infeasible" and whole.strategy == "verdict"
+
+
+def test_bisection_goes_on_below_an_undecided_radius(monkeypatch):
+    """An undecided radius (simulated: every ball above 30 % of the distance is `unknown`, so the
+    first midpoint is) no longer ends the search at lower bound 0: radii below it are proven."""
+    import verifier.distortion.bisection as bisection
+    from verifier.result import Status
+
+    ws, bs, x, label = _tiny(2)
+    net = verifier.load(mlp_onnx(ws, bs))
+    linf = enumerate_min_distortion(ws, bs, x, np.zeros(3), np.ones(3), _conjunctions(3, label), "linf")
+    real = bisection.check_region
+
+    def undecided_near(net_, region, x0, settings, label=None):
+        result = real(net_, region, x0, settings, label=label)
+        if float(np.max(region.box.hi - x0)) > 0.3 * linf and result.status == Status.ROBUST:
+            result.status = Status.UNKNOWN
+        return result
+
+    monkeypatch.setattr(bisection, "check_region", undecided_near)
+    r = verifier.min_distortion(net, x, "linf", label=label, strategy="bisection", timeout=30)
+    assert r.lower <= linf + 1e-9 <= r.upper + 2e-9
+    assert 0.2 * linf < r.lower <= 0.3 * linf + 1e-9

@@ -69,7 +69,11 @@ def _certify(net, job: Job, index: int, image: np.ndarray, label: int):
     if job.distortion is not None:
         from verifier.distortion.minimum import min_distortion
 
-        d = min_distortion(net, x, job.distortion, label=int(label), eps_max=job.eps_max, options=job.options)
+        # the verdict's answer is not searched again: robust at eps bounds the distortion from below,
+        # a counterexample from above
+        d = min_distortion(net, x, job.distortion, label=int(label), eps_max=job.eps_max, options=job.options,
+                           robust_radius=job.eps if r.status == Status.ROBUST else None,
+                           counterexample=r.counterexample)
         row.update(distortion_norm=job.distortion, distortion_status=d.status, distortion_lower=_finite(d.lower),
                    distortion_upper=_finite(d.upper), distortion_label=d.adversarial_label,
                    distortion_time=round(d.time, 4))

@@ -1,6 +1,7 @@
 """What counts as an adversarial example: the decision goes to one of the target classes.
 
-Untargeted (targets = every class but the label) or targeted (one class or a set). Ties count
+Untargeted (targets = every class but the label) or targeted (one class or a set; a target
+that the input already has is reached at distance 0, by the input itself, as in MIPVerify). Ties count
 as adversarial (DESIGN rule 4, as in MIPVerify): x is adversarial when some target j has
 y_j >= y_k for every class k outside the targets. That is a disjunction over j of
 conjunctions (y_k - y_j <= 0 for all k not in targets), the same data the verifier's
@@ -39,8 +40,6 @@ def make_goal(num_outputs: int, label: int, targets=None) -> Goal:
                 raise InputError(f"target {t!r} is not a class index")
             if not 0 <= int(t) < num_outputs:
                 raise InputError(f"target {t} is out of range: the model has {num_outputs} outputs")
-            if int(t) == label:
-                raise InputError(f"target {t} is the label itself; targets must be other classes")
         chosen = sorted({int(t) for t in raw})
         if not chosen:
             raise InputError("targets is empty: give at least one class")

@@ -47,7 +47,8 @@ def _input_set(flat: np.ndarray, eps_max, domain) -> InputBox:
 def min_distortion(net: Network | str | os.PathLike, x: np.ndarray, norm: str = "linf", label: int | None = None,
                    targets=None, eps_max: float | None = None, timeout: float | None = None, strategy: str = "auto",
                    rel_gap: float = 1e-5, abs_gap: float = 1e-7,
-                   options: VerifyOptions | None = None, solver: str | None = None) -> DistortionResult:
+                   options: VerifyOptions | None = None, solver: str | None = None,
+                   robust_radius: float | None = None, counterexample: np.ndarray | None = None) -> DistortionResult:
     """The minimum distortion of x (in `norm`: linf, l1, l2, l0) that makes the network decide
     for one of `targets` (default: any class but `label`; ties count), within eps_max (an
     L-infinity ball; None: the whole domain) and the domain.
@@ -55,7 +56,12 @@ def min_distortion(net: Network | str | os.PathLike, x: np.ndarray, norm: str = 
     status "optimal": lower and upper agree to rel_gap (and abs_gap; l0: exactly);
     "infeasible": no adversarial example in the input set; "unknown": time ran out, with lower
     certified and upper the distance of `example` (re-checked by onnxruntime). solver: the MIP
-    solver ("highs", "cbc", ...), overriding options.solver."""
+    solver ("highs", "cbc", ...), overriding options.solver.
+
+    What a verification of the same sample already settled is not searched again:
+    `robust_radius`, an L-infinity radius proven robust for every class but `label` (with the
+    same domain), is a lower bound in every norm but l0 (any norm here is >= L-infinity), and
+    `counterexample`, an adversarial input found before, is an upper bound once re-checked."""
     start = time.perf_counter()
     net = load(net, np.shape(x))
     opts = _options(options, timeout, solver)
@@ -75,33 +81,59 @@ def min_distortion(net: Network | str | os.PathLike, x: np.ndarray, norm: str = 
         raise InputError("l0 distortion needs a bounded input set: give a domain or eps_max")
     deadline = start + opts.timeout
 
+    known = _known_lower(robust_radius if label not in goal.targets else None, norm, checker)
     outcome = None
     if goal.slack(net.forward(flat)) <= 0 and (here := checker.confirm(flat)) is not None:
         outcome = SearchOutcome(0.0, here, stats={"strategy": "clean"})
+    elif known > 0 and known >= checker.reach:  # the proven ball holds the whole input set
+        outcome = SearchOutcome(np.inf, None, infeasible=True, stats={"strategy": "verdict"})
     else:
         upper = attack_upper(checker, start + 0.2 * opts.timeout, seed=opts.seed)
+        given = checker.confirm(net.flatten_input(counterexample)) if counterexample is not None else None
+        if given is not None and (upper is None or given.distance < upper.distance):
+            upper = given
         if strategy == "auto":
             strategy = "hybrid" if norm == "linf" else "direct"
-        search = {"direct": direct_search, "bisection": bisection_search, "hybrid": _hybrid}[strategy]
+        search = {"direct": _direct, "bisection": _bisection, "hybrid": _hybrid}[strategy]
         if upper is None and not np.isfinite(checker.reach):
-            outcome = SearchOutcome(0.0, None, stats={"strategy": strategy, "note": "unbounded input set"})
+            outcome = SearchOutcome(known, None, stats={"strategy": strategy, "note": "unbounded input set"})
         else:
-            outcome = search(checker, upper, deadline, opts, rel_gap, abs_gap)
+            outcome = search(checker, upper, deadline, opts, rel_gap, abs_gap, known)
+            outcome.lower = max(outcome.lower, known) if not outcome.infeasible else outcome.lower
         outcome.stats["attack_upper"] = upper.distance if upper is not None else None
+        outcome.stats["known_lower"] = known
     # Examples are float32 inputs: the nearest ones to a float64 optimum sit up to an ulp away
     # per entry, which the gap allows for.
     ulp = measure(norm, np.spacing(np.abs(flat).astype(np.float32)).astype(np.float64)) if norm != "l0" else 0.0
     return _result(outcome, norm, goal, shape, time.perf_counter() - start, rel_gap, abs_gap + ulp)
 
 
-def _hybrid(checker, upper, deadline, options, rel_gap, abs_gap) -> SearchOutcome:
+def _known_lower(robust_radius: float | None, norm: str, checker: Checker) -> float:
+    """The lower bound a proven-robust L-infinity radius gives (0 without one, or for l0)."""
+    if robust_radius is None or norm == "l0":
+        return 0.0
+    radius = float(robust_radius)
+    if not np.isfinite(radius) or radius < 0:
+        raise InputError(f"robust_radius must be a finite number >= 0, got {robust_radius!r}")
+    return radius
+
+
+def _direct(checker, upper, deadline, options, rel_gap, abs_gap, lower=0.0) -> SearchOutcome:
+    return direct_search(checker, upper, deadline, options, rel_gap, abs_gap, known_lower=lower)
+
+
+def _bisection(checker, upper, deadline, options, rel_gap, abs_gap, lower=0.0) -> SearchOutcome:
+    return bisection_search(checker, upper, deadline, options, rel_gap, abs_gap, lower=lower)
+
+
+def _hybrid(checker, upper, deadline, options, rel_gap, abs_gap, lower=0.0) -> SearchOutcome:
     """linf: bisection for a share of the time (cheap radii far from the answer fall to bound
     propagation), then the MILP over the ball of the best example with the proven radius as
     its objective's lower bound."""
     now = time.perf_counter()
     # One short try per radius: a radius too close to call is left to the MILP that follows.
     first = bisection_search(checker, upper, now + _HYBRID_BISECTION * (deadline - now), options, rel_gap, abs_gap,
-                             slices=(0.25,))
+                             slices=(0.25,), lower=lower)
     if first.infeasible or gap_closed(first.best, first.lower, rel_gap, abs_gap) or time.perf_counter() >= deadline:
         first.stats["strategy"] = "hybrid"
         return first
