@@ -25,6 +25,7 @@ from verifier.spec.property import InputRegion
 _TOLERANCE = 1e-8
 _SLICES = (0.25, 0.5)  # shares of the time left for a radius's first and second try
 _TRY_FACTOR, _TRY_FLOOR = 4.0, 2.0  # a first try's cap: times the longest decided try, at least seconds
+_BELOW_UNDECIDED = 3  # tries below an undecided radius: 7/8 of the way up to it, then stop
 
 
 def bisection_search(checker: Checker, upper: Example | None, deadline: float, options: VerifyOptions,
@@ -38,7 +39,9 @@ def bisection_search(checker: Checker, upper: Example | None, deadline: float, o
     two radii in a row are undecided or the gap to the undecided one is within the tolerance. A
     try is also cut short at `_TRY_FACTOR` times the longest decided try so far (at least
     `_TRY_FLOOR` s): a radius that takes far longer than the others lies close to the answer,
-    where the MILP that follows in the hybrid strategy does better than more verifier time."""
+    where the MILP that follows in the hybrid strategy does better than more verifier time. Below
+    an undecided radius the search takes `_BELOW_UNDECIDED` tries, not more: squeezing the lower
+    bound up to a radius that is not the answer costs a verification per halving."""
     x0, goal = checker.x0, checker.goal
     stats: dict = {"strategy": "bisection", "verifications": 0}
     reach = checker.reach
@@ -76,11 +79,12 @@ def bisection_search(checker: Checker, upper: Example | None, deadline: float, o
             return SearchOutcome(np.inf, None, infeasible=True, stats=stats)
         if r is None or r.status != Status.ADVERSARIAL or (best := checker.confirm(r.counterexample)) is None:
             return SearchOutcome(lower, None, stats=stats)
-    undecided, misses = None, 0  # the least radius left undecided; undecided tries in a row
+    undecided, misses, below = None, 0, 0  # least undecided radius; undecided in a row; tries below it
     while not gap_closed(best, lower, rel_gap, abs_gap) and deadline - time.perf_counter() > 0:
         top = best.distance if undecided is None else undecided
-        if undecided is not None and top - lower <= abs_gap + rel_gap * top:
+        if undecided is not None and (top - lower <= abs_gap + rel_gap * top or below >= _BELOW_UNDECIDED):
             break
+        below += undecided is not None
         radius = (lower + top) / 2.0
         r = decide(radius)
         if r is None:
@@ -91,7 +95,7 @@ def bisection_search(checker: Checker, upper: Example | None, deadline: float, o
             best = ex if ex.distance < best.distance else best
             misses = 0
             if undecided is not None and best.distance < undecided:
-                undecided = None
+                undecided, below = None, 0
             if ex.distance >= radius * (1 + 1e-12) + 1e-15:  # float32 rounding stepped outside
                 break
         else:  # unknown: too close to call; radii below it may still be proven
