@@ -13,8 +13,9 @@ from verifier.distortion import DistortionResult, min_distortion
 from verifier.errors import InputError, ModelError, VerifierError
 from verifier.network.graph import Network
 from verifier.options import VerifyOptions
+from verifier.radii import RadiiResult, verify_radii
 from verifier.result import Result, Status
 from verifier.spec.property import Conjunction, InputRegion, Property
 
-__all__ = ["load", "verify", "check", "min_distortion", "certify_dataset", "BatchResult", "DistortionResult", "Property", "InputRegion", "Conjunction", "Network", "Result", "Status", "VerifyOptions",
+__all__ = ["load", "verify", "verify_radii", "RadiiResult", "check", "min_distortion", "certify_dataset", "BatchResult", "DistortionResult", "Property", "InputRegion", "Conjunction", "Network", "Result", "Status", "VerifyOptions",
            "VerifierError", "ModelError", "InputError"]

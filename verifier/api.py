@@ -79,6 +79,8 @@ def verify(net: Network | str | os.PathLike, x: np.ndarray, eps: float, label: i
     began = time.perf_counter()
     net = load(net, np.shape(x))
     opts = _spent(_options(options, timeout, solver), began)
+    if isinstance(eps, (list, tuple)) or np.ndim(eps) > 0 or (isinstance(eps, str) and "," in eps):
+        raise InputError(f"eps must be one number, got {eps!r}; for several radii use verifier.verify_radii")
     try:
         eps = float(eps)
     except (TypeError, ValueError):

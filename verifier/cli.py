@@ -28,6 +28,7 @@ from verifier.api import _spent
 from verifier.data import embedded_slice
 from verifier.errors import InputError, VerifierError, one_line
 from verifier.options import VerifyOptions
+from verifier.radii import eps_list
 from verifier.vnncomp import format_result, result_word
 
 app = typer.Typer(add_completion=False, help="Exact verification of ReLU networks (ONNX).")
@@ -108,7 +109,7 @@ def _config_callback(ctx: typer.Context, value: Optional[Path]) -> Optional[Path
 def run(
     ctx: typer.Context,
     model: Path = typer.Argument(..., help="ONNX model file."),
-    eps: float = typer.Option(0.1, help="L-infinity radius of the input ball."),
+    eps: str = typer.Option("0.1", help="L-infinity radius of the input ball, or several as a comma list (0.02,0.05,0.1): a verdict at each, and with --report the certified-accuracy curve."),
     input: Optional[Path] = typer.Option(None, "--input", help="One sample as .npy; default: the embedded MNIST slice."),
     label: Optional[int] = typer.Option(None, help="True label (default: the network's prediction)."),
     timeout: float = typer.Option(60.0, help="Seconds per sample."),
@@ -141,8 +142,13 @@ def run(
     """Verify MODEL on one sample (--input), a VNN-LIB property (--vnnlib) or the embedded MNIST slice."""
     began = time.perf_counter()
     try:
-        if not np.isfinite(eps) or eps < 0:
-            raise InputError(f"--eps must be a finite number >= 0, got {eps}")
+        radii = eps_list(eps, "--eps")
+        several = len(radii) > 1
+        if several and vnnlib is not None:
+            raise InputError(f"--eps {eps}: several radii do not apply to --vnnlib (the property sets the input box)")
+        if several and distortion is not None and report is None:
+            raise InputError(f"--eps {eps}: several radii do not apply to --distortion on its own (it finds the "
+                             "smallest radius itself); with --report FOLDER both are computed")
         if not np.isfinite(timeout) or timeout <= 0:
             raise InputError(f"--timeout must be positive, got {timeout}")
         if limit is not None and limit < 1:
@@ -170,8 +176,9 @@ def run(
         if report is not None:
             from verifier.cli_batch import batch_command
 
-            code = batch_command(net, eps, data, report, start, limit, timeout, workers, executor, address,
-                                 distortion, eps_max, as_json, options, save_examples, rerun_unknown)
+            code = batch_command(net, radii if several else radii[0], data, report, start, limit, timeout, workers,
+                                 executor, address, distortion, eps_max, as_json, options, save_examples,
+                                 rerun_unknown)
             if not rerun_unknown:  # a rerun's new timeout is not the folder's setting: run.toml stays
                 from verifier.batch.run import _version
                 from verifier.cli_config import write_run_config
@@ -185,10 +192,17 @@ def run(
                                strategy, options, as_json, save_example, limit or 10, start)
         elif vnnlib is not None:
             _property(net, vnnlib, options, result_file, as_json, began)
+        elif several:
+            from verifier.cli_radii import single_radii, table_radii
+
+            if input is not None:
+                single_radii(net, _load_input(input), radii, label, _spent(options, began), as_json, save_example)
+            else:
+                table_radii(net, radii, label, options, as_json, limit or 10, start, save_examples)
         elif input is not None:
-            _single(net, _load_input(input), eps, label, _spent(options, began), as_json, save_example)
+            _single(net, _load_input(input), radii[0], label, _spent(options, began), as_json, save_example)
         else:
-            _table(net, eps, label, options, as_json, limit or 10, start, save_examples)
+            _table(net, radii[0], label, options, as_json, limit or 10, start, save_examples)
     except VerifierError as e:
         _fail(str(e))
     except (typer.Exit, KeyboardInterrupt):

@@ -22,6 +22,16 @@ def batch_command(net, eps, data, report, start, limit, timeout, workers, execut
     s = result.summary
     if as_json:
         typer.echo(json.dumps(s if save_examples is None else {**s, "examples_saved": len(result.examples)}))
+    elif isinstance(s["eps"], list):  # several radii: a line per radius
+        typer.echo(f"{s['samples']} of {s['requested']} samples ({s['misclassified']} misclassified), clean "
+                   f"{_share(s['clean_accuracy'])}; wall {s['wall_time']:.1f}s")
+        for p in s["per_eps"]:
+            typer.echo(f"  eps={p['eps']:g}: {p['robust']} robust, {p['adversarial']} adversarial, {p['unknown']} "
+                       f"unknown; adversarial accuracy in [{_share(p['certified_robust_accuracy'])}, "
+                       f"{_share(p['adversarial_accuracy_upper'])}]")
+        typer.echo(f"report: {result.report / 'report.html'}")
+        if save_examples is not None:
+            typer.echo(f"examples: {len(result.examples)} file(s) in {save_examples}")
     else:
         typer.echo(f"{s['samples']} of {s['requested']} samples, eps={s['eps']}: {s['robust']} robust, "
                    f"{s['adversarial']} adversarial ({s['misclassified']} misclassified), {s['unknown']} unknown; "

@@ -1,16 +1,16 @@
 """`verify --config run.toml`: options from a TOML file, and the resolved options of a run.
 
-A config file's keys are the command's option names (`eps = 0.1`, `eps-max = 0.3` or
-`eps_max = 0.3`, `json = true`, `target = [3, 5]`, `model = "net.onnx"` for the argument);
-values given on the command line win. The file is read by an eager `--config` callback that
-fills click's `default_map` before any other option is parsed. Why default_map rather than
-merging dictionaries after parsing: click then applies the usual precedence (command line,
-then the file, then the declared default) and the usual conversions (a path string becomes a
-Path, a list feeds a repeatable option) to every option, including ones added later, so there is
-no second list of options to keep in step with the command. What click cannot do is name the
-file and key of a bad value, so each value's TOML type is checked here first against the
-option's annotation. Relative paths in a config are relative to the current folder, as on the
-command line.
+A config file's keys are the command's option names (`eps = 0.1`, or several radii as `eps =
+[0.02, 0.05]` or `eps = "0.02,0.05"`, `eps-max = 0.3` or `eps_max = 0.3`, `json = true`, `target
+= [3, 5]`, `model = "net.onnx"` for the argument); values given on the command line win. The
+file is read by an eager `--config` callback that fills click's `default_map` before any other
+option is parsed. Why default_map rather than merging dictionaries after parsing: click then
+applies the usual precedence (command line, then the file, then the declared default) and the
+usual conversions (a path string becomes a Path, a list feeds a repeatable option) to every
+option, including ones added later, so there is no second list of options to keep in step with
+the command. What click cannot do is name the file and key of a bad value, so each value's TOML
+type is checked here first against the option's annotation. Relative paths in a config are
+relative to the current folder, as on the command line.
 
 A `--report FOLDER` run writes every option's final value to `FOLDER/run.toml` (paths made
 absolute, unset options listed in a comment), which `--config FOLDER/run.toml` reads back to
@@ -37,6 +37,9 @@ NOT_CONFIGURABLE = {"config", "version"}
 ONE_OFF = {"save_examples", "rerun_unknown"}
 #: Options given on the command line as "a,b,c" whose config value may be a number or a list.
 NUMBER_LISTS = {"mean", "std"}
+#: The radii: a number, a list of numbers or the command line's "0.01,0.02"; checked here (each
+#: finite and >= 0), and written to run.toml as a number (one radius) or a list.
+RADII = "eps"
 
 
 def config_keys(params: Iterable) -> dict[str, Any]:
@@ -90,6 +93,8 @@ def read_config(path: Path, params: Iterable, hints: dict[str, Any]) -> dict[str
         where = f"{path}: {key}"
         if param.name in NUMBER_LISTS:
             out[param.name] = _number_list(value, where)
+        elif param.name == RADII:
+            out[param.name] = _radii(value, where)
         else:
             out[param.name] = _checked(value, hints.get(param.name, Any), where)
     return out
@@ -140,6 +145,19 @@ def _number_list(value: Any, where: str) -> str:
     return ",".join(repr(float(v)) for v in items)
 
 
+def _radii(value: Any, where: str) -> str:
+    """--eps: a number, a list of numbers or text such as "0.01,0.02", as the command line's text
+    (repr keeps every float exact); a value of another type or a bad radius names the file and key."""
+    from verifier.radii import eps_list
+
+    items = value if isinstance(value, list) else [value]
+    if not items or any(isinstance(v, bool) or not isinstance(v, (int, float, str)) for v in items) or (
+            isinstance(value, list) and any(isinstance(v, str) for v in items)):
+        raise InputError(f'{where} must be a number, a list of numbers or text such as "0.01,0.02", got '
+                         f"{_toml_type(value)} ({dumps_value(value)})")
+    return ",".join(repr(r) for r in eps_list(value, where))
+
+
 def resolved_options(params: Iterable, values: dict[str, Any]) -> tuple[list[tuple[str, Any]], list[str]]:
     """(key, value) for every option with a value, in the command's order, paths absolute and
     --mean/--std as lists of numbers; and the keys of the options left unset (None)."""
@@ -157,6 +175,11 @@ def resolved_options(params: Iterable, values: dict[str, Any]) -> tuple[list[tup
             value = os.path.abspath(value)
         elif p.name in NUMBER_LISTS:
             value = list(parse_values(value, f"--{p.name}"))
+        elif p.name == RADII:
+            from verifier.radii import eps_list
+
+            radii = eps_list(value, "--eps")
+            value = radii[0] if len(radii) == 1 else radii
         elif isinstance(value, tuple):
             value = list(value)
         written.append((key_of(p), value))

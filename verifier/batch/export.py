@@ -6,7 +6,8 @@
   shape, after uint8 scaling);
 - where the sample is adversarial at eps: `adversarial_label` and `perturbed` (float32, the
   model's input shape: the point onnxruntime re-checked; a misclassified sample is its own
-  counterexample, `perturbed` equal to `original`) and `eps`;
+  counterexample, `perturbed` equal to `original`) and `eps` (of a run at several radii: the
+  smallest radius the sample is adversarial at, whose example lies in every larger ball);
 - where a distortion run found an example: `distortion_example` (float32, same shape),
   `distortion_label`, `distortion_norm` and `distortion` (its distance, the upper bound);
 - `examples`: the names of the example arrays present ("perturbed", "distortion_example"), so a
@@ -85,15 +86,29 @@ def write_example(folder: str | Path, index: int, label: int, original, input_sh
 
 
 def export_rows(folder: str | Path, rows: list[dict], images, input_shape, eps: float | None = None) -> list[Path]:
-    """Write the file of every row (a results-store row, flat arrays) that has an example;
-    `images[row["index"]]` is its original. Returns the paths written, by index."""
-    written = []
+    """Write the file of every sample (results-store rows, flat arrays) that has an example;
+    `images[row["index"]]` is its original. Returns the paths written, by index.
+
+    A run at several radii has a row per (sample, eps) and `eps` None: the sample's file holds the
+    counterexample of its smallest adversarial radius (with that radius as `eps`), which lies in
+    the ball of every radius the sample is adversarial at, and the distortion example of the row
+    that carries it."""
+    samples: dict[int, list[dict]] = {}
     for r in rows:
-        path = write_example(folder, r["index"], r["label"], images[r["index"]], input_shape, eps=eps,
-                             perturbed=r.get("counterexample"), adversarial_label=r.get("adversarial_label"),
-                             distortion_example=r.get("distortion_example"),
-                             distortion_label=r.get("distortion_label"), distortion_norm=r.get("distortion_norm"),
-                             distortion=r.get("distortion_upper"))
+        samples.setdefault(r["index"], []).append(r)
+    written = []
+    for index, mine in samples.items():
+        mine = sorted(mine, key=lambda r: r.get("eps") or 0.0)
+        adversarial = next((r for r in mine if r.get("counterexample") is not None), {})
+        distorted = next((r for r in mine if r.get("distortion_example") is not None), {})
+        path = write_example(folder, index, mine[0]["label"], images[index], input_shape,
+                             eps=eps if eps is not None else adversarial.get("eps"),
+                             perturbed=adversarial.get("counterexample"),
+                             adversarial_label=adversarial.get("adversarial_label"),
+                             distortion_example=distorted.get("distortion_example"),
+                             distortion_label=distorted.get("distortion_label"),
+                             distortion_norm=distorted.get("distortion_norm"),
+                             distortion=distorted.get("distortion_upper"))
         if path is not None:
             written.append(path)
     return written

@@ -24,8 +24,9 @@ from verifier.batch import report_figures as figs
 from verifier.batch.report_figures import VERDICTS, image_shape
 from verifier.batch.report_format import (DASH, decided_group, misclassified, norm_name, number, sample_time,
                                           seconds, share, workers_of)
+from verifier.batch import report_radii as radii
 from verifier.batch.report_table import TABLE_CSS, samples_table, thumbnails
-from verifier.batch.store import COLUMNS
+from verifier.batch.store import COLUMNS, EPS
 
 MAX_EXAMPLES = 16  # examples drawn per gallery
 FIGURES = ("eps_curve", "adversarial_examples", "misclassified", "minimal_examples", "margins", "times")
@@ -36,10 +37,18 @@ STAGES = {"clean": "misclassified without perturbation: the sample itself is the
           "bounds": "proven by bound propagation", "lp": "proven by LP tightening",
           "bab": "decided by branch and bound", "input_split": "decided by splitting the input box",
           "mip": "decided by the MIP solver", "timeout": "time ran out; the bounds reached are kept",
-          "error": "an internal error in this sample (the message is in results.csv); tried again on resume"}
+          "error": "an internal error in this sample (the message is in results.csv); tried again on resume",
+          "implied": "answered by the verdict at another radius: robust at a larger one, or a counterexample "
+                     "found at another radius that lies within this one"}
 
 
 def summarise(rows: list[dict], settings: dict, dataset, run_info: dict) -> dict:
+    """summary.json: counts, accuracy bounds, decided_by, times (report_radii.py at several radii)."""
+    if radii.several(settings):
+        summary = radii.summarise_radii(rows, settings, run_info)
+        if settings.get("distortion"):
+            summary.update(_distortion_summary(rows, settings))
+        return summary
     n = len(rows)
     counts = {v: sum(r["verdict"] == v for r in rows) for v in VERDICTS}
     correct = sum(r["prediction"] is not None and r["prediction"] == r["label"] for r in rows)
@@ -66,32 +75,40 @@ def summarise(rows: list[dict], settings: dict, dataset, run_info: dict) -> dict
         **run_info,
     }
     if settings.get("distortion"):
-        summary["time_distortion"] = round(float(sum(r.get("distortion_time") or 0.0 for r in rows)), 3)
-        # A misclassified sample's minimum distortion is 0: it would only pull the median down.
-        exact = [r["distortion_upper"] for r in rows if r.get("distortion_status") == "optimal"
-                 and not misclassified(r) and r.get("distortion_upper") is not None]
-        summary["distortion"] = {
-            "norm": settings["distortion"], "eps_max": settings["eps_max"],
-            **{s: sum(r.get("distortion_status") == s for r in rows) for s in ("optimal", "infeasible", "unknown")},
-            "exact_counted": len(exact),  # proven minimal values of correctly classified samples
-            "median_exact": float(np.median(exact)) if exact else None,
-            "mean_exact": float(np.mean(exact)) if exact else None,
-        }
+        summary.update(_distortion_summary(rows, settings))
     return summary
+
+
+def _distortion_summary(rows: list[dict], settings: dict) -> dict:
+    """time_distortion and the distortion block (rows with a distortion: one per sample)."""
+    # A misclassified sample's minimum distortion is 0: it would only pull the median down.
+    exact = [r["distortion_upper"] for r in rows if r.get("distortion_status") == "optimal"
+             and not misclassified(r) and r.get("distortion_upper") is not None]
+    return {"time_distortion": round(float(sum(r.get("distortion_time") or 0.0 for r in rows)), 3),
+            "distortion": {
+                "norm": settings["distortion"], "eps_max": settings["eps_max"],
+                **{s: sum(r.get("distortion_status") == s for r in rows) for s in ("optimal", "infeasible", "unknown")},
+                "exact_counted": len(exact),  # proven minimal values of correctly classified samples
+                "median_exact": float(np.median(exact)) if exact else None,
+                "mean_exact": float(np.mean(exact)) if exact else None}}
 
 
 def write_report(folder: Path, summary: dict, rows: list[dict], dataset, input_shape) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    with open(folder / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+    several = radii.several(summary)
+    with open(folder / "results.csv", "w", newline="") as f:  # several radii: a row per (sample, eps)
+        writer = csv.DictWriter(f, fieldnames=[COLUMNS[0], EPS, *COLUMNS[1:]] if several else COLUMNS,
+                                extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    figures = _figures(summary, rows, dataset, input_shape, folder)
-    table = samples_table(rows, thumbnails(rows, dataset.images, input_shape),
-                          distortion="distortion" in summary or any(r.get("distortion_status") for r in rows))
-    (folder / "report.html").write_text(_html(summary, rows, figures, table), encoding="utf-8")
+    lines = radii.sample_rows(rows) if several else rows  # one line per sample
+    figures = _figures(summary, lines, dataset, input_shape, folder)
+    table = samples_table(lines, thumbnails(lines, dataset.images, input_shape),
+                          distortion="distortion" in summary or any(r.get("distortion_status") for r in rows),
+                          radii=summary["eps"] if several else None)
+    (folder / "report.html").write_text(_html(summary, rows, figures, table, lines), encoding="utf-8")
     return folder
 
 
@@ -193,7 +210,8 @@ def _distortion_text(d: dict, misclassified_count: int) -> str:
 
 def _decided_table(s: dict, rows: list[dict]) -> str:
     e = html.escape
-    head = "<tr><th>decided by</th><th>samples</th>" + "".join(
+    several = radii.several(s)
+    head = f"<tr><th>decided by</th><th>{'(sample, eps) pairs' if several else 'samples'}</th>" + "".join(
         f"<th class='{v}'>{v}</th>" for v in VERDICTS) + "<th>meaning</th></tr>"
     lines = []
     for group, count in (s.get("decided_by") or {}).items():
@@ -201,7 +219,8 @@ def _decided_table(s: dict, rows: list[dict]) -> str:
                         for v in VERDICTS)
         lines.append(f"<tr><th>{e(group)}</th><td class='n' id='decided-{e(group)}'>{count}</td>{split}"
                      f"<td class='note'>{e(STAGES.get(group, ''))}</td></tr>")
-    return f"<h2>How the samples were decided</h2><table id='decided'>{head}{''.join(lines)}</table>"
+    title = "How each sample was decided at each radius" if several else "How the samples were decided"
+    return f"<h2>{title}</h2><table id='decided'>{head}{''.join(lines)}</table>"
 
 
 def _eps_table(points) -> str:
@@ -211,8 +230,10 @@ def _eps_table(points) -> str:
             f"</tr>{lines}</table>")
 
 
-def _html(summary: dict, rows: list[dict], figures: dict[str, str], table: str) -> str:
+def _html(summary: dict, rows: list[dict], figures: dict[str, str], table: str, lines: list[dict]) -> str:
+    """The page. `rows`: the stored rows; `lines`: one per sample (the same rows at one radius)."""
     e = html.escape
+    several = radii.several(summary)
 
     def line(key, text, value, css=""):
         shown = DASH if value is None else (share(value) if isinstance(value, float) and "accuracy" in key else value)
@@ -227,7 +248,7 @@ def _html(summary: dict, rows: list[dict], figures: dict[str, str], table: str) 
     s = summary
     workers = workers_of(s)
     how = "one process (serial)" if s.get("executor") == "serial" else f"{workers} worker(s) ({e(str(s.get('executor')))})"
-    summary_table = "".join([
+    summary_table = "".join([line(*fields) for fields in radii.summary_lines(s)] if several else [
         line("samples", "samples", s["samples"]),
         line("robust", "robust (certified)", s["robust"], "robust"),
         line("adversarial", "adversarial (example confirmed by onnxruntime; includes misclassified)",
@@ -247,7 +268,8 @@ def _html(summary: dict, rows: list[dict], figures: dict[str, str], table: str) 
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
              f"<title>Certification report: {e(str(s['model']))}</title><style>{_CSS}</style></head><body>",
              f"<h1>Certification report</h1><p>Model <b>{e(str(s['model']))}</b>, data {e(str(s['data']))}, "
-             f"L∞ radius eps = <b>{number(s['eps'])}</b>, {limit}, run on {how}"
+             + (f"L∞ radii eps = <b>{radii.radii_words(s)}</b>, {limit} (all radii together)" if several else
+                f"L∞ radius eps = <b>{number(s['eps'])}</b>, {limit}") + f", run on {how}"
              f"{stopped}. <a href='#per-sample'>Every sample</a> is in the table at the end.</p>",
              f"<table id='summary'>{summary_table}</table>",
              f"<p id='time-account'>{_time_account(s)}</p>",
@@ -258,12 +280,17 @@ def _html(summary: dict, rows: list[dict], figures: dict[str, str], table: str) 
         parts.append(figure("eps_curve", "Adversarial accuracy against eps",
                             "The certified lower bound (samples proven robust) and the upper bound (all but the "
                             "samples with a confirmed adversarial example); the true adversarial accuracy lies "
-                            f"between them.{single}") + _eps_table(points))
+                            f"between them.{single}") + ("" if several else _eps_table(points)))
+    if several:
+        parts.append(radii.per_eps_table(s))
+    rows = lines  # from here on, one line per sample
     n_attacks = sum(r.get("counterexample") is not None and not misclassified(r) for r in rows)
     n_wrong = s["misclassified"]
+    within = ("each at the smallest radius the sample was found adversarial at (so it lies within every larger "
+              "radius too)") if several else f"within eps = {number(s['eps'])}"
     parts.append(figure("adversarial_examples", "Adversarial examples",
                         f"Original, perturbed input (classified as shown) and their difference, with its colour "
-                        f"scale; {min(n_attacks, MAX_EXAMPLES)} of {n_attacks} found within eps = {number(s['eps'])}. "
+                        f"scale; {min(n_attacks, MAX_EXAMPLES)} of {n_attacks} found {within}. "
                         "Misclassified samples are shown apart below."))
     parts.append(figure("misclassified", "Misclassified clean samples",
                         f"The network already gets these wrong with no perturbation; each counts as adversarial "
@@ -282,8 +309,9 @@ def _html(summary: dict, rows: list[dict], figures: dict[str, str], table: str) 
     distribution = ("proven minimal distortions of correctly classified samples"
                     if any(r.get("distortion_status") == "optimal" and not misclassified(r) for r in rows)
                     else "margin bounds by verdict (robust: proven lower bound; adversarial: margin of the example)")
-    parts.append(figure("margins", "Distribution", f"The {distribution}."))
-    parts.append(figure("times", "Time per sample", "Seconds per sample" + (
+    at = f", at the largest radius, eps = {number(s['eps'][-1])}" if several and "margin" in distribution else ""
+    parts.append(figure("margins", "Distribution", f"The {distribution}{at}."))
+    parts.append(figure("times", "Time per sample", "Seconds per sample" + (" (all radii)" if several else "") + (
         ", verification plus distortion search." if "distortion" in s else ", verification.")))
     parts.append(table)
     parts.append("<p>The same rows as a file: <a href='results.csv'>results.csv</a>; the numbers above: "

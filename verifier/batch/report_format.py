@@ -51,10 +51,13 @@ def misclassified(row: dict) -> bool:
 
 def decided_group(row: dict) -> str:
     """How a sample was decided, for counting and filtering: the stage's name, with every
-    internal error (whose message follows "error:") counted as one group "error"."""
+    internal error (whose message follows "error:") counted as one group "error", and every
+    answer implied by another radius's verdict as one group "implied"."""
     how = row.get("decided_by")
     if not how:
         return "none"
+    if str(how).startswith("implied by"):  # a run at several radii: "implied by eps=0.1"
+        return "implied"
     return "error" if str(how).startswith("error") else str(how)
 
 

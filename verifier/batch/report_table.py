@@ -59,11 +59,13 @@ _SCRIPT = """(function () {
     });
     rows.forEach(function (r) { body.appendChild(r); });
   }
+  function has(row, name, value) {  // the attribute lists values separated by "|"
+    return !value || ("|" + row.getAttribute(name) + "|").indexOf("|" + value + "|") >= 0;
+  }
   function filter() {
     var n = 0;
     Array.prototype.forEach.call(body.rows, function (r) {
-      var ok = (!verdict.value || r.getAttribute("data-verdict") === verdict.value) &&
-               (!decided.value || r.getAttribute("data-decided") === decided.value);
+      var ok = has(r, "data-verdict", verdict.value) && has(r, "data-decided", decided.value);
       r.hidden = !ok;
       if (ok) { n += 1; }
     });
@@ -112,19 +114,24 @@ def thumbnails(rows: Sequence[dict], images, input_shape) -> dict[int, str]:
     return out
 
 
-def _columns(distortion: bool) -> list[tuple[str, str | None, str]]:
-    """(title, sort type or None, tooltip)."""
+def _columns(distortion: bool, radii: Sequence[float] | None = None) -> list[tuple[str, str | None, str]]:
+    """(title, sort type or None, tooltip); `radii`: a verdict column per radius instead of one
+    verdict with its margins."""
     cols = [("#", "num", "sample index in the data"), ("image", None, "the clean sample"),
-            ("label", "num", "true label"), ("prediction", "num", "the network's class for the clean sample"),
-            ("verdict", "text", "robust, adversarial or unknown at this eps"),
-            ("decided by", "text", "the stage that decided (clean: misclassified without perturbation)"),
-            ("margin lower", "num", "proven lower bound of the least margin over the ball"),
-            ("margin upper", "num", "margin of the best point found in the ball")]
+            ("label", "num", "true label"), ("prediction", "num", "the network's class for the clean sample")]
+    if radii:
+        cols += [(f"eps={number(eps)}", "text", f"robust, adversarial or unknown at eps = {number(eps)}; "
+                  "hover for how it was decided") for eps in radii]
+    else:
+        cols += [("verdict", "text", "robust, adversarial or unknown at this eps"),
+                 ("decided by", "text", "the stage that decided (clean: misclassified without perturbation)"),
+                 ("margin lower", "num", "proven lower bound of the least margin over the ball"),
+                 ("margin upper", "num", "margin of the best point found in the ball")]
     if distortion:
         cols += [("distortion lower", "num", "certified lower bound of the minimum distortion"),
                  ("distortion upper", "num", "distance of the best adversarial example found"),
                  ("distortion", "text", "proven minimal when the interval is closed, else best found")]
-    cols += [("verify s", "num", "seconds of verification")]
+    cols += [("verify s", "num", "seconds of verification" + (", all radii" if radii else ""))]
     if distortion:
         cols += [("distortion s", "num", "seconds of the minimum-distortion search")]
     cols += [("total s", "num", "seconds this sample took (verification + distortion)")]
@@ -140,7 +147,7 @@ def _num(value, text: str | None = None, extra: str = "") -> str:
     return f'<td class="n" data-v="{value!r}">{html.escape(shown)}{extra}</td>'
 
 
-def _row(r: dict, thumb: str | None, distortion: bool) -> str:
+def _row(r: dict, thumb: str | None, distortion: bool, radii: Sequence[float] | None = None) -> str:
     e = html.escape
     group = decided_group(r)
     how = r.get("decided_by") or DASH
@@ -149,9 +156,16 @@ def _row(r: dict, thumb: str | None, distortion: bool) -> str:
              if thumb else f"<td>{DASH}</td>")
     tag = '<span class="tag">misclassified</span>' if misclassified(r) else ""
     cells = [_num(r["index"], str(r["index"])), image, _num(r["label"], str(r["label"])),
-             _num(r.get("prediction"), None if r.get("prediction") is None else str(r["prediction"]), tag),
-             f'<td class="{e(r["verdict"])}">{e(r["verdict"])}</td>', how_cell,
-             _num(r.get("margin_lower")), _num(r.get("margin_upper"))]
+             _num(r.get("prediction"), None if r.get("prediction") is None else str(r["prediction"]), tag)]
+    verdicts, groups = [r["verdict"]], [group]
+    if radii:  # a line of report_radii.sample_rows: the verdict at each radius
+        verdicts = [r["verdicts"].get(eps, DASH) for eps in radii]
+        groups = [decided_group({"decided_by": r["decided"].get(eps)}) for eps in radii]
+        cells += [f'<td class="{e(v)}" title="{e(str(r["decided"].get(eps) or DASH))}">{e(v)}</td>'
+                  for eps, v in zip(radii, verdicts)]
+    else:
+        cells += [f'<td class="{e(r["verdict"])}">{e(r["verdict"])}</td>', how_cell,
+                  _num(r.get("margin_lower")), _num(r.get("margin_upper"))]
     if distortion:
         cells += [_num(r.get("distortion_lower")), _num(r.get("distortion_upper")),
                   f"<td>{e(distortion_state(r))}</td>"]
@@ -160,19 +174,27 @@ def _row(r: dict, thumb: str | None, distortion: bool) -> str:
         cells.append(_num(r.get("distortion_time"), seconds(r.get("distortion_time"))))
     total = sample_time(r)
     cells.append(_num(round(total, 4), seconds(total)))
-    return (f'<tr data-verdict="{e(r["verdict"])}" data-decided="{e(group)}">' + "".join(cells) + "</tr>")
+    return (f'<tr data-verdict="{e("|".join(dict.fromkeys(verdicts)))}" '
+            f'data-decided="{e("|".join(dict.fromkeys(groups)))}">' + "".join(cells) + "</tr>")
 
 
-def samples_table(rows: Sequence[dict], thumbs: dict[int, str], distortion: bool) -> str:
-    """The section: filters, the count of shown rows, the table and its script."""
+def samples_table(rows: Sequence[dict], thumbs: dict[int, str], distortion: bool,
+                  radii: Sequence[float] | None = None) -> str:
+    """The section: filters, the count of shown rows, the table and its script. `radii`: rows are
+    report_radii.sample_rows lines, shown with a verdict column per radius; the filters then
+    keep a sample with that verdict (or way of deciding) at any radius."""
     e = html.escape
     head = "".join(f'<th title="{e(tip)}"' + (f' data-type="{kind}" aria-sort="none"><button type="button">'
                                               f"{e(title)}</button></th>" if kind else f">{e(title)}</th>")
-                   for title, kind, tip in _columns(distortion))
-    verdicts = [v for v in VERDICTS if any(r["verdict"] == v for r in rows)]
-    groups = sorted({decided_group(r) for r in rows})
+                   for title, kind, tip in _columns(distortion, radii))
+    if radii:
+        seen = [v for r in rows for v in r["verdicts"].values()]
+        groups = sorted({decided_group({"decided_by": how}) for r in rows for how in r["decided"].values()})
+    else:
+        seen, groups = [r["verdict"] for r in rows], sorted({decided_group(r) for r in rows})
+    verdicts = [v for v in VERDICTS if v in seen]
     options = lambda values: "".join(f'<option value="{e(v)}">{e(v)}</option>' for v in values)  # noqa: E731
-    body = "\n".join(_row(r, thumbs.get(r["index"]), distortion) for r in rows)
+    body = "\n".join(_row(r, thumbs.get(r["index"]), distortion, radii) for r in rows)
     return (f"<h2 id='per-sample'>Every sample</h2><div class='controls'>"
             f"<label>verdict <select id='filter-verdict'><option value=''>all</option>{options(verdicts)}</select>"
             f"</label><label>decided by <select id='filter-decided'><option value=''>all</option>{options(groups)}"

@@ -1,10 +1,14 @@
-"""`certify_dataset`: verify a test set at one eps, every finished sample committed at once.
+"""`certify_dataset`: verify a test set at one eps or several, every finished sample committed at once.
 
 Flow: data and settings -> the results store (refuses other settings) -> the samples not yet
 in it -> an executor (serial, process pool, Ray) -> each result committed as it arrives, with
 a live progress line -> the report (summary.json, results.csv, report.html). Rerunning the same
 call skips what is stored; an interrupt (Ctrl-C, or a kill between commits) loses at most the
 samples in flight, and Ctrl-C still writes the report of what finished.
+
+At several radii (`eps` a list) each sample runs `verify_radii` (one timeout for all radii,
+answers implying others) and is stored as one row per (sample, eps), committed together; the
+summary gets counts per radius and the eps curve (report.py).
 
 `rerun_unknown` takes only the stored `unknown` rows again (with a new timeout: rerun.py);
 `save_examples` writes each sample's counterexamples as `.npz` files after the report
@@ -27,13 +31,14 @@ from verifier.batch.executors import check_executor, default_workers, run_tasks
 from verifier.batch.export import export_rows, prepare_folder
 from verifier.batch.progress import BatchProgress, progress_interval as check_interval
 from verifier.batch.report import summarise, write_report
-from verifier.batch.rerun import RERUN_MAY_DIFFER, check_rerun_folder, merged, unknown_rows
+from verifier.batch.rerun import RERUN_MAY_DIFFER, check_rerun_folder, rerun_rows, unknown_rows
 from verifier.batch.store import ResultStore
-from verifier.batch.tasks import Job
+from verifier.batch.tasks import Job, rows_of
 from verifier.distortion.norms import check_norm
 from verifier.errors import InputError
 from verifier.network.graph import Network
 from verifier.options import VerifyOptions
+from verifier.radii import eps_list
 
 STORE_VERSION = 1
 
@@ -47,7 +52,7 @@ class BatchResult:
     examples: list[Path] = field(default_factory=list, repr=False)  # the files of save_examples
 
 
-def certify_dataset(net: Network | str | Path | bytes, images=None, labels=None, eps: float = 0.1,
+def certify_dataset(net: Network | str | Path | bytes, images=None, labels=None, eps: float | list[float] = 0.1,
                     report: str | Path | None = None, *, data: str | Path | None = None, start: int = 0,
                     limit: int | None = None, timeout: float | None = None, workers: int | None = None,
                     executor: str = "process", address: str | None = None, distortion: str | None = None,
@@ -55,7 +60,9 @@ def certify_dataset(net: Network | str | Path | bytes, images=None, labels=None,
                     progress: bool | None = None, solver: str | None = None,
                     save_examples: str | Path | None = None, rerun_unknown: bool = False,
                     progress_interval: float | None = None) -> BatchResult:
-    """Verify samples start .. start+limit of a test set at L-infinity radius eps.
+    """Verify samples start .. start+limit of a test set at L-infinity radius eps, or at each
+    radius of a list (or text "0.01,0.02"): one row per (sample, eps), the timeout per sample
+    covering all its radii, and the summary's `per_eps` counts and `eps_curve`.
 
     The set is `images`/`labels` (arrays; uint8 is scaled to [0, 1]), else `data` (an .npz with
     images and labels, or a folder of .npy files with labels.npy), else the embedded MNIST
@@ -80,7 +87,8 @@ def certify_dataset(net: Network | str | Path | bytes, images=None, labels=None,
         raise InputError("batch runs need the network's ONNX bytes (load it from an ONNX file)")
     dataset = as_dataset(images, labels) if images is not None else load_dataset(data, net.input_shape)
     dataset.check_fits(net.input_shape)
-    eps = _number("eps", eps, minimum=0.0)
+    radii = eps_list(eps, "eps")
+    eps = radii[0] if len(radii) == 1 else tuple(radii)  # one radius: everything as before
     if distortion is not None:
         check_norm(distortion)
     if eps_max is not None:
@@ -105,23 +113,27 @@ def certify_dataset(net: Network | str | Path | bytes, images=None, labels=None,
     wall = time.perf_counter()
     try:
         stored = store.rows(indices)
-        if rerun_unknown:
+        several = eps if isinstance(eps, tuple) else None
+        if rerun_unknown:  # (index, eps) -> row; a rerun sample's decided rows stay as they are
             previous = unknown_rows(stored)
-            todo, total = sorted(previous), len(stored)
+            todo, total = sorted({i for i, _ in previous}), len(stored)
             rerun = store.begin_rerun(opts.timeout, todo)
+            already = [r["verdict"] for r in stored if (r["index"], r["eps"]) not in previous]
         else:
-            todo, total = sorted(set(indices) - store.done()), len(indices)
-        rerunning = set(todo)
-        already = [r["verdict"] for r in stored if r["index"] not in rerunning]
+            todo, total = sorted(set(indices) - store.done()), len(indices) * len(radii)
+            waiting = set(todo)
+            already = [r["verdict"] for r in stored if r["index"] not in waiting]
         tasks = [(i, dataset.images[i], int(dataset.labels[i])) for i in todo]
         results = run_tasks(executor, net.onnx_bytes, job, tasks, workers, address) if tasks else []
         with BatchProgress(total, already, progress, progress_interval) as bar:
-            for row, arrays in results:
+            for task_row, task_arrays in results:
+                sample = rows_of(task_row, task_arrays, several)
                 if rerun is not None:
-                    row, arrays = merged(previous[row["index"]], row, arrays)
-                store.add(row, arrays)
+                    sample = rerun_rows(previous, sample, eps)
+                store.add_many(sample)
                 finished += 1
-                bar.advance(row)
+                for row, _ in sample:
+                    bar.advance(row)
     except KeyboardInterrupt:
         stopped_by = "interrupted by the user"
     except BrokenProcessPool as e:  # a worker killed (e.g. out of memory) or unable to start
@@ -142,7 +154,8 @@ def certify_dataset(net: Network | str | Path | bytes, images=None, labels=None,
     if report is not None:
         folder = write_report(Path(report), summary, rows, dataset, net.input_shape)
     store.close()
-    examples = [] if export_to is None else export_rows(export_to, rows, dataset.images, net.input_shape, eps)
+    examples = [] if export_to is None else export_rows(export_to, rows, dataset.images, net.input_shape,
+                                                        None if isinstance(eps, tuple) else eps)
     return BatchResult(summary, rows, folder, interrupted, examples)
 
 
@@ -169,7 +182,8 @@ def _settings(net: Network, dataset: Dataset, job: Job) -> dict:
     """Everything that changes a sample's result; a store only takes runs with equal settings."""
     options = {k: v for k, v in asdict(job.options).items() if k != "threads"}
     return {"store_version": STORE_VERSION, "verifier_version": _version(),
-            "model_sha256": hashlib.sha256(net.onnx_bytes).hexdigest(), "model": net.name, "data_sha256": dataset.fingerprint, "data": dataset.source, "eps": job.eps,
+            "model_sha256": hashlib.sha256(net.onnx_bytes).hexdigest(), "model": net.name, "data_sha256": dataset.fingerprint, "data": dataset.source,
+            "eps": list(job.eps) if isinstance(job.eps, tuple) else job.eps,
             "distortion": job.distortion, "eps_max": job.eps_max,
             "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}}
 

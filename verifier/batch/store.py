@@ -10,6 +10,12 @@ milliseconds per sample, against seconds of verification.
 Table `meta` holds the settings (JSON), the model's input shape (the blobs are flat float32;
 stores made before the shape was kept get it on their next run, and read as flat until then)
 and the reruns of unknown samples (`reruns`: each one's timeout, start, samples, finished).
+
+A run at several radii (settings "eps" a list) keeps one row per (sample, eps): table `results`
+has an `eps` column (the last) and the key ("index", "eps"). A sample's rows are committed in one
+transaction, so a sample is done when it has a row at every radius. Stores made before the
+column existed (one row per sample, "index" the key) are rebuilt with it on their next run, each
+row's eps filled from their settings, in one transaction (a crash leaves the old table or the new).
 """
 
 from __future__ import annotations
@@ -27,10 +33,14 @@ COLUMNS = ["index", "label", "prediction", "verdict", "margin_lower", "margin_up
            "decided_by", "solver_status", "time", "distortion_norm", "distortion_status", "distortion_lower",
            "distortion_upper", "distortion_label", "distortion_time"]
 ARRAYS = ["counterexample", "distortion_example"]
-_TYPES = {"index": "INTEGER PRIMARY KEY", "label": "INTEGER", "prediction": "INTEGER", "adversarial_label": "INTEGER",
+EPS = "eps"  # the radius column: the last of the table, not a results.csv column of one-eps runs
+_TYPES = {"index": "INTEGER", "label": "INTEGER", "prediction": "INTEGER", "adversarial_label": "INTEGER",
           "distortion_label": "INTEGER", "verdict": "TEXT", "decided_by": "TEXT", "solver_status": "TEXT",
           "distortion_norm": "TEXT", "distortion_status": "TEXT"}
 
+
+_SCHEMA = ", ".join([f'"{c}" {_TYPES.get(c, "REAL")}' for c in COLUMNS] + [f'"{a}" BLOB' for a in ARRAYS]
+                    + [f'"{EPS}" REAL NOT NULL', f'PRIMARY KEY ("index", "{EPS}")'])
 
 #: Settings that only describe (file names): a moved or renamed file with the same bytes resumes.
 DESCRIPTIVE = {"model", "data"}
@@ -62,16 +72,17 @@ class ResultStore:
         except OSError as e:
             raise InputError(f"{self.folder}: cannot create the report folder: {e.strerror}") from None
         self.path = self.folder / "results.sqlite"
-        cols = ", ".join(f'"{c}" {_TYPES.get(c, "REAL")}' for c in COLUMNS)
-        blobs = ", ".join(f'"{a}" BLOB' for a in ARRAYS)
+        eps = settings.get("eps")
+        self.radii = [float(e) for e in eps] if isinstance(eps, (list, tuple)) else [eps]
         try:
             self.db = sqlite3.connect(self.path)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             with self.db:
                 self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-                self.db.execute(f"CREATE TABLE IF NOT EXISTS results ({cols}, {blobs})")
+                self.db.execute(f"CREATE TABLE IF NOT EXISTS results ({_SCHEMA})")
             self._claim(settings, may_differ)
+            self._add_eps_column()
             if input_shape is not None and self.input_shape is None:
                 self._set("input_shape", [int(d) for d in input_shape])
         except sqlite3.Error as e:
@@ -93,6 +104,21 @@ class ResultStore:
                 detail += f"; and {len(differ) - 3} more"
             raise InputError(f"{self.path} holds results of other settings ({detail}); "
                              "use another --report folder or remove it")
+
+    def _add_eps_column(self) -> None:
+        """Rebuild a store made before the eps column (key "index") with it (key ("index", "eps")),
+        each row's eps from the settings, in one transaction."""
+        present = [r[1] for r in self.db.execute("PRAGMA table_info(results)")]
+        if EPS in present:
+            return
+        eps = self.settings.get("eps")
+        kept = ", ".join(f'"{c}"' for c in COLUMNS + ARRAYS if c in present)
+        self.db.execute("BEGIN IMMEDIATE")
+        with self.db:  # commits, or rolls back on an error
+            self.db.execute("ALTER TABLE results RENAME TO results_before_eps")
+            self.db.execute(f"CREATE TABLE results ({_SCHEMA})")
+            self.db.execute(f'INSERT INTO results ({kept}, "{EPS}") SELECT {kept}, ? FROM results_before_eps', (eps,))
+            self.db.execute("DROP TABLE results_before_eps")
 
     @property
     def settings(self) -> dict:
@@ -135,29 +161,45 @@ class ResultStore:
         self._set("reruns", reruns)
 
     def done(self) -> set[int]:
-        """Samples with a result (a sample whose run raised an error is tried again)."""
-        return {r[0] for r in self.db.execute('SELECT "index" FROM results WHERE solver_status IS NOT \'error\'')}
+        """Samples with a result at every radius (a sample whose run raised an error is tried
+        again)."""
+        marks = ", ".join("?" * len(self.radii))
+        query = (f'SELECT "index" FROM results WHERE solver_status IS NOT \'error\' AND "{EPS}" IN ({marks}) '
+                 f'GROUP BY "index" HAVING COUNT(DISTINCT "{EPS}") = ?')
+        return {r[0] for r in self.db.execute(query, (*self.radii, len(self.radii)))}
 
     def add(self, row: dict, arrays: dict[str, np.ndarray | None]) -> None:
-        """Commit one sample's result (durable when this returns)."""
-        values = [row.get(c) for c in COLUMNS] + [
-            None if arrays.get(a) is None else np.asarray(arrays[a], dtype=np.float32).tobytes() for a in ARRAYS]
-        marks = ", ".join("?" * len(values))
+        """Commit one result row (durable when this returns); a row without "eps" is at the
+        run's one radius."""
+        self.add_many([(row, arrays)])
+
+    def add_many(self, results: list[tuple[dict, dict]]) -> None:
+        """Commit one sample's rows (one per radius) in one transaction."""
+        names = ", ".join(f'"{c}"' for c in COLUMNS + ARRAYS + [EPS])
+        marks = ", ".join("?" * (len(COLUMNS) + len(ARRAYS) + 1))
         try:
             with self.db:
-                self.db.execute(f"INSERT OR REPLACE INTO results VALUES ({marks})", values)
+                for row, arrays in results:
+                    values = [row.get(c) for c in COLUMNS] + [
+                        None if arrays.get(a) is None else np.asarray(arrays[a], dtype=np.float32).tobytes()
+                        for a in ARRAYS] + [row.get(EPS, self.radii[0] if len(self.radii) == 1 else None)]
+                    if values[-1] is None:
+                        raise InputError(f"{self.path}: a row of sample {row.get('index')} has no eps")
+                    self.db.execute(f"INSERT OR REPLACE INTO results ({names}) VALUES ({marks})", values)
         except sqlite3.Error as e:  # e.g. disk full: what is committed stays, the run stops clearly
-            raise InputError(f"{self.path}: cannot store sample {row.get('index')} ({e})") from None
+            raise InputError(f"{self.path}: cannot store sample {results[0][0].get('index')} ({e})") from None
 
     def rows(self, indices=None) -> list[dict]:
-        """Result rows (sorted by index; only `indices` if given), arrays decoded to float32."""
-        names = COLUMNS + ARRAYS
+        """Result rows (sorted by index, then eps; only `indices` if given, and only the run's
+        radii), arrays decoded to float32; each row has its "eps"."""
+        names = COLUMNS + ARRAYS + [EPS]
         quoted = ", ".join(f'"{c}"' for c in names)
         out = []
         wanted = None if indices is None else set(int(i) for i in indices)
-        for values in self.db.execute(f'SELECT {quoted} FROM results ORDER BY "index"'):
+        radii = set(self.radii)
+        for values in self.db.execute(f'SELECT {quoted} FROM results ORDER BY "index", "{EPS}"'):
             row = dict(zip(names, values))
-            if wanted is not None and row["index"] not in wanted:
+            if (wanted is not None and row["index"] not in wanted) or row[EPS] not in radii:
                 continue
             for a in ARRAYS:
                 row[a] = None if row[a] is None else np.frombuffer(row[a], dtype=np.float32)
