@@ -83,9 +83,9 @@ def _load_input(path: Path) -> np.ndarray:
 
 def _version_callback(value: bool) -> None:
     if value:
-        from verifier.batch.run import _version
+        from verifier.version import package_version
 
-        typer.echo(_version())
+        typer.echo(package_version())
         raise typer.Exit(0)
 
 
@@ -180,10 +180,10 @@ def run(
                                  executor, address, distortion, eps_max, as_json, options, save_examples,
                                  rerun_unknown)
             if not rerun_unknown:  # a rerun's new timeout is not the folder's setting: run.toml stays
-                from verifier.batch.run import _version
                 from verifier.cli_config import write_run_config
+                from verifier.version import package_version
 
-                write_run_config(report / "run.toml", ctx.command.params, ctx.params, _version())
+                write_run_config(report / "run.toml", ctx.command.params, ctx.params, package_version())
             raise typer.Exit(code)
         if distortion is not None:
             from verifier.cli_distortion import distortion_command

@@ -38,6 +38,7 @@ from verifier.distortion.norms import check_norm
 from verifier.errors import InputError
 from verifier.network.graph import Network
 from verifier.options import VerifyOptions
+from verifier.version import package_version
 from verifier.radii import eps_list
 
 STORE_VERSION = 1
@@ -181,20 +182,11 @@ def _selection(size: int, start: int, limit: int | None) -> list[int]:
 def _settings(net: Network, dataset: Dataset, job: Job) -> dict:
     """Everything that changes a sample's result; a store only takes runs with equal settings."""
     options = {k: v for k, v in asdict(job.options).items() if k != "threads"}
-    return {"store_version": STORE_VERSION, "verifier_version": _version(),
+    return {"store_version": STORE_VERSION, "verifier_version": package_version(),
             "model_sha256": hashlib.sha256(net.onnx_bytes).hexdigest(), "model": net.name, "data_sha256": dataset.fingerprint, "data": dataset.source,
             "eps": list(job.eps) if isinstance(job.eps, tuple) else job.eps,
             "distortion": job.distortion, "eps_max": job.eps_max,
             "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}}
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("relu-verifier")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def _scratch() -> str:
