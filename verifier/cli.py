@@ -25,7 +25,6 @@ import typer
 
 import verifier
 from verifier.api import _spent
-from verifier.data import embedded_slice
 from verifier.errors import InputError, VerifierError, one_line
 from verifier.options import VerifyOptions
 from verifier.radii import eps_list
@@ -227,6 +226,14 @@ def _check_batch_outputs(save_example, save_examples, rerun_unknown, report, inp
         prepare_folder(save_examples)
 
 
+def _counts(rows) -> dict[str, int]:
+    """Robust / adversarial / unknown among the (index, Result) rows so far."""
+    counts = {"robust": 0, "adversarial": 0, "unknown": 0}
+    for _, r in rows:
+        counts[r.status.value] += 1
+    return counts
+
+
 def save_example_file(path: Optional[Path], example) -> None:
     """Write an example after its result was printed: a failed write is the user's one-line
     error (exit 2), and the verdict already on screen is not lost."""
@@ -270,35 +277,18 @@ def _property(net, path, options, result_file, as_json, began: float) -> None:
 
 
 def _table(net, eps, label, options, as_json, limit, start, save_examples=None) -> None:
-    indices, images, labels = embedded_slice(net.input_shape, start, limit)
-    from rich.progress import Progress
+    from verifier.cli_slice import over_slice
 
-    rows, saved = [], []
-    counts = {"robust": 0, "adversarial": 0, "unknown": 0}
     header = f"{'index':>5} {'label':>5} {'pred':>4}  {'status':<11} {'margin_lower':>12} {'margin_upper':>12} {'time_s':>7}  decided_by"
-    if not as_json:
-        typer.echo(header)
-    try:
-        with Progress(transient=True, console=None, disable=not sys.stderr.isatty()) as progress:
-            task = progress.add_task("verifying", total=len(indices))
-            for i in indices:
-                y = int(labels[i]) if label is None else label
-                r = verifier.verify(net, images[i].reshape(net.input_shape), eps, label=y,
-                                    timeout=options.timeout, options=options)
-                counts[r.status.value] += 1
-                rows.append((i, r))
-                if save_examples is not None and r.counterexample is not None:  # at once: kept if interrupted
-                    from verifier.batch.export import write_example
-
-                    saved.append(write_example(save_examples, i, r.label, images[i], net.input_shape, eps=eps,
-                                               perturbed=r.counterexample, adversarial_label=r.adversarial_label))
-                if not as_json:
-                    progress.console.print(
-                        f"{i:>5} {r.label:>5} {r.prediction:>4}  {r.status.value:<11} {r.margin_lower:>12.4g} "
-                        f"{r.margin_upper:>12.4g} {r.time:>7.3f}  {r.decided_by}", highlight=False)
-                progress.update(task, advance=1, description=" ".join(f"{k} {v}" for k, v in counts.items()))
-    except KeyboardInterrupt:
-        typer.echo("interrupted: summary of the samples that finished", err=True)
+    rows, saved = over_slice(
+        net, start, limit, label, as_json, header,
+        check=lambda x, y: verifier.verify(net, x, eps, label=y, timeout=options.timeout, options=options),
+        line=lambda r: (f"{r.label:>5} {r.prediction:>4}  {r.status.value:<11} {r.margin_lower:>12.4g} "
+                        f"{r.margin_upper:>12.4g} {r.time:>7.3f}  {r.decided_by}"),
+        example=lambda r: None if r.counterexample is None else (eps, r),
+        save_examples=save_examples,
+        describe=lambda rows: " ".join(f"{k} {v}" for k, v in _counts(rows).items()))
+    counts = _counts(rows)
     times = [r.time for _, r in rows]
     summary = {"samples": len(rows), **counts, "eps": eps,
                "total_time": round(sum(times), 3), "median_time": round(float(np.median(times)), 4) if times else None}

@@ -11,14 +11,12 @@ radius, which lies inside every larger radius's ball too.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import typer
 
-from verifier.data import embedded_slice
 from verifier.options import VerifyOptions
 from verifier.radii import RadiiResult, verify_radii
 
@@ -65,38 +63,17 @@ def table_radii(net, radii: list[float], label: Optional[int], options: VerifyOp
                 start: int, save_examples: Optional[Path] = None) -> None:
     """The embedded slice at every radius: a row per sample, a column per radius, a summary; an
     interrupted run still prints the summary of the samples that finished."""
-    from rich.progress import Progress
+    from verifier.cli_slice import over_slice
 
-    indices, images, labels = embedded_slice(net.input_shape, start, limit)
     width = max(11, *(len(f"eps={r:g}") for r in radii))
     header = (f"{'index':>5} {'label':>5} {'pred':>4}  " + " ".join(f"{f'eps={r:g}':<{width}}" for r in radii)
               + f" {'time_s':>7}")
-    rows: list[tuple[int, RadiiResult]] = []
-    saved = []
-    if not as_json:
-        typer.echo(header)
-    try:
-        with Progress(transient=True, console=None, disable=not sys.stderr.isatty()) as progress:
-            task = progress.add_task("verifying", total=len(indices))
-            for i in indices:
-                y = int(labels[i]) if label is None else label
-                rr = verify_radii(net, images[i].reshape(net.input_shape), radii, label=y, options=options)
-                rows.append((i, rr))
-                found = rr.example()
-                if save_examples is not None and found is not None:  # at once: kept if interrupted
-                    from verifier.batch.export import write_example
-
-                    eps, r = found
-                    saved.append(write_example(save_examples, i, r.label, images[i], net.input_shape, eps=eps,
-                                               perturbed=r.counterexample, adversarial_label=r.adversarial_label))
-                if not as_json:
-                    progress.console.print(
-                        f"{i:>5} {rr.label:>5} {rr.prediction:>4}  "
-                        + " ".join(f"{r.status.value:<{width}}" for r in rr.results) + f" {rr.time:>7.3f}",
-                        highlight=False)
-                progress.update(task, advance=1)
-    except KeyboardInterrupt:
-        typer.echo("interrupted: summary of the samples that finished", err=True)
+    rows, saved = over_slice(
+        net, start, limit, label, as_json, header,
+        check=lambda x, y: verify_radii(net, x, radii, label=y, options=options),
+        line=lambda rr: (f"{rr.label:>5} {rr.prediction:>4}  " + " ".join(f"{r.status.value:<{width}}" for r in rr.results)
+                         + f" {rr.time:>7.3f}"),
+        example=lambda rr: rr.example(), save_examples=save_examples)
     times = [rr.time for _, rr in rows]
     per_eps = counts_per_eps([rr for _, rr in rows], radii)
     summary = {"samples": len(rows), "eps": radii, "per_eps": per_eps, "total_time": round(sum(times), 3),
