@@ -226,14 +226,6 @@ def _check_batch_outputs(save_example, save_examples, rerun_unknown, report, inp
         prepare_folder(save_examples)
 
 
-def _counts(rows) -> dict[str, int]:
-    """Robust / adversarial / unknown among the (index, Result) rows so far."""
-    counts = {"robust": 0, "adversarial": 0, "unknown": 0}
-    for _, r in rows:
-        counts[r.status.value] += 1
-    return counts
-
-
 def save_example_file(path: Optional[Path], example) -> None:
     """Write an example after its result was printed: a failed write is the user's one-line
     error (exit 2), and the verdict already on screen is not lost."""
@@ -280,15 +272,20 @@ def _table(net, eps, label, options, as_json, limit, start, save_examples=None) 
     from verifier.cli_slice import over_slice
 
     header = f"{'index':>5} {'label':>5} {'pred':>4}  {'status':<11} {'margin_lower':>12} {'margin_upper':>12} {'time_s':>7}  decided_by"
+    counts = {"robust": 0, "adversarial": 0, "unknown": 0}  # kept as rows finish, for the bar
+
+    def check(x, y):
+        r = verifier.verify(net, x, eps, label=y, timeout=options.timeout, options=options)
+        counts[r.status.value] += 1
+        return r
+
     rows, saved = over_slice(
-        net, start, limit, label, as_json, header,
-        check=lambda x, y: verifier.verify(net, x, eps, label=y, timeout=options.timeout, options=options),
+        net, start, limit, label, as_json, header, check=check,
         line=lambda r: (f"{r.label:>5} {r.prediction:>4}  {r.status.value:<11} {r.margin_lower:>12.4g} "
                         f"{r.margin_upper:>12.4g} {r.time:>7.3f}  {r.decided_by}"),
         example=lambda r: None if r.counterexample is None else (eps, r),
         save_examples=save_examples,
-        describe=lambda rows: " ".join(f"{k} {v}" for k, v in _counts(rows).items()))
-    counts = _counts(rows)
+        describe=lambda rows: " ".join(f"{k} {v}" for k, v in counts.items()))
     times = [r.time for _, r in rows]
     summary = {"samples": len(rows), **counts, "eps": eps,
                "total_time": round(sum(times), 3), "median_time": round(float(np.median(times)), 4) if times else None}
