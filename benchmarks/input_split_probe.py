@@ -35,9 +35,15 @@ def main() -> None:
     parser.add_argument("--trial", type=int, default=InputSplitSettings.trial)
     parser.add_argument("--alpha", type=int, default=InputSplitSettings.alpha_steps)
     parser.add_argument("--batch", type=int, default=InputSplitSettings.batch)
+    parser.add_argument("--milp", type=int, default=InputSplitSettings.milp_relus,
+                        help="decide a box with at most this many unstable ReLUs by a MILP (0: never)")
+    parser.add_argument("--ratio", type=float, default=InputSplitSettings.milp_ratio)
+    parser.add_argument("--milp-seconds", type=float, default=InputSplitSettings.milp_seconds)
     args = parser.parse_args()
     reference = {(r["network"], r["property"]): r for r in csv.DictReader(open(args.folder / "reference_2021.csv"))}
-    settings = InputSplitSettings(batch=args.batch, trial=args.trial, alpha_steps=args.alpha)
+    settings = InputSplitSettings(batch=args.batch, trial=args.trial, alpha_steps=args.alpha,
+                                  milp_relus=args.milp, milp_ratio=args.ratio,
+                                  milp_seconds=args.milp_seconds)
     for instance in args.instances:
         network, prop_number = instance.split(":")
         onnx, vnnlib = f"onnx/ACASXU_run2a_{network}_batch_2000.onnx", f"vnnlib/prop_{prop_number}.vnnlib"
@@ -59,6 +65,9 @@ def main() -> None:
         print(instance, [o.status for o in outcomes], f"{time.perf_counter() - began:.2f} s",
               "boxes", sum(o.stats["input_boxes"] for o in outcomes),
               "bound", [float(np.min(o.lower)) for o in outcomes],
+              "milps", sum(o.stats.get("input_milps", 0) for o in outcomes),
+              "milp s", round(sum(o.stats.get("time_input_milp", 0) for o in outcomes), 1),
+              "milp closed", sum(o.stats.get("input_milp_closed", 0) for o in outcomes),
               "expected", ref.get("expected"), "α,β-CROWN 2021", ref.get("abcrown_2021_time_s"), flush=True)
 
 

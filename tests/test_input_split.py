@@ -4,6 +4,7 @@ activation patterns (an LP each), dense sampling, and a 2-D grid; properties in 
 form ACAS Xu uses (one output against a constant, comparisons between outputs, conjunctions,
 disjunctions of conjunctions), and a pinned input (lo = hi) as in ACAS Xu's property 4."""
 
+import itertools
 import time
 from pathlib import Path
 
@@ -100,7 +101,7 @@ def test_verdicts_and_bounds_match_enumeration_for_every_output_form(form):
 def test_a_pinned_input_is_never_split_and_the_verdict_matches_enumeration(rule, trial):
     """One input fixed (lo = hi, as ACAS Xu's property 4 fixes X_2): the search halves only the
     others, and still decides both ways as enumeration says, whichever rule picks the input."""
-    options = VerifyOptions(input_split_rule=rule, input_split_trial=trial)
+    options = VerifyOptions(input_split_rule=rule, input_split_trial=trial, input_split_milp=0)  # halving only
     for seed in range(4):
         target = 0.02 if seed % 2 == 0 else -0.02
         net, prop, (ws, bs, lo, hi), exact = _case(seed + 1, "a conjunction of comparisons between outputs",
@@ -218,7 +219,7 @@ def test_boxes_shared_over_two_processes_match_enumeration():
 
             # no descent: the violations are then found by the shares' searches, not before handing off
             out = workers.input_search(*args, 1e-5, time.perf_counter() + 60, check,
-                                       InputSplitSettings(batch=1, descent=0))
+                                       InputSplitSettings(batch=1, descent=0, milp_relus=0))
             handed += out.stats.get("input_handed_off", 0) > 0
             assert float(np.min(out.lower)) <= exact + 1e-9
             assert out.status == ("proved" if exact > 0 else "counterexample"), (seed, exact, out.status)
@@ -236,19 +237,19 @@ def test_a_lost_share_proves_nothing_below_its_boxes():
     for seed in range(0, 12, 2):  # robust cases; the first whose search reaches the handoff
         args, net, prop, exact = _search_args(seed, 0.02)
         first = input_branch_and_bound(*args, 1e-5, time.perf_counter() + 60, lambda x: False,
-                                       InputSplitSettings(batch=1), handoff=2)
+                                       InputSplitSettings(batch=1, milp_relus=0), handoff=2)
         if first.status == "handoff":
             break
     assert first.status == "handoff"
     deals = [tuple(t[i::2] for t in first.open) for i in range(2)]
     own = input_branch_and_bound(*args, 1e-5, time.perf_counter() + 60, lambda x: False,
-                                 InputSplitSettings(batch=1), start=deals[0])
+                                 InputSplitSettings(batch=1, milp_relus=0), start=deals[0])
     assert own.status == "proved"
     merged = merge_boxes(first, [own, None], deals, lambda x: False)
     assert merged.status == "unknown"
     assert np.all(merged.lower <= deals[1][2].min(dim=0).values.numpy())
     other = input_branch_and_bound(*args, 1e-5, time.perf_counter() + 60, lambda x: False,
-                                   InputSplitSettings(batch=1), start=deals[1])
+                                   InputSplitSettings(batch=1, milp_relus=0), start=deals[1])
     whole = merge_boxes(first, [own, other], deals, lambda x: False)
     assert whole.status == "proved" and float(np.min(whole.lower)) <= exact + 1e-9
 
@@ -274,7 +275,66 @@ def test_descent_inside_a_box_finds_a_violation_its_corners_and_centre_miss():
     def violates(x: torch.Tensor) -> bool:
         return float(np.abs(x[0].item() - 0.3) - 0.01) <= 0
 
-    assert _hunt(graph, specs, lo, hi, bounds, spec_lower, 1e-5, violates, descent=0) is None
-    found = _hunt(graph, specs, lo, hi, bounds, spec_lower, 1e-5, violates, descent=6)
+    missed, seen = _hunt(graph, specs, lo, hi, bounds, spec_lower, 1e-5, violates, descent=0)
+    assert missed is None and float(seen[0]) > 0  # the least slack seen: at the corners and centre
+    found, _ = _hunt(graph, specs, lo, hi, bounds, spec_lower, 1e-5, violates, descent=6)
     assert found is not None and violates(found)
     assert bool(((found >= lo[0]) & (found <= hi[0])).all())
+
+
+def test_a_box_milp_decides_each_disjunct_as_enumeration_does():
+    """bab/input_leaf.box_milp over a whole box, from its CROWN layer bounds, one disjunct at a
+    time: least slack 0.002 above 0 or below it (too close for the box's CROWN bound to tell):
+    proven exactly where enumeration says the disjunct holds, and where it does not, a point
+    in the box whose plain forward pass violates it."""
+    from verifier.bab.graph_problem import spec_rows
+    from verifier.bab.input_leaf import box_milp
+    from verifier.bounds.boxes import LayerPacking, box_bounds
+    from verifier.bounds.graph import compiled
+    from verifier.bounds.walker import EXACT
+
+    seen = set()
+    for form, seed in itertools.product(FORMS, range(2)):
+        net, prop, (ws, bs, lo, hi), _ = _case(seed, form, 0.002 if seed % 2 == 0 else -0.002)
+        graph = compiled(net, "cpu", EXACT)
+        packing = LayerPacking(graph)
+        x_lo, x_hi = torch.as_tensor(lo).reshape(1, -1), torch.as_tensor(hi).reshape(1, -1)
+        for c in prop.regions[0].disjuncts:
+            exact = enumerate_min_slack(ws, bs, lo, hi, [(c.C, c.d)])
+            rows, const = spec_rows(c.C, c.d)
+            layers = box_bounds(graph, x_lo, x_hi, rows, const, packing=packing).layers
+            verdict = box_milp(graph, packing, x_lo[0], x_hi[0], layers[0], rows, const, 1e-5, 30.0)
+            if exact > 1e-4:
+                assert verdict.bound > 1e-5 and verdict.bound <= exact + 1e-6, (seed, exact, verdict.bound)
+                seen.add("proven")
+            elif exact < -1e-4:
+                assert verdict.bound <= 1e-5 and verdict.x is not None, (seed, exact, verdict.bound)
+                assert np.all(verdict.x >= lo) and np.all(verdict.x <= hi)
+                assert float(c.slack(net.forward(verdict.x))[0]) <= 1e-6
+                seen.add("refuted")
+    assert seen == {"proven", "refuted"}
+
+
+def test_a_search_decided_by_box_milps_matches_enumeration():
+    """Every popped box with a MILP (any number of unstable ReLUs, no ratio): the verdicts
+    follow enumeration on least slacks of +-0.001, a point found violates the property, the
+    proven bound lies below the exact least slack, and the MILPs closed boxes (a root bound or
+    point may decide a case first)."""
+    from verifier.bab.input_split import InputSplitSettings, input_branch_and_bound
+
+    settings = InputSplitSettings(batch=4, milp_relus=1000, milp_ratio=0.0, milp_seconds=30.0, descent=0)
+    closed = 0
+    for seed in range(6):
+        args, net, prop, exact = _search_args(seed, 0.001 if seed % 2 == 0 else -0.001)
+
+        def check(x, net=net, prop=prop) -> bool:
+            return prop.min_slack(net.forward(np.asarray(x, dtype=np.float64))) <= 0
+
+        out = input_branch_and_bound(*args, 1e-5, time.perf_counter() + 60, check, settings)
+        assert out.status == ("proved" if exact > 0 else "counterexample"), (seed, exact, out.status)
+        if out.status == "counterexample":
+            assert check(out.x)
+        else:
+            assert float(np.min(out.lower)) <= exact + 1e-9
+        closed += out.stats.get("input_milp_closed", 0)
+    assert closed > 0

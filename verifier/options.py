@@ -108,6 +108,10 @@ class VerifyOptions:
     # Adam steps on the output bound's ReLU slopes (alpha-CROWN) of each box CROWN leaves open
     # (0: CROWN alone).
     input_split_alpha: int = 10
+    # A box with at most this many unstable ReLUs left, whose bound lies well below the least
+    # slack seen in it, is decided by one MILP (bab/input_leaf.py) instead of being halved on
+    # (0: never). Measured on ACAS Xu, see benchmarks/RESULTS.md, "ACAS Xu by splitting the input box".
+    input_split_milp: int = 30
 
     def __post_init__(self) -> None:
         for name, allowed in _CHOICES.items():
@@ -115,7 +119,8 @@ class VerifyOptions:
                 raise InputError(f"option {name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
         for name, least in (("output_bound_layers", 0), ("output_bound_rounds", 0), ("refine_layers", 0),
                             ("processes", 1), ("input_split_max", 0), ("input_split_batch", 1),
-                            ("input_split_trial", 1), ("input_split_alpha", 0)):
+                            ("input_split_trial", 1), ("input_split_alpha", 0),
+                            ("input_split_milp", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise InputError(f"option {name}={value!r}: expected a whole number >= {least}")

@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from verifier.bab.input_leaf import box_milp, uncertain_counts
 from verifier.bounds.boxes import BoxBounds, LayerPacking, box_bounds, optimised_box_bounds
 from verifier.bounds.graph import BoundGraph
 from verifier.bounds.walker import EXACT, minimiser
@@ -38,12 +39,19 @@ class InputSplitSettings:
     alpha_steps: int = 10  # Adam steps on the output walk's slopes of each half CROWN leaves open
     alpha_lr: float = 0.3  # their step size
     descent: int = 6  # sign-gradient steps from each open box's hunting points, inside the box
+    # A popped box with at most `milp_relus` unstable ReLUs (0: never), whose bound lies more than
+    # `milp_ratio` times its least slack seen below that slack, is decided by a MILP of at most
+    # `milp_seconds` (bab/input_leaf.py); one not finished is halved instead.
+    milp_relus: int = 30
+    milp_ratio: float = 3.0
+    milp_seconds: float = 0.05
     max_memory: int = 1_000_000_000  # bytes of open boxes before the search stops
 
 
-#: Open boxes as plain tensors: corners (N, n0), spec bounds (N, S), split scores (N, n0), and
-#: every relaxed node's input bounds (N, 2T) packed (bounds/boxes.py, `LayerPacking`).
-Boxes = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+#: Open boxes as plain tensors: corners (N, n0), spec bounds (N, S), split scores (N, n0), every
+#: relaxed node's input bounds (N, 2T) packed (bounds/boxes.py, `LayerPacking`), and the least
+#: slack seen at the box's hunting points (N,) (+inf: none yet).
+Boxes = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -86,16 +94,17 @@ class Specs:
 
 class _Queue:
     """The open boxes, in tensors: corners (N, n0), spec bounds (N, S), each input's split
-    score (N, n0), from the box's own bounds (-1: too narrow to halve), and the box's layer
-    bounds (N, 2T), float32."""
+    score (N, n0), from the box's own bounds (-1: too narrow to halve), the box's layer
+    bounds (N, 2T), float32, and the least slack seen in it (N,)."""
 
     def __init__(self, n0: int, specs: int, layers: int, device: torch.device) -> None:
         self.parts = (torch.empty((0, n0), dtype=EXACT, device=device), torch.empty((0, n0), dtype=EXACT, device=device),
                       torch.empty((0, specs), dtype=EXACT, device=device),
                       torch.empty((0, n0), dtype=EXACT, device=device),
-                      torch.empty((0, layers), dtype=torch.float32, device=device))
+                      torch.empty((0, layers), dtype=torch.float32, device=device),
+                      torch.empty((0,), dtype=EXACT, device=device))
         #: bytes per box: the tensors' entries (the queue lives in a few big tensors)
-        self.box_bytes = 8 * (3 * n0 + specs) + 4 * layers
+        self.box_bytes = 8 * (3 * n0 + specs + 1) + 4 * layers
 
     def __len__(self) -> int:
         return self.parts[0].shape[0]
@@ -108,7 +117,7 @@ class _Queue:
         self.parts = tuple(torch.cat([old, new]) for old, new in zip(self.parts, parts))
 
     def pop(self, k: int) -> tuple:
-        """The k boxes whose least spec bound is lowest, as (lo, hi, lower, scores, layers)."""
+        """The k boxes whose least spec bound is lowest, as (lo, hi, lower, scores, layers, seen)."""
         take = torch.topk(self.lower.min(dim=1).values, min(k, len(self)), largest=False).indices
         keep = torch.ones(len(self), dtype=torch.bool, device=take.device)
         keep[take] = False
@@ -138,7 +147,8 @@ def input_branch_and_bound(graph: BoundGraph, specs: Specs, x_lo: torch.Tensor, 
         bounds = box_bounds(graph, *root[:2], search.specs.rows, search.specs.const, deadline,
                             packing=search.packing)
         if bounds is None:
-            queue.push(*root, torch.full_like(root[0], -1.0), search.packing.unbounded(1, device))
+            queue.push(*root, torch.full_like(root[0], -1.0), search.packing.unbounded(1, device),
+                       torch.full((1,), math.inf, dtype=EXACT, device=device))
             status = "timeout"
         else:
             x = search.expand(*root, bounds)
@@ -156,13 +166,18 @@ def input_branch_and_bound(graph: BoundGraph, specs: Specs, x_lo: torch.Tensor, 
             break
         began = time.perf_counter()
         boxes = queue.pop(settings.batch)
+        if settings.milp_relus > 0:
+            boxes, x = search.decided_exactly(boxes, deadline)
+            if x is not None:
+                break
         stuck = boxes[3].max(dim=1).values < 0
         if bool(stuck.any()):
             held.append(tuple(t[stuck] for t in boxes))
             boxes = tuple(t[~stuck] for t in boxes)
         if not len(boxes[0]):
             continue
-        lo, hi, parent, bounds = _children(graph, search.packing, search.specs, *boxes, settings.trial, deadline)
+        lo, hi, parent, bounds = _children(graph, search.packing, search.specs, *boxes[:5], settings.trial,
+                                              deadline)
         if bounds is None:  # past the deadline: the boxes stay as they were
             queue.push(*boxes)
             status = "timeout"
@@ -220,6 +235,49 @@ class _Search:
         out[open_] = value.scatter_reduce(1, best, sharp, "amax")
         return BoxBounds(out, bounds.lam0, bounds.layers)
 
+    def decided_exactly(self, boxes: tuple, deadline: float) -> tuple[tuple, torch.Tensor | None]:
+        """Decide the boxes with few unstable ReLUs left by one MILP per open spec
+        (bab/input_leaf.py): the boxes still open after it (to be halved), and a point
+        `confirm` accepted, if one."""
+        few = uncertain_counts(self.graph, self.packing, boxes[4]) <= self.settings.milp_relus
+        # A box whose bound lies further below its least slack seen than that slack is above 0
+        # needs its error more than halved, i.e. every input halved: 2^n0 boxes or more.
+        seen, lower = boxes[5], boxes[2].min(dim=1).values
+        stuck = seen - lower > self.settings.milp_ratio * seen.clamp(min=0)
+        small = torch.nonzero(few & stuck)
+        if not small.numel():
+            return boxes, None
+        began, specs, tolerance = time.perf_counter(), self.specs, self.tolerance
+        closed = torch.zeros(boxes[0].shape[0], dtype=torch.bool, device=boxes[0].device)
+        for i in small.flatten().tolist():
+            lo, hi, parent, _, layers, _ = (t[i] for t in boxes)
+            bound = parent.clone()
+            for s in torch.nonzero(parent <= tolerance).flatten().tolist():
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    break
+                mine = specs.owner == s
+                verdict = box_milp(self.graph, self.packing, lo, hi, layers, specs.rows[mine], specs.const[mine],
+                                   tolerance, min(self.settings.milp_seconds, left))
+                self.stats["input_milps"] = self.stats.get("input_milps", 0) + 1
+                if verdict.x is not None:
+                    point = torch.as_tensor(verdict.x, dtype=EXACT)
+                    if self.confirm(point):
+                        self._count_milps(began, closed)
+                        return boxes, point
+                if verdict.bound <= tolerance:
+                    break
+                bound[s] = max(float(bound[s]), verdict.bound)
+            if bool((bound > tolerance).all()):
+                closed[i] = True
+                self.closed = torch.minimum(self.closed, bound)
+        self._count_milps(began, closed)
+        return tuple(t[~closed] for t in boxes), None
+
+    def _count_milps(self, began: float, closed: torch.Tensor) -> None:
+        self.stats["input_milp_closed"] = self.stats.get("input_milp_closed", 0) + int(closed.sum())
+        self.stats["time_input_milp"] = round(self.stats.get("time_input_milp", 0) + time.perf_counter() - began, 4)
+
     def expand(self, lo, hi, parent, bounds: BoxBounds) -> torch.Tensor | None:
         """Take newly bounded boxes in: hunt for a violation at their corners and centres
         (the point `confirm` accepted, if one), close the proven ones, queue the others."""
@@ -227,7 +285,8 @@ class _Search:
         spec_lower = torch.fmax(specs.per_spec(bounds.value), parent)
         self.stats["input_boxes"] += lo.shape[0]
         self.stats["input_rounds"] += 1
-        x = _hunt(self.graph, specs, lo, hi, bounds, spec_lower, tolerance, self.confirm, self.settings.descent)
+        x, seen = _hunt(self.graph, specs, lo, hi, bounds, spec_lower, tolerance, self.confirm,
+                        self.settings.descent)
         if x is not None:
             return x
         done = (spec_lower > tolerance).all(dim=1)
@@ -236,7 +295,7 @@ class _Search:
         keep = ~done
         scores = _split_scores(specs, lo[keep], hi[keep], bounds.lam0[keep], bounds.value[keep], spec_lower[keep],
                                tolerance, self.scale, self.settings.heuristic)
-        self.queue.push(lo[keep], hi[keep], spec_lower[keep], scores, bounds.layers[keep])
+        self.queue.push(lo[keep], hi[keep], spec_lower[keep], scores, bounds.layers[keep], seen)
         return None
 
 
@@ -321,13 +380,16 @@ def _halves(lo, hi, parent, dims):
 
 
 def _hunt(graph, specs: Specs, lo, hi, bounds, spec_lower, tolerance: float, confirm,
-          descent: int = 0) -> torch.Tensor | None:
+          descent: int = 0) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Run each open box's worst corner (for its worst row) and centre through the network,
     then `descent` steps of projected sign-gradient descent on the least spec slack from both,
-    inside the box; the first point violating a spec that `confirm` accepts, or None."""
+    inside the box: the first point violating a spec that `confirm` accepts (or None), and per
+    open box the least slack seen (how close the box's true least comes to a violation)."""
     open_ = ~(spec_lower > tolerance).all(dim=1)
-    if not bool(open_.any()):
-        return None
+    b = int(open_.sum())
+    seen = torch.full((b,), math.inf, dtype=EXACT, device=lo.device)
+    if not b:
+        return None, seen
     lo, hi, value, lam0 = lo[open_], hi[open_], bounds.value[open_], bounds.lam0[open_]
     rows = _worst_rows(specs, value, spec_lower[open_], tolerance)
     corners = minimiser(lam0, lo, hi)[torch.arange(lo.shape[0], device=lo.device), rows]
@@ -338,11 +400,12 @@ def _hunt(graph, specs: Specs, lo, hi, bounds, spec_lower, tolerance: float, con
         points = points.detach().requires_grad_(k < descent)
         with torch.set_grad_enabled(k < descent):
             slack = specs.per_spec(graph.forward(points) @ specs.rows.T + specs.const).min(dim=1).values
+        seen = torch.minimum(seen, torch.minimum(slack[:b], slack[b:]).detach().to(EXACT))
         for i in torch.nonzero(slack <= 0).flatten()[:8].tolist():
             if confirm(points[i].detach().cpu()):
-                return points[i].detach().cpu()
+                return points[i].detach().cpu(), seen
         if k < descent:
             (grad,) = torch.autograd.grad(slack.sum(), points)
             points = torch.fmin(torch.fmax(points - step * grad.sign(), box_lo), box_hi)
             step = step * 0.7
-    return None
+    return None, seen

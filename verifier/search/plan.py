@@ -79,6 +79,7 @@ def make_plan(options: VerifyOptions, engine: str, depth: int, free_inputs: int 
                 input_split=_input_split(options, engine, free_inputs),
                 input_settings=InputSplitSettings(batch=options.input_split_batch, heuristic=options.input_split_rule,
                                                   trial=options.input_split_trial, alpha_steps=options.input_split_alpha,
+                                                  milp_relus=options.input_split_milp,
                                                   max_memory=memory_budget(options)))
 
 
