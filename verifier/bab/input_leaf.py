@@ -16,7 +16,9 @@ point at or below the threshold is only a candidate: `confirm` (onnxruntime) has
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -25,6 +27,7 @@ from solvers.base import SolveOptions, SolveStatus
 from solvers.highs import HighsSolver
 from verifier.bounds.boxes import LayerPacking
 from verifier.bounds.graph import BoundGraph
+from verifier.bounds.walker import EXACT
 from verifier.encode.network import encode_network
 
 
@@ -79,3 +82,42 @@ def box_milp(graph: BoundGraph, packing: LayerPacking, lo: torch.Tensor, hi: tor
     if res.x is not None and res.objective <= tolerance:
         x = np.clip(res.x[enc.input_cols], lo.cpu().numpy(), hi.cpu().numpy())
     return BoxVerdict(bound, x)
+
+
+def decide_boxes(graph: BoundGraph, packing: LayerPacking, specs, boxes: tuple, settings, tolerance: float,
+                 confirm: Callable[[torch.Tensor], bool], deadline: float,
+                 stats: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Decide popped boxes (bab/input_split.py's queue parts) by one MILP per open spec where
+    halving would be slow: at most `settings.milp_relus` unstable ReLUs left (a MILP's cost
+    grows fast with its binaries), and a bound further below the box's least slack seen than
+    `settings.milp_ratio` times that slack (the bound's error must shrink by more than that
+    factor, and halving every input only about halves it: 2^n0 boxes a time). Returns which
+    boxes closed (B,), their spec bounds (B, S), and a point `confirm` accepted, if one."""
+    lo, hi, lower, _, layers, seen = boxes
+    few = uncertain_counts(graph, packing, layers) <= settings.milp_relus
+    slow = seen - lower.min(dim=1).values > settings.milp_ratio * seen.clamp(min=0)
+    closed = torch.zeros(lo.shape[0], dtype=torch.bool, device=lo.device)
+    bounds = lower.clone()
+    began = time.perf_counter()
+    try:
+        for i in torch.nonzero(few & slow).flatten().tolist():
+            for s in torch.nonzero(lower[i] <= tolerance).flatten().tolist():
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    break
+                mine = specs.owner == s
+                verdict = box_milp(graph, packing, lo[i], hi[i], layers[i], specs.rows[mine], specs.const[mine],
+                                   tolerance, min(settings.milp_seconds, left))
+                stats["input_milps"] = stats.get("input_milps", 0) + 1
+                if verdict.x is not None:
+                    point = torch.as_tensor(verdict.x, dtype=EXACT)
+                    if confirm(point):
+                        return closed & False, bounds, point
+                if verdict.bound <= tolerance:
+                    break
+                bounds[i, s] = max(float(bounds[i, s]), verdict.bound)
+            closed[i] = bool((bounds[i] > tolerance).all())
+    finally:
+        stats["input_milp_closed"] = stats.get("input_milp_closed", 0) + int(closed.sum())
+        stats["time_input_milp"] = round(stats.get("time_input_milp", 0) + time.perf_counter() - began, 4)
+    return closed, bounds, None

@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from verifier.bab.input_leaf import box_milp, uncertain_counts
+from verifier.bab.input_leaf import decide_boxes
 from verifier.bounds.boxes import BoxBounds, LayerPacking, box_bounds, optimised_box_bounds
 from verifier.bounds.graph import BoundGraph
 from verifier.bounds.walker import EXACT, minimiser
@@ -236,47 +236,13 @@ class _Search:
         return BoxBounds(out, bounds.lam0, bounds.layers)
 
     def decided_exactly(self, boxes: tuple, deadline: float) -> tuple[tuple, torch.Tensor | None]:
-        """Decide the boxes with few unstable ReLUs left by one MILP per open spec
-        (bab/input_leaf.py): the boxes still open after it (to be halved), and a point
-        `confirm` accepted, if one."""
-        few = uncertain_counts(self.graph, self.packing, boxes[4]) <= self.settings.milp_relus
-        # A box whose bound lies further below its least slack seen than that slack is above 0
-        # needs its error more than halved, i.e. every input halved: 2^n0 boxes or more.
-        seen, lower = boxes[5], boxes[2].min(dim=1).values
-        stuck = seen - lower > self.settings.milp_ratio * seen.clamp(min=0)
-        small = torch.nonzero(few & stuck)
-        if not small.numel():
-            return boxes, None
-        began, specs, tolerance = time.perf_counter(), self.specs, self.tolerance
-        closed = torch.zeros(boxes[0].shape[0], dtype=torch.bool, device=boxes[0].device)
-        for i in small.flatten().tolist():
-            lo, hi, parent, _, layers, _ = (t[i] for t in boxes)
-            bound = parent.clone()
-            for s in torch.nonzero(parent <= tolerance).flatten().tolist():
-                left = deadline - time.perf_counter()
-                if left <= 0:
-                    break
-                mine = specs.owner == s
-                verdict = box_milp(self.graph, self.packing, lo, hi, layers, specs.rows[mine], specs.const[mine],
-                                   tolerance, min(self.settings.milp_seconds, left))
-                self.stats["input_milps"] = self.stats.get("input_milps", 0) + 1
-                if verdict.x is not None:
-                    point = torch.as_tensor(verdict.x, dtype=EXACT)
-                    if self.confirm(point):
-                        self._count_milps(began, closed)
-                        return boxes, point
-                if verdict.bound <= tolerance:
-                    break
-                bound[s] = max(float(bound[s]), verdict.bound)
-            if bool((bound > tolerance).all()):
-                closed[i] = True
-                self.closed = torch.minimum(self.closed, bound)
-        self._count_milps(began, closed)
-        return tuple(t[~closed] for t in boxes), None
-
-    def _count_milps(self, began: float, closed: torch.Tensor) -> None:
-        self.stats["input_milp_closed"] = self.stats.get("input_milp_closed", 0) + int(closed.sum())
-        self.stats["time_input_milp"] = round(self.stats.get("time_input_milp", 0) + time.perf_counter() - began, 4)
+        """Decide the boxes with few unstable ReLUs left by MILPs (bab/input_leaf.py): the
+        boxes still open after them (to be halved), and a point `confirm` accepted, if one."""
+        closed, bounds, x = decide_boxes(self.graph, self.packing, self.specs, boxes, self.settings, self.tolerance,
+                                         self.confirm, deadline, self.stats)
+        if bool(closed.any()):
+            self.closed = torch.minimum(self.closed, bounds[closed].min(dim=0).values)
+        return tuple(t[~closed] for t in boxes), x
 
     def expand(self, lo, hi, parent, bounds: BoxBounds) -> torch.Tensor | None:
         """Take newly bounded boxes in: hunt for a violation at their corners and centres
