@@ -110,7 +110,7 @@ class VerifyOptions:
     input_split_alpha: int = 10
     # A box with at most this many unstable ReLUs left, whose bound lies well below the least
     # slack seen in it, is decided by one MILP (bab/input_leaf.py) instead of being halved on
-    # (0: never). Measured on ACAS Xu, see benchmarks/RESULTS.md, "ACAS Xu by splitting the input box".
+    # (0: never). Measured on ACAS Xu, see benchmarks/RESULTS.md, "ACAS Xu: all 186".
     input_split_milp: int = 30
 
     def __post_init__(self) -> None:
