@@ -104,6 +104,12 @@ def test_config_file_gives_the_command_lines_result_and_the_command_line_wins(fi
     (files / "plain.onnx").write_bytes(conv_net(normalisation_inside=True))
     code, out, err = cli(capsys, files / "plain.onnx", "--config", files / "c.toml", "--mean", "0", "--std", "1")
     assert code == 0 and json.loads(out)["margin_upper"] != pytest.approx(by_hand["margin_upper"], abs=1e-3)
+    # A flag the file sets true is turned off on the command line: the table, not JSON.
+    code, out, err = cli(capsys, "--config", files / "c.toml", "--no-json")
+    assert code == 0, err
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(out)
+    assert by_hand["status"] in out
 
 
 @pytest.mark.parametrize("text,needle", [

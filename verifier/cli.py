@@ -114,7 +114,7 @@ def run(
     timeout: float = typer.Option(60.0, help="Seconds per sample."),
     limit: Optional[int] = typer.Option(None, help="Samples to verify (default: 10 of the embedded data; with --report, all)."),
     start: int = typer.Option(0, help="First sample of the data."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: bool = typer.Option(False, "--json/--no-json", help="Print JSON instead of a table (--no-json: the table, also over a config file's json = true)."),
     save_example: Optional[Path] = typer.Option(None, help="Write the counterexample (.npy) if one is found."),
     vnnlib: Optional[Path] = typer.Option(None, help="A VNN-LIB property (.vnnlib or .vnnlib.gz) instead of an eps-ball."),
     result_file: Optional[Path] = typer.Option(None, "--result", help="With --vnnlib: write the VNN-COMP result file here."),
