@@ -57,12 +57,13 @@ def box_milp(graph: BoundGraph, packing: LayerPacking, lo: torch.Tensor, hi: tor
     one MILP built from the box's layer bounds (2T,) (rows (k, n_out), const (k,))."""
     net = graph.net
     one = layers.reshape(1, -1)
-    boxes = graph.interval(lo.reshape(1, -1), hi.reshape(1, -1), packing.unpack(one))
+    boxes = graph.interval(lo.reshape(1, -1), hi.reshape(1, -1), packing.unpack(one), upto=graph.output)
     bounds = {graph.nodes[i].name: (b[0][0].cpu().numpy(), b[1][0].cpu().numpy())
               for i, b in enumerate(boxes) if b is not None}
     if any(bool((l > h).any()) for l, h in bounds.values()):
         return BoxVerdict(np.inf)  # crossed bounds: no input of the box reaches here
-    enc = encode_network(net, bounds)
+    # only the nodes on the way to the output (not a second model output's head)
+    enc = encode_network(net, bounds, [graph.nodes[i].name for i, b in enumerate(boxes) if i > 0 and b is not None])
     out = graph.nodes[graph.output].name
     C, d = rows.cpu().numpy(), -const.cpu().numpy()
     out_lo, out_hi = bounds[out]
