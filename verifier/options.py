@@ -112,6 +112,13 @@ class VerifyOptions:
     # slack seen in it, is decided by one MILP (bab/input_leaf.py) instead of being halved on
     # (0: never). Measured on ACAS Xu, see benchmarks/RESULTS.md, "ACAS Xu: all 186".
     input_split_milp: int = 30
+    # On the graph engine, a network with at most `mip_stage_relus` ReLUs unstable after
+    # alpha-CROWN (and a region still open after the probe search) gets LP-tightened bounds and
+    # the MIP (HiGHS, under a cutoff) for `mip_stage_share` of the time left before the
+    # refinement and the final search (0: never). Measured on oval21's base net, see
+    # benchmarks/RESULTS.md, "A MIP stage for small CNNs".
+    mip_stage_relus: int = 500
+    mip_stage_share: float = 0.3
 
     def __post_init__(self) -> None:
         for name, allowed in _CHOICES.items():
@@ -120,11 +127,11 @@ class VerifyOptions:
         for name, least in (("output_bound_layers", 0), ("output_bound_rounds", 0), ("refine_layers", 0),
                             ("processes", 1), ("input_split_max", 0), ("input_split_batch", 1),
                             ("input_split_trial", 1), ("input_split_alpha", 0),
-                            ("input_split_milp", 0)):
+                            ("input_split_milp", 0), ("mip_stage_relus", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise InputError(f"option {name}={value!r}: expected a whole number >= {least}")
-        for name, low, high in (("refine_budget", 0.0, 1.0), ("output_bound_budget", 0.0, 1.0),
+        for name, low, high in (("refine_budget", 0.0, 1.0), ("output_bound_budget", 0.0, 1.0), ("mip_stage_share", 0.0, 1.0),
                                 ("refine_stall", 0.0, float("inf")), ("bab_memory", 0.0, float("inf")),
                                 ("bab_steps", 0, float("inf"))):
             value = getattr(self, name)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from verifier.result import Result, Status
 from verifier.search.run_state import RunState
@@ -54,19 +54,26 @@ def spec_workers(options):
         return None
 
 
-def bab_stages(run: RunState, engine: Engine, state, order: list[int]) -> Result:
-    """The stages (module docstring) with helper processes for their searches."""
+def bab_stages(run: RunState, engine: Engine, state, order: list[int],
+               exact_stage: Callable[[float], Result | None] | None = None) -> Result:
+    """The stages (module docstring) with helper processes for their searches. `exact_stage`,
+    where given, runs after the probe with `options.mip_stage_share` of the time left (the MIP
+    on small networks, search/region.py) and its decision, if one, ends the run."""
     workers = spec_workers(run.options)
     try:
-        return _stages(run, engine, state, order, workers)
+        return _stages(run, engine, state, order, workers, exact_stage)
     finally:
         if workers is not None:
             workers.close()
 
 
-def _stages(run: RunState, engine: Engine, state, order: list[int], workers) -> Result:
+def _stages(run: RunState, engine: Engine, state, order: list[int], workers, exact_stage) -> Result:
     plan, options = run.plan, run.options
     for stage in ("probe", "refined") if plan.probe else ("refined",):
+        if stage == "refined" and exact_stage is not None and run.open():
+            decided = exact_stage(options.mip_stage_share * run.remaining())
+            if decided is not None:
+                return decided
         if stage == "refined" and plan.refine_share > 0:
             began = time.perf_counter()
             refine(run, engine, state, plan.refine_share * run.remaining(), workers)

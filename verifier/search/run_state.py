@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -41,6 +42,18 @@ class RunState:
     best_value: float = np.inf  # min over disjuncts of the slack at best_x
     stats: dict = field(default_factory=dict)
     plan: Any = None  # the search.plan.Plan, once resolved
+    cap: float = math.inf  # a stage's own deadline (`capped`), where earlier than the run's
+
+    @contextmanager
+    def capped(self, deadline: float) -> Iterator[None]:
+        """Within the block every stage keeps to `deadline` where it is earlier than the run's
+        (a stage given a share of the time: what it proves stays proven after it)."""
+        before = self.cap
+        self.cap = min(before, deadline)
+        try:
+            yield
+        finally:
+            self.cap = before
 
     @property
     def disjuncts(self) -> list[Conjunction]:
@@ -48,7 +61,7 @@ class RunState:
 
     @property
     def deadline(self) -> float:
-        return self.start + self.options.timeout
+        return min(self.start + self.options.timeout, self.cap)
 
     def remaining(self) -> float:
         return self.deadline - time.perf_counter()
