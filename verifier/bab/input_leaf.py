@@ -61,7 +61,9 @@ def box_milp(graph: BoundGraph, packing: LayerPacking, lo: torch.Tensor, hi: tor
     bounds = {graph.nodes[i].name: (b[0][0].cpu().numpy(), b[1][0].cpu().numpy())
               for i, b in enumerate(boxes) if b is not None}
     if any(bool((l > h).any()) for l, h in bounds.values()):
-        return BoxVerdict(np.inf)  # crossed bounds: no input of the box reaches here
+        # Every input of a box reaches every node (no split constraints here): crossed bounds
+        # are numerical trouble, not an empty box, so they decide nothing.
+        return BoxVerdict(-np.inf)
     # only the nodes on the way to the output (not a second model output's head)
     enc = encode_network(net, bounds, [graph.nodes[i].name for i, b in enumerate(boxes) if i > 0 and b is not None])
     out = graph.nodes[graph.output].name
