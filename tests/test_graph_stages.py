@@ -192,8 +192,9 @@ def test_graph_constrained_bounds_bracket_the_tolerance(seed):
         assert proved == provable
 
 
+#: Every search stage on, and no MIP stage (these small nets would take it; tests/test_mip_stage.py has it).
 FORCED = dict(engine="graph", split="relu", attack_steps=0, attack_restarts=0, lp_tightening=False, symbolic=False, alpha_steps=0,
-              alpha_budget=0.0, bab_probe=0.0,
+              alpha_budget=0.0, bab_probe=0.0, mip_stage_relus=0,
               refine_budget=0.5, refine_first_pass=0.2, output_bounds="on", output_bound_layers=2)
 
 

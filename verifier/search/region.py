@@ -150,7 +150,8 @@ def _decide(run: RunState, x_ref: np.ndarray) -> Result:
     if not run.open():
         return run.result(Status.ROBUST, "lp")
     if plan.bab and state is not None:
-        small = plan.engine == "graph" and run.stats.get("unstable_alpha", np.inf) <= options.mip_stage_relus
+        small = (plan.engine == "graph" and options.mip_stage_relus > 0
+                 and run.stats.get("unstable_alpha", np.inf) <= options.mip_stage_relus)
         return bab_stages(run, engine, state, order, _mip_stage(run, bounds, order) if small else None)
     if enc is None:
         enc = encode_network(net, bounds, deadline=run.deadline)
