@@ -63,14 +63,8 @@ def leaf_bound(problem, spec: int, signs: list, lower: list, upper: list, time_l
         base, _ = extend(base, rows=sp.vstack(rows), row_lo=np.concatenate(lo_rows), row_hi=np.concatenate(hi_rows))
     enc.problem = base
     C, d = problem.rows[spec].cpu().numpy(), -problem.const[spec].cpu().numpy()
-    start_lo, start_hi = bounds[graph.nodes[problem.start].name]
-    centre, radius = (start_lo + start_hi) / 2, (start_hi - start_lo) / 2
-    t_hi = float((C @ centre + np.abs(C) @ radius - d).max()) + 1.0
-    t_lo = float((C @ centre - np.abs(C) @ radius - d).max()) - 1.0
-    milp = enc.with_max_objective(graph.nodes[problem.start].name, C, d, t_lo, t_hi)
-    c = np.zeros(milp.num_cols)
-    c[-1] = 1.0
-    milp.c = c
+    start = graph.nodes[problem.start].name
+    milp = enc.minimising_max(start, C, d, bounds[start])
     cols = enc.input_cols
     if milp.integer.any():
         solver = make_solver("highs", milp)

@@ -67,14 +67,7 @@ def box_milp(graph: BoundGraph, packing: LayerPacking, lo: torch.Tensor, hi: tor
     # only the nodes on the way to the output (not a second model output's head)
     enc = encode_network(net, bounds, [graph.nodes[i].name for i, b in enumerate(boxes) if i > 0 and b is not None])
     out = graph.nodes[graph.output].name
-    C, d = rows.cpu().numpy(), -const.cpu().numpy()
-    out_lo, out_hi = bounds[out]
-    centre, radius = (out_lo + out_hi) / 2, (out_hi - out_lo) / 2
-    t_lo = float((C @ centre - np.abs(C) @ radius - d).max()) - 1.0
-    t_hi = float((C @ centre + np.abs(C) @ radius - d).max()) + 1.0
-    problem = enc.with_max_objective(out, C, d, t_lo, t_hi)
-    problem.c = np.zeros(problem.num_cols)
-    problem.c[-1] = 1.0
+    problem = enc.minimising_max(out, rows.cpu().numpy(), -const.cpu().numpy(), bounds[out])
     cutoff = 2 * tolerance
     res = HighsSolver(problem, presolve=False).solve(SolveOptions(time_limit=time_limit, cutoff=cutoff, target=0.0))
     if res.status == SolveStatus.INFEASIBLE:  # under the cutoff: nothing at or below it
@@ -115,7 +108,7 @@ def decide_boxes(graph: BoundGraph, packing: LayerPacking, specs, boxes: tuple, 
                 if verdict.x is not None:
                     point = torch.as_tensor(verdict.x, dtype=EXACT)
                     if confirm(point):
-                        return closed & False, bounds, point
+                        return closed, bounds, point
                 if verdict.bound <= tolerance:
                     break
                 bounds[i, s] = max(float(bounds[i, s]), verdict.bound)

@@ -56,6 +56,18 @@ class EncodedNetwork:
             col_lo=np.append(p.col_lo, t_lo), col_hi=np.append(p.col_hi, t_hi),
             integer=np.append(p.integer, False))
 
+    def minimising_max(self, node: str, C: np.ndarray, d: np.ndarray, box: tuple) -> MilpProblem:
+        """`with_max_objective` with the objective set to t, and t's range from the node's box
+        (lo, hi) widened by a unit each way: a column bound sitting at the optimum once made
+        HiGHS call a feasible LP infeasible (bab/leaf.py)."""
+        lo, hi = box
+        centre, radius = (lo + hi) / 2, (hi - lo) / 2
+        t_lo = float((C @ centre - np.abs(C) @ radius - d).max()) - 1.0
+        t_hi = float((C @ centre + np.abs(C) @ radius - d).max()) + 1.0
+        problem = self.with_max_objective(node, C, d, t_lo, t_hi)
+        problem.c[-1] = 1.0
+        return problem
+
     def with_disjunction(self, node: str, conjunctions: list, row_bounds: list) -> MilpProblem:
         """The problem plus binaries z_d (one per conjunction, sum z = 1) and a last column t with
         t >= C_dk @ value(node) - d_dk - M_dk (1 - z_d): minimising t gives min_d max_k (...).
