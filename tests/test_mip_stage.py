@@ -48,3 +48,25 @@ def test_without_the_mip_stage_the_searches_decide_alone(seed):
     result = verifier.check(net, prop, timeout=60, options=VerifyOptions(**ONLY_THE_MIP, mip_stage_relus=0))
     assert "time_mip_stage" not in result.stats and result.decided_by != "mip"
     assert result.status == (Status.ROBUST if expected > 0 else Status.ADVERSARIAL)
+
+
+def test_a_network_over_either_gate_gets_no_mip(monkeypatch):
+    """The gates: more unstable ReLUs than mip_stage_relus means no stage at all; an encoding
+    over MIP_STAGE_NONZEROS means the stage stops after encoding (recording its size) and the
+    searches decide, as enumeration says."""
+    import verifier.search.region as region
+
+    f, shape = mlp_net(4)
+    net = verifier.load(export(f, shape))
+    lo, hi, label, expected = _hard_case(f, shape, 4)
+    prop = Property.robustness(InputBox(lo, hi), label, 3)
+    opened = verifier.check(net, prop, timeout=60, options=VerifyOptions(**ONLY_THE_MIP))
+    unstable = opened.stats["unstable_alpha"]
+    assert unstable > 1 and opened.decided_by == "mip"
+    over = verifier.check(net, prop, timeout=60, options=VerifyOptions(**ONLY_THE_MIP, mip_stage_relus=unstable - 1))
+    assert "time_mip_stage" not in over.stats and over.decided_by != "mip"
+    assert over.status == (Status.ROBUST if expected > 0 else Status.ADVERSARIAL)
+    monkeypatch.setattr(region, "MIP_STAGE_NONZEROS", 1)
+    large = verifier.check(net, prop, timeout=60, options=VerifyOptions(**ONLY_THE_MIP))
+    assert large.stats["mip_stage_nonzeros"] > 1 and "binaries" not in large.stats
+    assert large.decided_by != "mip" and large.status == over.status

@@ -117,7 +117,7 @@ class VerifyOptions:
     # the MIP (HiGHS, under a cutoff) for `mip_stage_share` of the time left before the
     # refinement and the final search (0: never). Measured on oval21's base net, see
     # benchmarks/RESULTS.md, "A MIP stage for small CNNs".
-    mip_stage_relus: int = 500
+    mip_stage_relus: int = 600
     mip_stage_share: float = 0.3
 
     def __post_init__(self) -> None:

@@ -171,7 +171,7 @@ def _decide(run: RunState, x_ref: np.ndarray) -> Result:
 
 #: The MIP stage's limits on the network's encoding: seconds to make it, and its size.
 MIP_STAGE_ENCODE_SECONDS = 2.0
-MIP_STAGE_NONZEROS = 500_000
+MIP_STAGE_NONZEROS = 1_000_000
 
 
 def _mip_stage(run: RunState, bounds: dict, order: list[int]):
@@ -186,7 +186,8 @@ def _mip_stage(run: RunState, bounds: dict, order: list[int]):
         with run.capped(began + budget):
             try:
                 # A residual CNN's encoding fills in to millions of nonzeros (resnet_2b: 2.1 M
-                # in 1 s, resnet_4b 11.9 M in 5 s; oval21's base net 25 k): no MIP there.
+                # in 1 s, resnet_4b 11.9 M in 5 s; oval21's base net 25 k, its deep net 577 k):
+                # no MIP there.
                 with run.capped(began + MIP_STAGE_ENCODE_SECONDS):
                     size = encode_network(run.net, bounds, deadline=run.deadline).problem.A.nnz
                 if size > MIP_STAGE_NONZEROS:
