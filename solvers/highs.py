@@ -38,6 +38,8 @@ class HighsSolver:
         h.setOptionValue("random_seed", 0)
         h.setOptionValue("mip_rel_gap", 1e-9)
         h.setOptionValue("mip_abs_gap", 1e-9)
+        default = h.getOptionValue("mip_heuristic_effort")  # restored per solve; recent highspy gives (status, value)
+        self._heuristic_effort = float(default[1] if isinstance(default, tuple) else default)
         if not presolve:
             h.setOptionValue("presolve", "off")
         if primal_simplex:
@@ -128,6 +130,8 @@ class HighsSolver:
         h.setOptionValue("mip_rel_gap", float(options.rel_gap))
         h.setOptionValue("mip_abs_gap", float(options.abs_gap))
         h.setOptionValue("mip_feasibility_tolerance", float(options.feasibility_tol))
+        h.setOptionValue("mip_heuristic_effort", self._heuristic_effort if options.heuristic_effort is None
+                         else float(options.heuristic_effort))
         if options.initial is not None and not self.relax:
             sol = highspy.HighsSolution()
             sol.col_value = list(map(float, options.initial))

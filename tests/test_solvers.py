@@ -337,3 +337,34 @@ def test_solvers_whose_optimal_may_be_a_time_limit_never_prove():
     solver.pulp_name = "GLPK_CMD"
     res = solver._result(options, True, 1.0, None, False)
     assert res.status != SolveStatus.OPTIMAL and res.dual_bound == -np.inf and res.x is not None
+
+
+
+def _heuristic_effort(solver: HighsSolver) -> float:
+    value = solver.highs.getOptionValue("mip_heuristic_effort")
+    return value[1] if isinstance(value, tuple) else value
+
+
+@pytest.mark.parametrize("kind", ["margin", "max"])
+@pytest.mark.parametrize("seed", range(4))
+def test_without_primal_heuristics_the_same_optimum_and_cutoff_proofs(seed, kind):
+    """heuristic_effort=0 (the MIP stage's proofs) changes how HiGHS searches, not what it
+    proves: the same optimum, "infeasible" below it under a cutoff; and a later solve without
+    the option gets the solver's default back."""
+    problem, c = _milp(seed, kind)
+    solver = make_solver("highs", problem)
+    solver.set_objective(c)
+    default = _heuristic_effort(solver)
+    ref = solver.solve(SolveOptions(time_limit=30))
+    bare = solver.solve(SolveOptions(time_limit=30, heuristic_effort=0.0))
+    assert _heuristic_effort(solver) == 0.0 < default
+    assert ref.status == bare.status == SolveStatus.OPTIMAL
+    assert bare.objective == pytest.approx(ref.objective, abs=1e-6)
+    # nothing below the cutoff: "infeasible", or "optimal" at the incumbent kept from the last
+    # solve, its bound capped at the cutoff (HighsSolver.solve): either way the cutoff is proven
+    cutoff = ref.objective - 0.05
+    below = solver.solve(SolveOptions(time_limit=30, cutoff=cutoff, heuristic_effort=0.0))
+    assert below.status in (SolveStatus.INFEASIBLE, SolveStatus.OPTIMAL)
+    assert below.dual_bound == pytest.approx(cutoff, abs=1e-9)
+    solver.solve(SolveOptions(time_limit=30))
+    assert _heuristic_effort(solver) == default

@@ -196,8 +196,10 @@ def _mip_stage(run: RunState, bounds: dict, order: list[int]):
                 tight = tighten_with_lp(run.net, bounds, began + run.options.lp_budget * budget, run.stats)
                 enc = encode_network(run.net, tight, deadline=run.deadline)
                 # one MIP per disjunct: oval21 base img2908's 9 in 92 s, where the joint MIP
-                # (benchmarks/RESULTS.md) had not left its root after 300 s
-                result = _mip_search(run, enc, tight, [d for d in order if d in run.open()], run.best_x, "split")
+                # (benchmarks/RESULTS.md) had not left its root after 300 s; no primal heuristics:
+                # the attacks and probe search ran, what is left is mostly a proof
+                result = _mip_search(run, enc, tight, [d for d in order if d in run.open()], run.best_x, "split",
+                                     heuristic_effort=0.0)
             except OutOfTime:
                 pass
         run.stats["time_mip_stage"] = round(time.perf_counter() - began, 4)
@@ -249,16 +251,16 @@ def _lp_bounds(run: RunState, enc: EncodedNetwork, bounds: dict, disjuncts: list
 
 
 def _mip_search(run: RunState, enc: EncodedNetwork, bounds: dict, disjuncts: list[int],
-                seed_x: np.ndarray, disjunctions: str | None = None) -> Result:
+                seed_x: np.ndarray, disjunctions: str | None = None, heuristic_effort: float | None = None) -> Result:
     """The exact search over the open disjuncts: one MIP each ("split", most threatening first)
     or one MIP choosing among them ("joint"; default: options.disjunctions); stop at the first
-    confirmed violation."""
+    confirmed violation. `heuristic_effort`: the solver's primal heuristics (SolveOptions)."""
     run.stats["binaries"] = enc.num_binaries
     run.stats["mip_nodes"] = 0
     if (disjunctions or run.options.disjunctions) == "joint" and len(disjuncts) > 1:
-        evidence = _joint_mip(run, enc, bounds, disjuncts, seed_x)
+        evidence = _joint_mip(run, enc, bounds, disjuncts, seed_x, heuristic_effort)
     else:
-        evidence = _split_mips(run, enc, bounds, disjuncts, seed_x)
+        evidence = _split_mips(run, enc, bounds, disjuncts, seed_x, heuristic_effort)
     if evidence is None and run.options.exact and run.best_value <= 0:
         evidence = run.confirm(run.best_x)
     if evidence is not None:
@@ -268,11 +270,13 @@ def _mip_search(run: RunState, enc: EncodedNetwork, bounds: dict, disjuncts: lis
     return run.result(Status.UNKNOWN, "timeout" if run.remaining() <= 0 else "numerics")
 
 
-def _solve(run: RunState, solver, problem, c, offset: float, initial: np.ndarray, time_limit: float):
+def _solve(run: RunState, solver, problem, c, offset: float, initial: np.ndarray, time_limit: float,
+           heuristic_effort: float | None = None):
     """One MIP solve with the early stops: cutoff (nothing below the tolerance) and target (an
     incumbent at or below 0). Returns the result and whether it finished (a proof)."""
     solver.set_objective(c)
-    solve = SolveOptions(time_limit=time_limit, initial=np.clip(initial, problem.col_lo, problem.col_hi))
+    solve = SolveOptions(time_limit=time_limit, initial=np.clip(initial, problem.col_lo, problem.col_hi),
+                         heuristic_effort=heuristic_effort)
     if not run.options.exact:
         solve.cutoff, solve.target = 2 * run.options.tolerance - offset, -offset
     else:  # the optimum is reported as exact: no room for the solver's default row slack
@@ -295,7 +299,8 @@ def _incumbent(run: RunState, enc: EncodedNetwork, res, d: int):
     return None
 
 
-def _split_mips(run: RunState, enc: EncodedNetwork, bounds: dict, disjuncts: list[int], seed_x: np.ndarray):
+def _split_mips(run: RunState, enc: EncodedNetwork, bounds: dict, disjuncts: list[int], seed_x: np.ndarray,
+                heuristic_effort: float | None = None):
     objectives = _Objectives(run, enc, bounds, relax=False)
     seed = enc.assignment(run.net, seed_x)
     unresolved = list(disjuncts)
@@ -310,7 +315,7 @@ def _split_mips(run: RunState, enc: EncodedNetwork, bounds: dict, disjuncts: lis
                 solver.set_integer(problem.integer & ~enc.convex_binaries(run.net, rows))
             initial = seed if conj is None else np.append(seed, conj.slack(run.net.forward(seed_x))[0])
             res, finished = _solve(run, solver, problem, c, offset, initial,
-                                   left / len(unresolved) if attempt == 0 else left)
+                                   left / len(unresolved) if attempt == 0 else left, heuristic_effort)
             bound = res.dual_bound
             if not solver.is_mip:  # every binary relaxed: an LP, which proves only by its safe duals
                 finished = res.status == SolveStatus.OPTIMAL and res.row_dual is not None
@@ -326,7 +331,8 @@ def _split_mips(run: RunState, enc: EncodedNetwork, bounds: dict, disjuncts: lis
     return None
 
 
-def _joint_mip(run: RunState, enc: EncodedNetwork, bounds: dict, disjuncts: list[int], seed_x: np.ndarray):
+def _joint_mip(run: RunState, enc: EncodedNetwork, bounds: dict, disjuncts: list[int], seed_x: np.ndarray,
+               heuristic_effort: float | None = None):
     net = run.net
     conjs = [run.disjuncts[d] for d in disjuncts]
     row_bounds = [_row_ranges(net, bounds, c) for c in conjs]
@@ -338,7 +344,7 @@ def _joint_mip(run: RunState, enc: EncodedNetwork, bounds: dict, disjuncts: list
     slacks = np.array([conj.slack(net.forward(seed_x))[0] for conj in conjs])
     choice = np.eye(len(conjs))[int(np.argmin(slacks))]
     initial = np.concatenate([enc.assignment(net, seed_x), choice, [slacks.min()]])
-    res, finished = _solve(run, solver, problem, c, 0.0, initial, run.remaining())
+    res, finished = _solve(run, solver, problem, c, 0.0, initial, run.remaining(), heuristic_effort)
     if finished:
         for d in disjuncts:
             run.prove(d, res.dual_bound)
