@@ -116,8 +116,9 @@ class VerifyOptions:
     # alpha-CROWN (and a region still open after the probe search) gets LP-tightened bounds and
     # the MIP (HiGHS, under a cutoff) for `mip_stage_share` of the time left before the
     # refinement and the final search (0: never). Measured on oval21, see benchmarks/RESULTS.md,
-    # "A MIP stage for small CNNs": where the MIP left a region open, the searches after it
-    # did not close it either, and deep img5168 (692 unstable) needs 9/10 of the time left.
+    # "oval21 (issue 25): the MIP stage on the wide and deep nets too": where the MIP left a
+    # region open, the searches after it did not close it either, and deep img5168 (692
+    # unstable) needs most of the time left.
     mip_stage_relus: int = 700
     mip_stage_share: float = 0.9
 
