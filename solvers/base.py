@@ -61,9 +61,9 @@ class SolveOptions:
     # not the exact value. Exact answers ask for EXACT_FEASIBILITY.
     feasibility_tol: float = 1e-6
     # Share of a MIP's effort spent on primal heuristics (HiGHS: mip_heuristic_effort; None: the
-    # solver's default, 0.05 in HiGHS). A search for a proof under a cutoff can do without them:
-    # oval21 base img6638's last disjunct is proven in 240 nodes without, open after 202 with.
-    # Other back ends keep their own setting.
+    # solver's default, 0.05 in HiGHS). A search for a proof under a cutoff can do without them,
+    # and proves sooner (benchmarks/RESULTS.md, "oval21 (issue 25): the MIP stage on the wide and
+    # deep nets too"). Other back ends keep their own setting.
     heuristic_effort: float | None = None
 
 
