@@ -156,17 +156,26 @@ def _decide(run: RunState, x_ref: np.ndarray) -> Result:
     if enc is None:
         enc = encode_network(net, bounds, deadline=run.deadline)
     if run.open() and options.lp_tightening and run.remaining() > 0:
-        t = time.perf_counter()
-        solves = run.stats.get("lp_tightening_solves", 0)
-        bounds = tighten_with_lp(net, bounds, t + options.lp_budget * run.remaining(), run.stats)
-        run.stats.update(_relu_stats(net, bounds, "lp"))
-        run.stats["time_lp_tightening"] = round(time.perf_counter() - t, 4)
-        if run.stats.get("lp_tightening_solves", 0) > solves:  # else the bounds, and so the LPs, are as before
-            enc = encode_network(net, bounds, deadline=run.deadline)
+        encoded = enc
+        bounds, enc = _tightened(run, bounds, enc, time.perf_counter() + options.lp_budget * run.remaining())
+        if enc is not encoded:  # else the bounds, and so the LPs, are as before
             _lp_bounds(run, enc, bounds, run.open())
     if not run.open():
         return run.result(Status.ROBUST, "lp")
     return _mip_search(run, enc, bounds, [d for d in order if d in run.open()], attack.x)
+
+
+def _tightened(run: RunState, bounds: dict, enc: EncodedNetwork, end: float) -> tuple[dict, EncodedNetwork]:
+    """The layer bounds tightened by LPs until `end`, and their encoding: `enc` (the encoding of
+    `bounds`) itself where no LP ran, since the bounds are then as before."""
+    began = time.perf_counter()
+    solves = run.stats.get("lp_tightening_solves", 0)
+    bounds = tighten_with_lp(run.net, bounds, end, run.stats)
+    run.stats.update(_relu_stats(run.net, bounds, "lp"))
+    run.stats["time_lp_tightening"] = round(time.perf_counter() - began, 4)
+    if run.stats.get("lp_tightening_solves", 0) > solves:
+        enc = encode_network(run.net, bounds, deadline=run.deadline)
+    return bounds, enc
 
 
 #: The MIP stage's limits on the network's encoding: seconds to make it, and its size.
@@ -176,28 +185,25 @@ MIP_STAGE_NONZEROS = 1_000_000
 
 def _mip_stage(run: RunState, bounds: dict, order: list[int]):
     """The exact stage for a small network's search (bab_stages): within its budget, the layer
-    bounds tightened by LPs and the MIP over the open disjuncts under a cutoff. On oval21's
-    base CNN (447 unstable ReLUs) it proves in 33 s what branch and bound leaves at -0.046 after
-    300 s. Returns the decision, or None (undecided: the searches go on with what it proved)."""
+    bounds tightened by LPs and the MIP over the open disjuncts under a cutoff, which proves
+    oval21 instances that branch and bound leaves open (benchmarks/RESULTS.md). Returns the
+    decision, or None (undecided: the searches go on with what it proved)."""
 
     def stage(budget: float) -> Result | None:
         began = time.perf_counter()
         result = None
         with run.capped(began + budget):
             try:
-                # A residual CNN's encoding fills in to millions of nonzeros (resnet_2b: 2.1 M
-                # in 1 s, resnet_4b 11.9 M in 5 s; oval21's base net 25 k, its deep net 577 k):
-                # no MIP there.
+                # A residual CNN's encoding fills in to millions of nonzeros: no MIP there.
                 with run.capped(began + MIP_STAGE_ENCODE_SECONDS):
-                    size = encode_network(run.net, bounds, deadline=run.deadline).problem.A.nnz
-                if size > MIP_STAGE_NONZEROS:
-                    run.stats["mip_stage_nonzeros"] = size
+                    enc = encode_network(run.net, bounds, deadline=run.deadline)
+                if enc.problem.A.nnz > MIP_STAGE_NONZEROS:
+                    run.stats["mip_stage_nonzeros"] = enc.problem.A.nnz
                     raise OutOfTime
-                tight = tighten_with_lp(run.net, bounds, began + run.options.lp_budget * budget, run.stats)
-                enc = encode_network(run.net, tight, deadline=run.deadline)
-                # one MIP per disjunct: oval21 base img2908's 9 in 92 s, where the joint MIP
-                # (benchmarks/RESULTS.md) had not left its root after 300 s; no primal heuristics:
-                # the attacks and probe search ran, what is left is mostly a proof
+                tight, enc = _tightened(run, bounds, enc, began + run.options.lp_budget * budget)
+                # one MIP per disjunct: the joint MIP over many disjuncts may not leave its root
+                # (benchmarks/RESULTS.md); no primal heuristics: the attacks and the probe search
+                # ran, what is left is mostly a proof
                 result = _mip_search(run, enc, tight, [d for d in order if d in run.open()], run.best_x, "split",
                                      heuristic_effort=0.0)
             except OutOfTime:
