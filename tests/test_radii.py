@@ -62,7 +62,7 @@ def test_eps_lists_are_sorted_deduplicated_and_checked():
     assert eps_list("0.1, 0.02,0.1,0") == [0.0, 0.02, 0.1]
     assert eps_list([0.05, 0.01]) == [0.01, 0.05] and eps_list(0.1) == [0.1] and eps_list(-0.0) == [0.0]
     for bad, needle in [("0.1,abc", "'abc'"), ("0.1,,0.2", "0.1,,0.2"), ([0.1, -0.2], "-0.2"),
-                        ("0.1,nan", "nan"), ([0.1, float("inf")], "inf"), ([], "no radius"), ([True], "True")]:
+                        ("0.1,nan", "nan"), ([0.1, float("inf")], "inf"), ([], "no values"), ([True], "True")]:
         with pytest.raises(InputError, match=needle):
             eps_list(bad, "--eps")
     net = verifier.load(WK17A)
@@ -192,7 +192,7 @@ def test_cli_table_json_and_single_sample(tiny, capsys, tmp_path):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--eps", "0.1,abc"], "--eps must be a number or a comma list of numbers, got 'abc'"),
+    (["--eps", "0.1,abc"], "--eps: 'abc' is not a number (expected e.g. 0.01,0.02)"),
     (["--eps", "0.1,-0.5"], "--eps must be a finite number >= 0, got -0.5"),
     (["--eps", "0.1,0.2", "--vnnlib", "prop.vnnlib"], "several radii do not apply to --vnnlib"),
     (["--eps", "0.1,0.2", "--distortion", "linf"], "several radii do not apply to --distortion"),

@@ -46,6 +46,7 @@ import numpy as np
 from verifier.api import _options, check_label, load, verify
 from verifier.errors import InputError
 from verifier.network.graph import Network
+from verifier.numbers import number_list
 from verifier.options import VerifyOptions
 from verifier.result import Result, Status
 from verifier.spec.ball import linf_ball
@@ -60,26 +61,10 @@ def eps_list(value, name: str = "eps") -> list[float]:
     """The radii of `value` (a number, a list of numbers, or text such as "0.01,0.02"), sorted
     ascending with duplicates removed; each must be a finite number >= 0, else an InputError that
     names `name` and the value."""
-    if isinstance(value, str):
-        items = [part.strip() for part in value.split(",")]
-        if any(part == "" for part in items):
-            raise InputError(f"{name} {value!r}: expected a number or a comma list of numbers such as 0.01,0.02")
-    elif isinstance(value, (list, tuple, np.ndarray)):
-        items = list(np.asarray(value, dtype=object).ravel())
-    else:
-        items = [value]
-    if not items:
-        raise InputError(f"{name}: no radius given")
     radii = set()
-    for item in items:
-        if isinstance(item, (bool, np.bool_)):
-            raise InputError(f"{name} must be a number, got {item!r}")
-        try:
-            r = float(item)
-        except (TypeError, ValueError):
-            raise InputError(f"{name} must be a number or a comma list of numbers, got {item!r}") from None
-        if not math.isfinite(r) or r < 0:
-            raise InputError(f"{name} must be a finite number >= 0, got {item}")
+    for r in number_list(value, name):
+        if r < 0:
+            raise InputError(f"{name} must be a finite number >= 0, got {r}")
         radii.add(r + 0.0)  # -0.0 -> 0.0
     return sorted(radii)
 

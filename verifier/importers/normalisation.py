@@ -12,9 +12,8 @@ composed network, and the results store's model hash tells a normalised run from
 
 from __future__ import annotations
 
-import math
 import os
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import onnx
@@ -23,6 +22,7 @@ from onnx import helper, numpy_helper
 from verifier.errors import InputError, ModelError
 from verifier.importers.onnx_importer import _read_model, load_onnx
 from verifier.network.graph import Network
+from verifier.numbers import number_list
 
 #: Opset from which Sub and Div broadcast numpy-style (a (1, C, 1, 1) constant over NCHW).
 _BROADCAST_OPSET = 7
@@ -31,29 +31,7 @@ _BROADCAST_OPSET = 7
 def parse_values(value, name: str) -> tuple[float, ...]:
     """One number or one per channel, from "0.49,0.48,0.45" (the command line), a number, or a
     sequence of numbers (the Python API, a TOML list). Refuses what is not a finite number."""
-    if isinstance(value, str):
-        items: Iterable = [v.strip() for v in value.split(",")]
-    elif isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_)):
-        items = [value]
-    else:
-        try:
-            items = list(np.asarray(value, dtype=object).reshape(-1))
-        except Exception:
-            raise InputError(f"{name} must be a number or a list of numbers, got {value!r}") from None
-    out = []
-    for item in items:
-        if isinstance(item, (bool, np.bool_)):
-            raise InputError(f"{name}: {item!r} is not a number")
-        try:
-            number = float(item)
-        except (TypeError, ValueError):
-            raise InputError(f"{name}: {item!r} is not a number (expected e.g. 0.5 or 0.4914,0.4822,0.4465)") from None
-        if not math.isfinite(number):
-            raise InputError(f"{name}: {item!r} is not a finite number")
-        out.append(number)
-    if not out:
-        raise InputError(f"{name}: no values given")
-    return tuple(out)
+    return tuple(number_list(value, name, "0.5 or 0.4914,0.4822,0.4465"))
 
 
 def check_std(std: Sequence[float], name: str = "std") -> None:
