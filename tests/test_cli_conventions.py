@@ -216,6 +216,9 @@ def test_mean_std_from_python_on_a_torch_module():
         expected = module(((torch.from_numpy(x) - mean) / 0.25)[None]).numpy().ravel()
     assert net.forward(x) == pytest.approx(expected, abs=1e-5)
     assert net.name == "Sequential" and net.info["normalisation"]["std"] == [0.25]
+    # the per-channel values as the tensors such code already holds give the same network
+    as_tensors = verifier.load(module, (3, 6, 6), mean=mean, std=torch.tensor(0.25))
+    assert as_tensors.forward(x) == pytest.approx(net.forward(x), abs=1e-6)
 
 
 @pytest.mark.parametrize("args,needle", [
