@@ -239,7 +239,7 @@ def test_nan_slopes_prove_nothing():
     assert torch.all(out.value == -torch.inf)
 
 
-@pytest.mark.parametrize("field", ["bab", "bab_branching", "disjunctions"])
+@pytest.mark.parametrize("field", ["bab", "bab_branching", "bab_rank", "disjunctions"])
 def test_unknown_option_word_is_a_clear_error(field):
     with pytest.raises(verifier.InputError, match=field):
         VerifyOptions(**{field: "sometimes"})
@@ -251,6 +251,10 @@ def test_option_settings_from_text_take_the_field_type():
     from verifier.options import parse_setting
 
     assert parse_setting("bab_steps=4") == ("bab_steps", 4)  # unset default: an int
+    assert parse_setting("bab_candidates=8") == ("bab_candidates", 8)
+    for bad in (0, 2.5, True):
+        with pytest.raises(InputError, match=f"bab_candidates={bad!r}"):
+            VerifyOptions(bab_candidates=bad)
     assert parse_setting("symbolic=false") == ("symbolic", False)
     assert parse_setting("tolerance=1e-4") == ("tolerance", 1e-4)
     assert parse_setting("bab=off") == ("bab", "off")

@@ -191,15 +191,16 @@ def _hard_case(f, shape, seed):
 
 @pytest.mark.parametrize("name", GRAPH_NETS)
 @pytest.mark.parametrize("seed", range(3))
-@pytest.mark.parametrize("steps", [0, 6])
-def test_graph_branch_and_bound_matches_enumeration(name, seed, steps):
-    """Verdicts and bounds against enumeration; with steps=0 (interval root bounds, no alpha or
-    beta steps) the root decides less often, so the search splits and solves leaves."""
+@pytest.mark.parametrize("steps, rank", [(0, "weaker"), (6, "weaker"), (6, "stronger")])
+def test_graph_branch_and_bound_matches_enumeration(name, seed, steps, rank):
+    """Verdicts and bounds against enumeration, with either rank of the trial's candidates; with
+    steps=0 (interval root bounds, no alpha or beta steps) the root decides less often, so the
+    search splits and solves leaves."""
     f, shape = NETS[name](20 + seed)
     net = verifier.load(export(f, shape))
     lo, hi, label, expected = _hard_case(f, shape, seed)
-    out, found = _graph_search(net, lo, hi, label, settings=BabSettings(batch=4, steps=steps, branching="trial"),
-                               root_steps=steps or None)
+    settings = BabSettings(batch=4, steps=steps, branching="trial", candidates=3, rank=rank)
+    out, found = _graph_search(net, lo, hi, label, settings=settings, root_steps=steps or None)
     assert out.status != "unknown" or abs(expected) < 1e-4, (out.status, expected, out.stats)
     if out.status == "proved":
         assert expected > 0

@@ -9,6 +9,7 @@ from verifier.errors import InputError
 
 #: The options that take one of a few words, and those words.
 _CHOICES = {"disjunctions": ("joint", "split"), "bab": ("auto", "on", "off"), "bab_branching": ("auto", "gap", "trial"),
+            "bab_rank": ("auto", "weaker", "stronger"),
             "output_bounds": ("auto", "on", "off"), "engine": ("auto", "graph"), "split": ("auto", "input", "relu"),
             "input_split_rule": ("sensitivity", "widest")}
 
@@ -76,6 +77,12 @@ class VerifyOptions:
     # mnistfc, see benchmarks/RESULTS.md, "Why the defaults are what they are").
     bab_branching: str = "auto"
     bab_steps: int | None = None
+    # The trial rule's candidates per domain (None: 4 on dense chains, 64 on the graph engine) and
+    # which child ranks them: "weaker", "stronger", or "auto" (weaker on dense chains, stronger on
+    # the graph engine). Measured on cifar10_resnet (benchmarks/RESULTS.md, "Why the defaults are
+    # what they are"); dense chains keep the rule measured on mnistfc.
+    bab_candidates: int | None = None
+    bab_rank: str = "auto"
     # Relax the binaries of last-hidden-layer ReLUs whose output can only raise a minimised
     # objective (exact: see EncodedNetwork.convex_binaries); per disjunct, so "split" MIPs only.
     convex_relus: bool = True
@@ -133,6 +140,9 @@ class VerifyOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise InputError(f"option {name}={value!r}: expected a whole number >= {least}")
+        candidates = self.bab_candidates
+        if candidates is not None and (isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1):
+            raise InputError(f"option bab_candidates={candidates!r}: expected a whole number >= 1 or None")
         for name, low, high in (("refine_budget", 0.0, 1.0), ("output_bound_budget", 0.0, 1.0), ("mip_stage_share", 0.0, 1.0),
                                 ("refine_stall", 0.0, float("inf")), ("bab_memory", 0.0, float("inf")),
                                 ("bab_steps", 0, float("inf"))):

@@ -6,7 +6,9 @@ Two rules, both per domain of a batch, over the split nodes of the search's prob
   `split_scores`);
 - "trial" (filtered smart branching): the few best neurons by gap are each split for real
   and both children bounded with the parent's slopes (one cheap float32 pass for all); the
-  neuron whose weaker child is strongest wins.
+  neuron whose weaker child is strongest wins (rank "weaker"), or whose stronger child is
+  (rank "stronger": one child nearly closed takes half the domain off the search; measured
+  better on ResNets, see benchmarks/RESULTS.md, "Why the defaults are what they are").
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def choose_by_gap(problem, out, lower, upper, alphas) -> list[tuple[int, int] | 
 
 
 def choose_by_trial(problem, spec_ids, out, lower, upper, alphas, betas, signs,
-                    candidates: int = 4) -> list[tuple[int, int] | None]:
+                    candidates: int = 4, rank: str = "weaker") -> list[tuple[int, int] | None]:
     flat, offsets = gap_scores(problem, out, lower, upper, alphas)
     if flat.shape[1] == 0:
         return [None] * flat.shape[0]
@@ -59,9 +61,10 @@ def choose_by_trial(problem, spec_ids, out, lower, upper, alphas, betas, signs,
         fixes.append((k, rows_of[..., 0].reshape(-1)[in_layer], neurons, True))
         fixes.append((k, rows_of[..., 1].reshape(-1)[in_layer], neurons, False))
     trial = problem.trial(spec_ids, lower, upper, alphas, betas, signs, reps, fixes)
-    weaker = trial.max(dim=1).values.reshape(batch, top, 2).min(dim=2).values
-    weaker = torch.where(values > 0, weaker, torch.full_like(weaker, -torch.inf))
-    choice = weaker.argmax(dim=1)
+    children = trial.max(dim=1).values.reshape(batch, top, 2)
+    ranked = children.max(dim=2).values if rank == "stronger" else children.min(dim=2).values
+    ranked = torch.where(values > 0, ranked, torch.full_like(ranked, -torch.inf))
+    choice = ranked.argmax(dim=1)
     ok = values.gather(1, choice[:, None]).squeeze(1) > 0
     chosen = picks.gather(1, choice[:, None]).squeeze(1)
     return [_unflatten(j, offsets) if good else None for j, good in zip(chosen.tolist(), ok.tolist())]

@@ -91,12 +91,14 @@ class BabSettings:
     order: str = "lowest"
     branching: str = "trial"  # "gap" or "trial" (see branching.py)
     candidates: int = 4  # neurons tried per domain by "trial"
+    rank: str = "weaker"  # which child ranks a "trial" candidate: "weaker" or "stronger"
 
     def __post_init__(self) -> None:
         # A mistyped word would silently change what the search does (e.g. never return a
         # counterexample), so refuse it.
         for name, allowed in (("on_witness", ("stop", "drop", "continue")),
-                              ("order", ("lowest", "relative", "gap")), ("branching", ("gap", "trial"))):
+                              ("order", ("lowest", "relative", "gap")), ("branching", ("gap", "trial")),
+                              ("rank", ("weaker", "stronger"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"BabSettings.{name}={getattr(self, name)!r}: expected one of {allowed}")
 
@@ -204,7 +206,7 @@ def branch_and_bound(net, specs: list[tuple[torch.Tensor, torch.Tensor]], x_lo, 
         if settings.branching == "trial" and fits(deadline, trial + overhead[0] * len(spec_ids)):
             began = time.perf_counter()
             picked = choose_by_trial(problem, spec_ids[idx], sub, pick(lower), pick(upper), pick(alphas),
-                                     pick(betas), pick(signs), settings.candidates)
+                                     pick(betas), pick(signs), settings.candidates, settings.rank)
             trial_seconds[0] = time.perf_counter() - began
         else:
             picked = choose_by_gap(problem, sub, pick(lower), pick(upper), pick(alphas))
