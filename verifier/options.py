@@ -136,13 +136,12 @@ class VerifyOptions:
         for name, least in (("output_bound_layers", 0), ("output_bound_rounds", 0), ("refine_layers", 0),
                             ("processes", 1), ("input_split_max", 0), ("input_split_batch", 1),
                             ("input_split_trial", 1), ("input_split_alpha", 0),
-                            ("input_split_milp", 0), ("mip_stage_relus", 0)):
+                            ("input_split_milp", 0), ("mip_stage_relus", 0), ("bab_candidates", 1)):
             value = getattr(self, name)
+            if value is None and self.__dataclass_fields__[name].default is None:
+                continue  # unset: the plan picks the value
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise InputError(f"option {name}={value!r}: expected a whole number >= {least}")
-        candidates = self.bab_candidates
-        if candidates is not None and (isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1):
-            raise InputError(f"option bab_candidates={candidates!r}: expected a whole number >= 1 or None")
         for name, low, high in (("refine_budget", 0.0, 1.0), ("output_bound_budget", 0.0, 1.0), ("mip_stage_share", 0.0, 1.0),
                                 ("refine_stall", 0.0, float("inf")), ("bab_memory", 0.0, float("inf")),
                                 ("bab_steps", 0, float("inf"))):

@@ -152,7 +152,7 @@ def _output_bounds(options: VerifyOptions, depth: int) -> bool:
     return options.output_bounds == "on"
 
 
-def bab_settings(options: VerifyOptions, depth: int, engine: str = "chain") -> BabSettings:
+def bab_settings(options: VerifyOptions, depth: int, engine: str) -> BabSettings:
     """The search's settings; "auto" branching and unset steps depend on the depth: on one
     split layer cheap rounds win (gap branching, 4 steps), deeper the better splits (trial
     branching, 12 steps). The trial's candidates and rank depend on the engine: on the graph
