@@ -9,7 +9,7 @@ from verifier.errors import InputError
 
 #: The options that take one of a few words, and those words.
 _CHOICES = {"disjunctions": ("joint", "split"), "bab": ("auto", "on", "off"), "bab_branching": ("auto", "gap", "trial"),
-            "bab_rank": ("auto", "weaker", "stronger"),
+            "bab_rank": ("weaker", "stronger"),
             "output_bounds": ("auto", "on", "off"), "engine": ("auto", "graph"), "split": ("auto", "input", "relu"),
             "input_split_rule": ("sensitivity", "widest")}
 
@@ -77,12 +77,11 @@ class VerifyOptions:
     # mnistfc, see benchmarks/RESULTS.md, "Why the defaults are what they are").
     bab_branching: str = "auto"
     bab_steps: int | None = None
-    # The trial rule's candidates per domain (None: 4 on dense chains, 64 on the graph engine) and
-    # which child ranks them: "weaker", "stronger", or "auto" (weaker on dense chains, stronger on
-    # the graph engine). Measured on cifar10_resnet (benchmarks/RESULTS.md, "Why the defaults are
-    # what they are"); dense chains keep the rule measured on mnistfc.
-    bab_candidates: int | None = None
-    bab_rank: str = "auto"
+    # The trial rule's candidates per domain and which child ranks them ("weaker" or "stronger"):
+    # many candidates ranked by their stronger child, measured on cifar10_resnet and mnistfc
+    # (benchmarks/RESULTS.md, "Why the defaults are what they are").
+    bab_candidates: int = 64
+    bab_rank: str = "stronger"
     # Relax the binaries of last-hidden-layer ReLUs whose output can only raise a minimised
     # objective (exact: see EncodedNetwork.convex_binaries); per disjunct, so "split" MIPs only.
     convex_relus: bool = True
@@ -138,8 +137,6 @@ class VerifyOptions:
                             ("input_split_trial", 1), ("input_split_alpha", 0),
                             ("input_split_milp", 0), ("mip_stage_relus", 0), ("bab_candidates", 1)):
             value = getattr(self, name)
-            if value is None and self.__dataclass_fields__[name].default is None:
-                continue  # unset: the plan picks the value
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise InputError(f"option {name}={value!r}: expected a whole number >= {least}")
         for name, low, high in (("refine_budget", 0.0, 1.0), ("output_bound_budget", 0.0, 1.0), ("mip_stage_share", 0.0, 1.0),

@@ -75,7 +75,7 @@ def make_plan(options: VerifyOptions, engine: str, depth: int, free_inputs: int 
                 bab=bab, probe=bab and depth > 1, refine_share=_refine_share(options, depth),
                 refine_mode=_refine_mode(depth), refine_stall=_refine_stall(options, depth),
                 output_bounds=bab and _output_bounds(options, depth),
-                settings=bab_settings(options, depth, engine),
+                settings=bab_settings(options, depth),
                 input_split=_input_split(options, engine, free_inputs),
                 input_settings=InputSplitSettings(batch=options.input_split_batch, heuristic=options.input_split_rule,
                                                   trial=options.input_split_trial, alpha_steps=options.input_split_alpha,
@@ -152,22 +152,16 @@ def _output_bounds(options: VerifyOptions, depth: int) -> bool:
     return options.output_bounds == "on"
 
 
-def bab_settings(options: VerifyOptions, depth: int, engine: str) -> BabSettings:
+def bab_settings(options: VerifyOptions, depth: int) -> BabSettings:
     """The search's settings; "auto" branching and unset steps depend on the depth: on one
     split layer cheap rounds win (gap branching, 4 steps), deeper the better splits (trial
-    branching, 12 steps). The trial's candidates and rank depend on the engine: on the graph
-    engine (CNNs, ResNets), where the gap estimate ranks neurons poorly and a no-gradient float32
-    trial costs little beside a round's Adam steps, 64 candidates ranked by their stronger child;
-    on dense chains 4 by their weaker one (each measured on its networks: benchmarks/RESULTS.md,
-    "Why the defaults are what they are")."""
+    branching, 12 steps, its candidates and rank from the options)."""
     shallow = depth <= 1
     branching = options.bab_branching if options.bab_branching != "auto" else ("gap" if shallow else "trial")
     steps = options.bab_steps if options.bab_steps is not None else (4 if shallow else 12)
-    graph = engine == "graph"
-    candidates = options.bab_candidates if options.bab_candidates is not None else (64 if graph else 4)
-    rank = options.bab_rank if options.bab_rank != "auto" else ("stronger" if graph else "weaker")
     queue = memory_budget(options)
-    return BabSettings(batch=options.bab_batch, steps=steps, branching=branching, candidates=candidates, rank=rank,
+    return BabSettings(batch=options.bab_batch, steps=steps, branching=branching, candidates=options.bab_candidates,
+                       rank=options.bab_rank,
                        max_memory=queue, max_resident=queue + RUN_MEMORY)
 
 
